@@ -1,0 +1,345 @@
+//! The one function that decides whether a credential is good for a request.
+//!
+//! Phases, each of which may end the request: parse → hash → index lookup → state checks
+//! → scope check. (Project, IP, rate-limit and quota phases slot in after scopes.)
+
+use crate::credential::looks_like_jwt;
+use crate::index::{IndexedKey, KeyIndex};
+use crate::key_format::{self, FormatError, hash_key};
+use crate::record::{KeyState, UnixMillis};
+use crate::scope;
+use std::sync::Arc;
+
+/// Every outcome a decision can have (DESIGN.md, "Decisions and errors").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DecisionCode {
+    Valid,
+    Missing,
+    Ambiguous,
+    Malformed,
+    NotFound,
+    Revoked,
+    Expired,
+    Disabled,
+    InvalidToken,
+    TokenExpired,
+    ProjectRequired,
+    InsufficientPermissions,
+    ProjectForbidden,
+    IpNotAllowed,
+    RateLimited,
+    QuotaExceeded,
+}
+
+impl DecisionCode {
+    pub const ALL: [DecisionCode; 16] = [
+        DecisionCode::Valid,
+        DecisionCode::Missing,
+        DecisionCode::Ambiguous,
+        DecisionCode::Malformed,
+        DecisionCode::NotFound,
+        DecisionCode::Revoked,
+        DecisionCode::Expired,
+        DecisionCode::Disabled,
+        DecisionCode::InvalidToken,
+        DecisionCode::TokenExpired,
+        DecisionCode::ProjectRequired,
+        DecisionCode::InsufficientPermissions,
+        DecisionCode::ProjectForbidden,
+        DecisionCode::IpNotAllowed,
+        DecisionCode::RateLimited,
+        DecisionCode::QuotaExceeded,
+    ];
+
+    /// The upper-case name used by the verify API (`"NOT_FOUND"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DecisionCode::Valid => "VALID",
+            DecisionCode::Missing => "MISSING",
+            DecisionCode::Ambiguous => "AMBIGUOUS",
+            DecisionCode::Malformed => "MALFORMED",
+            DecisionCode::NotFound => "NOT_FOUND",
+            DecisionCode::Revoked => "REVOKED",
+            DecisionCode::Expired => "EXPIRED",
+            DecisionCode::Disabled => "DISABLED",
+            DecisionCode::InvalidToken => "INVALID_TOKEN",
+            DecisionCode::TokenExpired => "TOKEN_EXPIRED",
+            DecisionCode::ProjectRequired => "PROJECT_REQUIRED",
+            DecisionCode::InsufficientPermissions => "INSUFFICIENT_PERMISSIONS",
+            DecisionCode::ProjectForbidden => "PROJECT_FORBIDDEN",
+            DecisionCode::IpNotAllowed => "IP_NOT_ALLOWED",
+            DecisionCode::RateLimited => "RATE_LIMITED",
+            DecisionCode::QuotaExceeded => "QUOTA_EXCEEDED",
+        }
+    }
+}
+
+/// What the decision needs to know about the request.
+#[derive(Debug, Clone, Copy)]
+pub struct Check<'a, S: AsRef<str>> {
+    /// The credential, already trimmed.
+    pub credential: &'a str,
+    /// Whitespace was trimmed from the credential (mentioned in the hint if it fails).
+    pub trimmed: bool,
+    pub required_scopes: &'a [S],
+    pub now: UnixMillis,
+}
+
+/// The outcome, with the key when one was found (also on refusals such as `REVOKED`).
+#[derive(Debug, Clone)]
+pub struct Decision {
+    pub code: DecisionCode,
+    pub key: Option<Arc<IndexedKey>>,
+    /// What the client should do about a refusal. Never contains the credential.
+    pub hint: Option<String>,
+    /// For `INSUFFICIENT_PERMISSIONS`: the first scope the key lacks.
+    pub missing_scope: Option<String>,
+}
+
+impl Decision {
+    pub fn is_valid(&self) -> bool {
+        self.code == DecisionCode::Valid
+    }
+
+    fn refuse(code: DecisionCode, key: Option<Arc<IndexedKey>>, hint: Option<String>) -> Self {
+        Decision {
+            code,
+            key,
+            hint,
+            missing_scope: None,
+        }
+    }
+}
+
+/// Decides a request. Counting the use is the caller's last step, on `VALID` only.
+pub fn decide<S: AsRef<str>>(index: &KeyIndex, check: &Check<'_, S>) -> Decision {
+    let credential = check.credential;
+    let with_trim_note = |hint: String| {
+        if check.trimmed {
+            format!("{hint} (whitespace around the key was removed before checking)")
+        } else {
+            hint
+        }
+    };
+
+    // Parse: a keygate-format key must carry a valid checksum; anything else can only be
+    // an imported key.
+    let parsed = key_format::parse_key(credential);
+    match parsed {
+        Ok(_) => {}
+        Err(FormatError::Checksum) => {
+            return Decision::refuse(
+                DecisionCode::Malformed,
+                None,
+                Some(with_trim_note(FormatError::Checksum.hint().to_string())),
+            );
+        }
+        Err(format_error) => {
+            let importable = key_format::validate_imported(credential).is_ok();
+            if !importable || index.imported_count() == 0 {
+                let hint = if credential.starts_with("whsec_") {
+                    "this is a webhook signing secret (`whsec_…`), not an API key".to_string()
+                } else if looks_like_jwt(credential) {
+                    "this looks like a JWT, but this endpoint expects an API key".to_string()
+                } else {
+                    format_error.hint().to_string()
+                };
+                return Decision::refuse(DecisionCode::Malformed, None, Some(with_trim_note(hint)));
+            }
+        }
+    }
+
+    // Hash and look up.
+    let Some(key) = index.get_by_hash(&hash_key(credential)) else {
+        return Decision::refuse(
+            DecisionCode::NotFound,
+            None,
+            Some(with_trim_note(
+                "no such key: check that the whole key was copied, and that it belongs to this keygate instance".into(),
+            )),
+        );
+    };
+    let key = Arc::clone(key);
+
+    // State.
+    let state = key.record.state(check.now);
+    let refusal = match state {
+        KeyState::Active => None,
+        KeyState::Revoked => Some((
+            DecisionCode::Revoked,
+            "this key was revoked; ask for a new one".to_string(),
+        )),
+        KeyState::Expired => Some((
+            DecisionCode::Expired,
+            if key.record.rotated_to.is_some() {
+                "this key was rotated and its grace period is over; use its replacement".to_string()
+            } else {
+                "this key has expired; ask for a new one or for its expiry to be extended"
+                    .to_string()
+            },
+        )),
+        KeyState::Disabled => Some((
+            DecisionCode::Disabled,
+            "this key is disabled; an administrator can enable it again".to_string(),
+        )),
+    };
+    if let Some((code, hint)) = refusal {
+        return Decision::refuse(code, Some(key), Some(hint));
+    }
+
+    // Scopes.
+    if let Some(missing) = scope::first_missing(&key.record.scopes, check.required_scopes) {
+        return Decision {
+            code: DecisionCode::InsufficientPermissions,
+            hint: Some(format!("this key lacks the `{missing}` scope")),
+            missing_scope: Some(missing.to_string()),
+            key: Some(key),
+        };
+    }
+
+    Decision {
+        code: DecisionCode::Valid,
+        key: Some(key),
+        hint: None,
+        missing_scope: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{KeyOrigin, KeyRecord};
+    use uuid::Uuid;
+
+    const NOW: UnixMillis = 1_700_000_000_000;
+    static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+    fn record(key: &str, tweak: impl FnOnce(&mut KeyRecord)) -> KeyRecord {
+        let mut record = KeyRecord {
+            id: Uuid::from_u128(u128::from(
+                NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            )),
+            hash: hash_key(key),
+            start: key.chars().take(7).collect(),
+            name: "test".into(),
+            scopes: vec!["read".into(), "files:*".into()],
+            meta: Default::default(),
+            enabled: true,
+            origin: KeyOrigin::Generated,
+            global: false,
+            created_at: NOW - 1000,
+            updated_at: NOW - 1000,
+            expires_at: None,
+            revoked_at: None,
+            rotated_to: None,
+            last_used_at: None,
+            usage_count: 0,
+        };
+        tweak(&mut record);
+        record
+    }
+
+    fn key(n: u8) -> String {
+        key_format::format_key("kg", &[n; 32]).expect("valid prefix")
+    }
+
+    fn check(index: &KeyIndex, credential: &str, scopes: &[&str]) -> Decision {
+        decide(
+            index,
+            &Check {
+                credential,
+                trimmed: false,
+                required_scopes: scopes,
+                now: NOW,
+            },
+        )
+    }
+
+    #[test]
+    fn decisions() {
+        let imported = "legacy-0123456789abcdef";
+        let index = KeyIndex::from_records([
+            record(&key(1), |_| {}),
+            record(&key(2), |r| r.revoked_at = Some(NOW - 1)),
+            record(&key(3), |r| r.expires_at = Some(NOW)),
+            record(&key(4), |r| r.enabled = false),
+            record(&key(5), |r| {
+                r.expires_at = Some(NOW - 5);
+                r.rotated_to = Some(Uuid::nil());
+            }),
+            record(&key(6), |r| r.expires_at = Some(NOW + 1)),
+            record(imported, |r| r.origin = KeyOrigin::Imported),
+        ]);
+        let mut bad_checksum = key(1);
+        let last = bad_checksum.pop();
+        bad_checksum.push(if last == Some('0') { '1' } else { '0' });
+        let keys: Vec<String> = (0..10).map(key).collect();
+        let cases: Vec<(&str, Vec<&str>, DecisionCode)> = vec![
+            (&keys[1], vec![], DecisionCode::Valid),
+            (&keys[1], vec!["read", "files:write"], DecisionCode::Valid),
+            (
+                &keys[1],
+                vec!["admin"],
+                DecisionCode::InsufficientPermissions,
+            ),
+            (&keys[2], vec![], DecisionCode::Revoked),
+            (&keys[3], vec![], DecisionCode::Expired),
+            (&keys[4], vec![], DecisionCode::Disabled),
+            (&keys[5], vec![], DecisionCode::Expired),
+            (&keys[6], vec![], DecisionCode::Valid),
+            (&keys[9], vec![], DecisionCode::NotFound),
+            (&bad_checksum, vec![], DecisionCode::Malformed),
+            (imported, vec![], DecisionCode::Valid),
+            ("legacy-unknown-123456", vec![], DecisionCode::NotFound),
+            ("short", vec![], DecisionCode::Malformed),
+        ];
+        for (credential, scopes, want) in cases {
+            assert_eq!(
+                check(&index, credential, &scopes).code,
+                want,
+                "{credential} {scopes:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn refusal_details() {
+        let index = KeyIndex::from_records([record(&key(1), |_| {})]);
+        let decision = check(&index, &key(1), &["read", "admin"]);
+        assert_eq!(decision.missing_scope.as_deref(), Some("admin"));
+        assert!(decision.key.is_some());
+
+        // Without imported keys, a foreign string is malformed without a lookup.
+        let decision = check(&index, "legacy-unknown-123456", &[]);
+        assert_eq!(decision.code, DecisionCode::Malformed);
+        let whsec = check(&index, "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", &[]);
+        assert!(whsec.hint.expect("hint").contains("webhook signing secret"));
+        let jwt = check(
+            &index,
+            "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl",
+            &[],
+        );
+        assert!(jwt.hint.expect("hint").contains("JWT"));
+
+        let trimmed = decide(
+            &index,
+            &Check {
+                credential: &key(7),
+                trimmed: true,
+                required_scopes: &[] as &[&str],
+                now: NOW,
+            },
+        );
+        assert!(trimmed.hint.expect("hint").contains("whitespace"));
+    }
+
+    #[test]
+    fn hints_never_echo_the_credential() {
+        let k = key(1);
+        let index = KeyIndex::from_records([record(&k, |r| r.revoked_at = Some(1))]);
+        for credential in [k.as_str(), &key(8), "legacy-unknown-123456"] {
+            let hint = check(&index, credential, &[]).hint.unwrap_or_default();
+            assert!(!hint.contains(credential));
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! The in-memory index of every key (hash → record), including revoked and expired ones so
+//! their refusals are precise. Built at start-up and kept current from the change feed by
+//! the server; this type itself is a plain data structure.
+
+use crate::key_format::KeyHash;
+use crate::record::{KeyOrigin, KeyRecord, KeyState, UnixMillis};
+use crate::usage::UsageCounter;
+use std::collections::HashMap;
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// A key record with its live usage counter.
+#[derive(Debug)]
+pub struct IndexedKey {
+    pub record: KeyRecord,
+    pub usage: Arc<UsageCounter>,
+}
+
+impl IndexedKey {
+    /// Uses counted by this node and not yet flushed, added to the stored count.
+    pub fn usage_count(&self) -> u64 {
+        self.record.usage_count + self.usage.pending()
+    }
+
+    /// The later of the stored and the in-memory last use.
+    pub fn last_used_at(&self) -> Option<UnixMillis> {
+        self.record.last_used_at.max(self.usage.last_used_at())
+    }
+}
+
+/// Key counts by state, for system info and metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct StateCounts {
+    pub active: usize,
+    pub disabled: usize,
+    pub expired: usize,
+    pub revoked: usize,
+}
+
+#[derive(Debug, Default)]
+pub struct KeyIndex {
+    by_hash: HashMap<KeyHash, Arc<IndexedKey>>,
+    hash_of: HashMap<Uuid, KeyHash>,
+    imported: usize,
+}
+
+impl KeyIndex {
+    pub fn from_records(records: impl IntoIterator<Item = KeyRecord>) -> Self {
+        let mut index = Self::default();
+        for record in records {
+            index.upsert(record);
+        }
+        index
+    }
+
+    /// Inserts or replaces a record, keeping the live usage counter of the same key.
+    pub fn upsert(&mut self, record: KeyRecord) {
+        let usage = match self.remove(record.id) {
+            Some(old) => Arc::clone(&old.usage),
+            None => Arc::new(UsageCounter::new(record.last_used_at)),
+        };
+        if record.origin == KeyOrigin::Imported {
+            self.imported += 1;
+        }
+        self.hash_of.insert(record.id, record.hash);
+        self.by_hash
+            .insert(record.hash, Arc::new(IndexedKey { record, usage }));
+    }
+
+    /// Removes a key (used when a record vanished from the store).
+    pub fn remove(&mut self, id: Uuid) -> Option<Arc<IndexedKey>> {
+        let hash = self.hash_of.remove(&id)?;
+        let old = self.by_hash.remove(&hash)?;
+        if old.record.origin == KeyOrigin::Imported {
+            self.imported -= 1;
+        }
+        Some(old)
+    }
+
+    pub fn get_by_hash(&self, hash: &KeyHash) -> Option<&Arc<IndexedKey>> {
+        self.by_hash.get(hash)
+    }
+
+    pub fn get_by_id(&self, id: Uuid) -> Option<&Arc<IndexedKey>> {
+        self.by_hash.get(self.hash_of.get(&id)?)
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_hash.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_hash.is_empty()
+    }
+
+    /// Number of imported (non-keygate-format) keys; when zero, a value that is not in
+    /// the keygate format can be refused as malformed without hashing it.
+    pub fn imported_count(&self) -> usize {
+        self.imported
+    }
+
+    pub fn counts_by_state(&self, now: UnixMillis) -> StateCounts {
+        let mut counts = StateCounts::default();
+        for key in self.by_hash.values() {
+            match key.record.state(now) {
+                KeyState::Active => counts.active += 1,
+                KeyState::Disabled => counts.disabled += 1,
+                KeyState::Expired => counts.expired += 1,
+                KeyState::Revoked => counts.revoked += 1,
+            }
+        }
+        counts
+    }
+}

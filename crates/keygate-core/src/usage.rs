@@ -1,0 +1,183 @@
+//! In-memory usage counting for the hot path, drained in batches by a flusher.
+//!
+//! Counting a request is two atomic operations; the first use of a key since the last
+//! flush also pushes it onto the ledger's queue, so a flush touches only keys that were
+//! used, never the whole index.
+
+use crate::record::UnixMillis;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use uuid::Uuid;
+
+/// Per-key counters not yet written to the store.
+#[derive(Debug, Default)]
+pub struct UsageCounter {
+    pending: AtomicU64,
+    last_used_at: AtomicI64,
+    queued: AtomicBool,
+}
+
+impl UsageCounter {
+    pub fn new(last_used_at: Option<UnixMillis>) -> Self {
+        Self {
+            pending: AtomicU64::new(0),
+            last_used_at: AtomicI64::new(last_used_at.unwrap_or(0)),
+            queued: AtomicBool::new(false),
+        }
+    }
+
+    /// Uses counted since the last flush.
+    pub fn pending(&self) -> u64 {
+        self.pending.load(Ordering::Relaxed)
+    }
+
+    /// The latest use known to this node, flushed or not.
+    pub fn last_used_at(&self) -> Option<UnixMillis> {
+        Some(self.last_used_at.load(Ordering::Relaxed)).filter(|at| *at > 0)
+    }
+}
+
+/// One key's usage to add to the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageDelta {
+    pub key_id: Uuid,
+    pub uses: u64,
+    pub last_used_at: UnixMillis,
+}
+
+/// The queue of keys with unflushed usage.
+#[derive(Debug, Default)]
+pub struct UsageLedger {
+    queue: Mutex<Vec<(Uuid, Arc<UsageCounter>)>>,
+}
+
+impl UsageLedger {
+    /// Counts one use of a key at `now`.
+    pub fn record(&self, key_id: Uuid, counter: &Arc<UsageCounter>, now: UnixMillis) {
+        counter.pending.fetch_add(1, Ordering::Relaxed);
+        counter.last_used_at.fetch_max(now, Ordering::Relaxed);
+        if !counter.queued.swap(true, Ordering::AcqRel) {
+            self.lock().push((key_id, Arc::clone(counter)));
+        }
+    }
+
+    /// Number of keys waiting to be flushed.
+    pub fn queued(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Takes everything counted so far. If writing the deltas fails, hand them back with
+    /// [`UsageLedger::restore`] so nothing is lost.
+    pub fn drain(&self) -> Vec<UsageDelta> {
+        let taken = std::mem::take(&mut *self.lock());
+        taken
+            .into_iter()
+            .filter_map(|(key_id, counter)| {
+                // Clear the flag before taking the count: a use that lands in between
+                // re-queues the key, so it is flushed next time rather than lost.
+                counter.queued.store(false, Ordering::Release);
+                let uses = counter.pending.swap(0, Ordering::AcqRel);
+                (uses > 0).then(|| UsageDelta {
+                    key_id,
+                    uses,
+                    last_used_at: counter.last_used_at.load(Ordering::Relaxed),
+                })
+            })
+            .collect()
+    }
+
+    /// Puts back deltas that could not be written.
+    pub fn restore(
+        &self,
+        deltas: Vec<UsageDelta>,
+        counter_of: impl Fn(Uuid) -> Option<Arc<UsageCounter>>,
+    ) {
+        for delta in deltas {
+            if let Some(counter) = counter_of(delta.key_id) {
+                counter.pending.fetch_add(delta.uses, Ordering::AcqRel);
+                if !counter.queued.swap(true, Ordering::AcqRel) {
+                    self.lock().push((delta.key_id, counter));
+                }
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Uuid, Arc<UsageCounter>)>> {
+        // The queue stays consistent even if a holder panicked: it is a plain Vec push/take.
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_queue_once_and_drain() {
+        let ledger = UsageLedger::default();
+        let id = Uuid::nil();
+        let counter = Arc::new(UsageCounter::new(None));
+        for now in [10, 30, 20] {
+            ledger.record(id, &counter, now);
+        }
+        assert_eq!(ledger.queued(), 1);
+        assert_eq!(
+            ledger.drain(),
+            vec![UsageDelta {
+                key_id: id,
+                uses: 3,
+                last_used_at: 30
+            }]
+        );
+        assert_eq!(ledger.queued(), 0);
+        assert!(ledger.drain().is_empty());
+        ledger.record(id, &counter, 40);
+        assert_eq!(ledger.drain()[0].uses, 1);
+    }
+
+    #[test]
+    fn restore_puts_counts_back() {
+        let ledger = UsageLedger::default();
+        let id = Uuid::nil();
+        let counter = Arc::new(UsageCounter::new(Some(5)));
+        ledger.record(id, &counter, 50);
+        let deltas = ledger.drain();
+        ledger.record(id, &counter, 60);
+        ledger.restore(deltas, |_| Some(Arc::clone(&counter)));
+        let again = ledger.drain();
+        assert_eq!(
+            again,
+            vec![UsageDelta {
+                key_id: id,
+                uses: 2,
+                last_used_at: 60
+            }]
+        );
+    }
+
+    #[test]
+    fn concurrent_counting_loses_nothing() {
+        let ledger = Arc::new(UsageLedger::default());
+        let counter = Arc::new(UsageCounter::new(None));
+        let total = std::thread::scope(|scope| {
+            for t in 0..4 {
+                let (ledger, counter) = (Arc::clone(&ledger), Arc::clone(&counter));
+                scope.spawn(move || {
+                    for i in 0..10_000 {
+                        ledger.record(Uuid::nil(), &counter, t * 10_000 + i);
+                    }
+                });
+            }
+            let drainer = scope.spawn(|| {
+                let mut sum = 0;
+                for _ in 0..1000 {
+                    sum += ledger.drain().iter().map(|d| d.uses).sum::<u64>();
+                }
+                sum
+            });
+            drainer.join().expect("drainer thread")
+        });
+        let rest: u64 = ledger.drain().iter().map(|d| d.uses).sum();
+        assert_eq!(total + rest, 40_000);
+    }
+}
