@@ -1,0 +1,204 @@
+//! Key management and verification wire types.
+
+use serde::{Deserialize, Deserializer, Serialize};
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+pub type Meta = serde_json::Map<String, serde_json::Value>;
+
+/// A key as the management API shows it: never the key, never its hash.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct KeyView {
+    pub id: Uuid,
+    pub name: String,
+    /// Prefix and first secret characters, to recognise a key (`kg_AbC1`).
+    pub start: String,
+    pub scopes: Vec<String>,
+    #[schema(value_type = Object)]
+    pub meta: Meta,
+    pub enabled: bool,
+    /// `active`, `disabled`, `expired` or `revoked`.
+    pub state: String,
+    /// `generated` or `imported`.
+    pub origin: String,
+    /// The instance's global admin key.
+    pub global: bool,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub expires_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub revoked_at: Option<OffsetDateTime>,
+    /// On a rotated key: the id of its replacement.
+    pub rotated_to: Option<Uuid>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_used_at: Option<OffsetDateTime>,
+    pub usage_count: u64,
+}
+
+/// A key as returned once, at creation or rotation: the record plus the full key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CreatedKey {
+    #[serde(flatten)]
+    pub record: KeyView,
+    /// The full key. Shown this once; keygate keeps only its SHA-256.
+    pub key: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKeyRequest {
+    pub name: String,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Key prefix, `[a-z][a-z0-9_]{0,15}`; default `kg`.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub expires_at: Option<OffsetDateTime>,
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub meta: Option<Meta>,
+    #[serde(default)]
+    pub enabled: Option<bool>,
+}
+
+/// Adopt a key string from another system; it is hashed like any other key.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImportKeyRequest {
+    /// 16–512 visible ASCII characters.
+    pub key: String,
+    pub name: String,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub expires_at: Option<OffsetDateTime>,
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub meta: Option<Meta>,
+    #[serde(default)]
+    pub enabled: Option<bool>,
+}
+
+/// Only the fields present change; `"expires_at": null` removes the expiry.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateKeyRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub meta: Option<Meta>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    #[serde(
+        default,
+        deserialize_with = "present_or_null",
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "serialize_nullable_time"
+    )]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<Option<OffsetDateTime>>,
+}
+
+/// Tells `"field": null` (Some(None)) from an absent field (None).
+fn present_or_null<'de, D>(deserializer: D) -> Result<Option<Option<OffsetDateTime>>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    time::serde::rfc3339::option::deserialize(deserializer).map(Some)
+}
+
+fn serialize_nullable_time<S: serde::Serializer>(
+    value: &Option<Option<OffsetDateTime>>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    time::serde::rfc3339::option::serialize(&value.flatten(), serializer)
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotateKeyRequest {
+    /// How long the old key keeps working after rotation (default 0: it stops at once).
+    #[serde(default)]
+    pub grace_seconds: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RotatedKey {
+    /// The replacement, with its full key (shown this once).
+    #[serde(flatten)]
+    pub key: CreatedKey,
+    /// The old key, now expiring at the end of the grace period.
+    pub previous: KeyView,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct KeyList {
+    pub keys: Vec<KeyView>,
+    /// Pass as `offset` to get the next page; absent on the last page.
+    pub next_offset: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyRequest {
+    pub key: String,
+    /// Scopes the key must hold.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+/// The verify API's answer: always 200 for a well-formed request; `valid` says the rest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct VerifyResponse {
+    pub valid: bool,
+    /// `VALID`, `NOT_FOUND`, `REVOKED`, ... (DESIGN.md's decision codes).
+    pub code: String,
+    pub key_id: Option<Uuid>,
+    pub name: Option<String>,
+    pub scopes: Vec<String>,
+    #[schema(value_type = Option<Object>)]
+    pub meta: Option<Meta>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub expires_at: Option<OffsetDateTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missing_scope: Option<String>,
+}
+
+/// Who the request's credential belongs to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct WhoAmI {
+    /// `api_key`, or `none` when API access is switched off.
+    pub auth: String,
+    pub key_id: Option<Uuid>,
+    pub name: Option<String>,
+    pub scopes: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patch_tells_null_from_absent() {
+        let absent: UpdateKeyRequest = serde_json::from_str("{}").expect("parses");
+        assert_eq!(absent.expires_at, None);
+        let null: UpdateKeyRequest =
+            serde_json::from_str(r#"{"expires_at":null}"#).expect("parses");
+        assert_eq!(null.expires_at, Some(None));
+        let set: UpdateKeyRequest =
+            serde_json::from_str(r#"{"expires_at":"2030-01-01T00:00:00Z"}"#).expect("parses");
+        assert!(matches!(set.expires_at, Some(Some(_))));
+        assert!(serde_json::from_str::<UpdateKeyRequest>(r#"{"expires_at":"soon"}"#).is_err());
+        assert!(serde_json::from_str::<UpdateKeyRequest>(r#"{"colour":"red"}"#).is_err());
+    }
+}
