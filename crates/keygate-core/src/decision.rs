@@ -191,7 +191,9 @@ pub fn decide<S: AsRef<str>>(index: &KeyIndex, check: &Check<'_, S>) -> Decision
     if let Some(missing) = scope::first_missing(&key.record.scopes, check.required_scopes) {
         return Decision {
             code: DecisionCode::InsufficientPermissions,
-            hint: Some(format!("this key lacks the `{missing}` scope")),
+            hint: Some(format!(
+                "use a key that holds the `{missing}` scope (or `*`)"
+            )),
             missing_scope: Some(missing.to_string()),
             key: Some(key),
         };

@@ -1,1 +1,123 @@
+//! keygate's HTTP server: the verification hot path, the management API and the
+//! background workers that keep the in-memory index and the store in step.
+//!
+//! Architecture invariant: request handlers on the verification path (`Caller`, `Admin`,
+//! the verify API) read only memory. The store is touched by management writes, the
+//! change-feed poller and the usage flusher.
 
+pub mod bootstrap;
+pub mod clock;
+pub mod config;
+pub mod engine;
+pub mod feed;
+pub mod flush;
+pub mod http;
+pub mod mint;
+
+use config::ServerConfig;
+use engine::Engine;
+use feed::Feed;
+use flush::Flusher;
+use keygate_store::{Store, StoreError};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+use tokio::net::TcpListener;
+
+/// What request handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Arc<Engine>,
+    pub store: Arc<dyn Store>,
+    pub feed: Arc<Feed>,
+    pub config: Arc<ServerConfig>,
+    pub started: Instant,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+/// The process-wide Prometheus recorder, installed on first use.
+pub fn metrics_handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        // Fails only if another recorder was installed first; /metrics is then empty.
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("a metrics recorder was already installed; /metrics shows only its own");
+        }
+        handle
+    })
+}
+
+/// A loaded server, ready to serve.
+pub struct Server {
+    state: AppState,
+}
+
+impl Server {
+    /// Loads every key into memory and reads the instance settings.
+    pub async fn load(config: ServerConfig, store: Arc<dyn Store>) -> Result<Self, StartError> {
+        metrics_handle();
+        let (keys, seq) = store.load_keys().await?;
+        let settings = store.settings().await?;
+        http::system::warn_if_open(&settings);
+        let engine = Arc::new(
+            Engine::new(&config, keys, settings, seq, clock::now_ms())
+                .map_err(StartError::Config)?,
+        );
+        tracing::info!(keys = engine.index().len(), seq, "key index loaded");
+        let feed = Arc::new(Feed::new(Arc::clone(&engine), Arc::clone(&store)));
+        Ok(Self {
+            state: AppState {
+                engine,
+                store,
+                feed,
+                config: Arc::new(config),
+                started: Instant::now(),
+            },
+        })
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` completes, then finishes requests in flight, stops the
+    /// workers and flushes usage counters.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let state = self.state;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let poller = tokio::spawn(
+            Arc::clone(&state.feed).run(state.config.feed_poll_interval, stop_rx.clone()),
+        );
+        let flusher = Flusher {
+            engine: Arc::clone(&state.engine),
+            store: Arc::clone(&state.store),
+            feed_retention: state.config.feed_retention,
+        };
+        let flusher = tokio::spawn(flusher.run(state.config.flush_interval, stop_rx));
+        let app = http::router(state.clone());
+        let served = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await;
+        let _ = stop_tx.send(true);
+        let _ = poller.await;
+        let _ = flusher.await;
+        served
+    }
+}

@@ -366,6 +366,14 @@ impl Store for SqliteStore {
                 "this key was already rotated; rotate its replacement {next} instead"
             )));
         }
+        if replacement.global {
+            // Only one key may be the global one: hand the role to the replacement.
+            sqlx::query("UPDATE keys SET global = 0 WHERE id = ?")
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await?;
+            old.global = false;
+        }
         insert_key_tx(&mut tx, replacement).await?;
         // The old key never lives longer than it would have without the rotation.
         old.expires_at = Some(

@@ -1,1 +1,251 @@
-fn main() {}
+//! The `keygate` binary: the server, the admin commands that work on the data directory,
+//! and a CLI client for a running server.
+
+mod client;
+mod config;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use config::{Effective, FileConfig, LogFormat, Overrides};
+use keygate_server::mint::{self, KeySpec};
+use keygate_server::{Server, bootstrap, clock};
+use keygate_store::{SqliteStore, Store};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "keygate",
+    version,
+    about = "Issue, verify, rate-limit and meter API credentials."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Args)]
+struct ConfigArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "KEYGATE_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    overrides: Overrides,
+}
+
+impl ConfigArgs {
+    fn resolve(&self) -> Result<Effective> {
+        let file = match &self.config {
+            Some(path) => config::read_file(path).map_err(anyhow::Error::msg)?,
+            None => FileConfig::default(),
+        };
+        config::resolve(&file, &self.overrides)
+            .map_err(|errors| anyhow::anyhow!("invalid configuration:\n  {}", errors.join("\n  ")))
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(ConfigArgs),
+    /// Run the store's migrations and exit.
+    Migrate(ConfigArgs),
+    /// Inspect the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Work directly on the data directory (the server may be running).
+    #[command(subcommand)]
+    Admin(AdminCommand),
+    /// Manage keys through a running server's API.
+    #[command(subcommand)]
+    Keys(client::KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print the effective configuration; exit non-zero on an unknown key or bad value.
+    Check(ConfigArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Create a key and print it alone on stdout. A running server accepts it within a second.
+    CreateKey {
+        #[arg(
+            long,
+            env = "KEYGATE_DATA_DIR",
+            default_value = "./keygate-data",
+            value_name = "DIR"
+        )]
+        data_dir: PathBuf,
+        #[arg(long)]
+        name: String,
+        /// Comma-separated scopes (e.g. admin or files:read,files:write).
+        #[arg(long, value_delimiter = ',')]
+        scopes: Vec<String>,
+        /// Key prefix (default kg).
+        #[arg(long)]
+        prefix: Option<String>,
+        /// RFC 3339 expiry time.
+        #[arg(long, value_parser = parse_rfc3339)]
+        expires_at: Option<time::OffsetDateTime>,
+    },
+}
+
+fn parse_rfc3339(text: &str) -> Result<time::OffsetDateTime, String> {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map_err(|_| format!("{text:?} is not an RFC 3339 time like 2030-01-31T12:00:00Z"))
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KEYGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn open_store(data_dir: &std::path::Path) -> Result<SqliteStore> {
+    SqliteStore::open(data_dir)
+        .await
+        .with_context(|| format!("cannot open the store in {}", data_dir.display()))
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}
+
+async fn serve(args: ConfigArgs) -> Result<()> {
+    let effective = args.resolve()?;
+    init_logging(effective.log_format);
+    let store = Arc::new(open_store(&effective.data_dir).await?);
+    if let Some(key) = bootstrap::ensure_global_key(store.as_ref(), clock::now_ms()).await? {
+        print_first_start_banner(&key, &effective);
+    }
+    let listener = tokio::net::TcpListener::bind(effective.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", effective.listen))?;
+    let address = listener.local_addr()?;
+    let server = Server::load(
+        effective.server_config(),
+        Arc::clone(&store) as Arc<dyn Store>,
+    )
+    .await?;
+    println!(
+        "keygate listening on http://{address} (data in {})",
+        effective.data_dir.display()
+    );
+    server.serve(listener, shutdown_signal()).await?;
+    store.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn print_first_start_banner(key: &str, effective: &Effective) {
+    let url = format!("http://{}", effective.listen);
+    println!(
+        "\n================================================================\n\
+         keygate: first start. The instance's global admin key is:\n\n    {key}\n\n\
+         It is shown this once and stored only as a hash. Keep it safe.\n\
+         Try it:\n    curl -H \"Authorization: Bearer {key}\" {url}/api/v1/whoami\n\
+         Or:\n    export KEYGATE_URL={url} KEYGATE_API_KEY={key}\n    keygate keys list\n\
+         ================================================================\n"
+    );
+}
+
+async fn admin_create_key(
+    data_dir: PathBuf,
+    name: String,
+    scopes: Vec<String>,
+    prefix: Option<String>,
+    expires_at: Option<time::OffsetDateTime>,
+) -> Result<()> {
+    let store = open_store(&data_dir).await?;
+    let spec = KeySpec {
+        name,
+        scopes: scopes.into_iter().filter(|s| !s.is_empty()).collect(),
+        prefix,
+        expires_at: expires_at.map(clock::millis_of),
+        enabled: true,
+        ..Default::default()
+    };
+    let (key, record) = mint::mint(&spec, clock::now_ms())?;
+    store.insert_key(&record).await?;
+    store.close().await;
+    println!("{key}");
+    eprintln!(
+        "created key {} ({}); it will not be shown again",
+        record.id, record.start
+    );
+    Ok(())
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Migrate(args) => {
+            let effective = args.resolve()?;
+            let store = open_store(&effective.data_dir).await?;
+            store.close().await;
+            println!("migrations applied to {}", store.path().display());
+            Ok(())
+        }
+        Command::Config(ConfigCommand::Check(args)) => {
+            let effective = args.resolve()?;
+            // No setting is secret yet; any added later must be redacted here.
+            print!("{}", toml::to_string(&effective)?);
+            Ok(())
+        }
+        Command::Admin(AdminCommand::CreateKey {
+            data_dir,
+            name,
+            scopes,
+            prefix,
+            expires_at,
+        }) => admin_create_key(data_dir, name, scopes, prefix, expires_at).await,
+        Command::Keys(command) => client::run(command).await,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

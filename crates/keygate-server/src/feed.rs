@@ -1,0 +1,106 @@
+//! Following the store's change feed into the in-memory index.
+//!
+//! Every node polls `changes_since(applied)`; writes made through this node's API call
+//! [`Feed::sync`] right after committing so the writer reads its own write at once. Both
+//! paths go through the same lock, so changes are applied in order exactly once.
+
+use crate::clock::now_ms;
+use crate::engine::Engine;
+use keygate_store::{Entity, Store, StoreError};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use uuid::Uuid;
+
+/// Changes read per store round trip.
+const BATCH: u32 = 1000;
+
+pub struct Feed {
+    engine: Arc<Engine>,
+    store: Arc<dyn Store>,
+    lock: tokio::sync::Mutex<()>,
+}
+
+impl Feed {
+    pub fn new(engine: Arc<Engine>, store: Arc<dyn Store>) -> Self {
+        Self {
+            engine,
+            store,
+            lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Applies every change after this node's position. Returns how many were applied.
+    pub async fn sync(&self) -> Result<usize, StoreError> {
+        let _guard = self.lock.lock().await;
+        let position = &self.engine.feed;
+        let mut applied = 0;
+        loop {
+            let after = position.applied_seq.load(Ordering::Acquire);
+            let changes = self.store.changes_since(after, BATCH).await?;
+            let Some(last) = changes.last().map(|c| c.seq) else {
+                break;
+            };
+            let mut key_ids = HashSet::new();
+            let mut settings_changed = false;
+            for change in &changes {
+                match change.entity {
+                    Entity::Key => match Uuid::parse_str(&change.entity_id) {
+                        Ok(id) => {
+                            key_ids.insert(id);
+                        }
+                        Err(_) => tracing::warn!(
+                            seq = change.seq,
+                            "change feed entry with a bad key id skipped"
+                        ),
+                    },
+                    Entity::Settings => settings_changed = true,
+                }
+            }
+            let ids: Vec<Uuid> = key_ids.into_iter().collect();
+            let records = self.store.keys_by_id(&ids).await?;
+            let found: HashSet<Uuid> = records.iter().map(|r| r.id).collect();
+            let removed: Vec<Uuid> = ids.into_iter().filter(|id| !found.contains(id)).collect();
+            if settings_changed {
+                self.engine.apply_settings(self.store.settings().await?);
+            }
+            self.engine.apply_keys(records, &removed);
+            position.applied_seq.store(last, Ordering::Release);
+            applied += changes.len();
+            if changes.len() < BATCH as usize {
+                break;
+            }
+        }
+        let latest = self.store.latest_seq().await?;
+        position.store_seq.store(latest, Ordering::Release);
+        position.last_poll_at.store(now_ms(), Ordering::Release);
+        if applied > 0 {
+            tracing::debug!(
+                applied,
+                seq = position.applied_seq.load(Ordering::Relaxed),
+                "change feed applied"
+            );
+        }
+        Ok(applied)
+    }
+
+    /// Polls until `stop` fires.
+    pub async fn run(
+        self: Arc<Self>,
+        interval: std::time::Duration,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {
+                    if let Err(err) = self.sync().await {
+                        tracing::warn!(error = %err, "change feed poll failed; will retry");
+                    }
+                }
+                _ = stop.changed() => break,
+            }
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! Per-request context: the request id (taken from `X-Request-Id` when sane, else made
+//! here), access logging with secrets kept out, and panics turned into the error model.
+
+use axum::extract::Request;
+use axum::http::{HeaderValue, Uri};
+use axum::middleware::Next;
+use axum::response::Response;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+tokio::task_local! {
+    static REQUEST_ID: Arc<str>;
+}
+
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// The id of the request being handled, or `-` outside a request.
+pub fn current_request_id() -> String {
+    REQUEST_ID
+        .try_with(|id| id.to_string())
+        .unwrap_or_else(|_| "-".into())
+}
+
+fn new_request_id() -> Arc<str> {
+    static NODE: OnceLock<u32> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let node = NODE.get_or_init(|| {
+        let mut bytes = [0u8; 4];
+        // A failed read only makes ids less unique across restarts; still unique per run.
+        let _ = getrandom::fill(&mut bytes);
+        u32::from_be_bytes(bytes)
+    });
+    format!(
+        "req_{node:08x}{:010x}",
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+    .into()
+}
+
+fn sane_incoming(value: &HeaderValue) -> Option<Arc<str>> {
+    let text = value.to_str().ok()?;
+    let ok = !text.is_empty()
+        && text.len() <= 64
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+    ok.then(|| Arc::from(text))
+}
+
+/// The URI as it may appear in a log line: the `apikey` parameter's value and anything
+/// shaped like a keygate key are replaced.
+pub fn loggable_uri(uri: &Uri) -> String {
+    let path = keygate_core::key_format::redact_keys(uri.path()).into_owned();
+    let Some(query) = uri.query() else {
+        return path;
+    };
+    let redacted: Vec<String> = form_urlencoded::parse(query.as_bytes())
+        .map(|(name, value)| {
+            if name.eq_ignore_ascii_case("apikey") {
+                format!("{name}=[REDACTED]")
+            } else {
+                format!("{name}={}", keygate_core::key_format::redact_keys(&value))
+            }
+        })
+        .collect();
+    format!("{path}?{}", redacted.join("&"))
+}
+
+pub async fn request_context(request: Request, next: Next) -> Response {
+    let id = request
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(sane_incoming)
+        .unwrap_or_else(new_request_id);
+    let method = request.method().clone();
+    let uri = request.uri().clone();
+    let started = Instant::now();
+    let mut response = REQUEST_ID.scope(Arc::clone(&id), next.run(request)).await;
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+    }
+    let status = response.status().as_u16();
+    let micros = started.elapsed().as_micros() as u64;
+    if status >= 500 {
+        tracing::warn!(request_id = %id, %method, uri = %loggable_uri(&uri), status, micros, "request failed");
+    } else {
+        tracing::debug!(request_id = %id, %method, uri = %loggable_uri(&uri), status, micros, "request");
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_lines_hide_credentials() {
+        let key = keygate_core::key_format::format_key("kg", &[3; 32]).expect("key");
+        let uri: Uri = format!("/api/v1/x/{key}?apikey=secret-value&q={key}&page=2")
+            .parse()
+            .expect("uri");
+        let logged = loggable_uri(&uri);
+        assert!(
+            !logged.contains(&key) && !logged.contains("secret-value"),
+            "{logged}"
+        );
+        assert!(logged.contains("page=2"));
+    }
+
+    #[test]
+    fn incoming_ids_are_checked() {
+        assert!(sane_incoming(&HeaderValue::from_static("abc-123")).is_some());
+        assert!(sane_incoming(&HeaderValue::from_static("a b")).is_none());
+        assert!(sane_incoming(&HeaderValue::from_static("")).is_none());
+    }
+}

@@ -1,0 +1,53 @@
+//! The OpenAPI 3.1 document of every endpoint, and Swagger UI with embedded assets.
+
+use crate::config::ServerConfig;
+use crate::http::{keys, system, verify};
+use utoipa::OpenApi;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "keygate",
+        description = "Issue, verify, rate-limit and meter API credentials. Send the key as `Authorization: Bearer <key>` or in the API-key header. Errors use one body: `{\"error\": {\"code\", \"message\", \"hint\", \"request_id\"}}`.",
+    ),
+    paths(
+        keys::create_key, keys::list_keys, keys::get_key, keys::update_key, keys::revoke_key,
+        keys::rotate_key, keys::import_key,
+        verify::verify_key, verify::whoami,
+        system::get_settings, system::patch_settings, system::system_info,
+        system::healthz, system::readyz, system::metrics, openapi_json,
+    ),
+    tags(
+        (name = "keys", description = "Create, list, update, revoke, rotate and import API keys (admin scope)."),
+        (name = "verify", description = "Ask keygate whether a key is good."),
+        (name = "settings", description = "Instance settings (admin scope)."),
+        (name = "system", description = "System information, health and metrics."),
+    )
+)]
+struct ApiDoc;
+
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "system",
+    responses((status = 200, description = "This document", content_type = "application/json")))]
+#[allow(dead_code)] // Documents the route that utoipa-swagger-ui serves.
+fn openapi_json() {}
+
+/// The document, with the security schemes named after this deployment's configuration.
+pub fn openapi(config: &ServerConfig) -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    doc.info.version = env!("CARGO_PKG_VERSION").into();
+    let components = doc.components.get_or_insert_with(Default::default);
+    let mut api_key = ApiKeyValue::new(config.api_key_header.clone());
+    api_key.description = Some("An API key in this header.".into());
+    components.add_security_scheme("api_key", SecurityScheme::ApiKey(ApiKey::Header(api_key)));
+    components.add_security_scheme(
+        "bearer",
+        SecurityScheme::Http(
+            HttpBuilder::new()
+                .scheme(HttpAuthScheme::Bearer)
+                .description(Some("An API key as `Authorization: Bearer <key>`."))
+                .build(),
+        ),
+    );
+    doc
+}

@@ -1,0 +1,137 @@
+//! `ApiError`: every error and refusal leaves the server through this type, so every body
+//! has the same shape and carries the request id.
+
+use crate::http::context::current_request_id;
+use crate::mint::MintError;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use keygate_api::{ErrorBody, ErrorCode, ErrorDetail};
+use keygate_core::Decision;
+use keygate_store::StoreError;
+use std::borrow::Cow;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: Cow<'static, str>,
+    pub hint: Option<String>,
+    /// For `insufficient_permissions`: the scope the credential lacks.
+    pub scope: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode) -> Self {
+        Self {
+            code,
+            message: Cow::Borrowed(code.default_message()),
+            hint: None,
+            scope: None,
+        }
+    }
+
+    pub fn message(mut self, message: impl Into<Cow<'static, str>>) -> Self {
+        self.message = message.into();
+        self
+    }
+
+    pub fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    pub fn invalid(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(ErrorCode::InvalidRequest).message(message)
+    }
+
+    pub fn not_found(what: &str) -> Self {
+        Self::new(ErrorCode::NotFound).message(format!("No {what} with this id."))
+    }
+
+    /// An unexpected failure: logged in full here, answered with a generic 500.
+    pub fn internal(err: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %err, "internal error");
+        Self::new(ErrorCode::InternalError)
+    }
+}
+
+impl From<Decision> for ApiError {
+    fn from(decision: Decision) -> Self {
+        let code = ErrorCode::from_decision(decision.code).unwrap_or(ErrorCode::InternalError);
+        let mut error = ApiError::new(code);
+        error.hint = decision.hint;
+        if let Some(scope) = decision.missing_scope {
+            error.message = Cow::Owned(format!("This key lacks the `{scope}` scope."));
+            error.scope = Some(scope);
+        }
+        error
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Conflict(message) => ApiError::new(ErrorCode::Conflict).message(message),
+            other => ApiError::internal(&other),
+        }
+    }
+}
+
+impl From<MintError> for ApiError {
+    fn from(err: MintError) -> Self {
+        match err {
+            MintError::Invalid { field, message } => {
+                ApiError::invalid(format!("`{field}` {message}."))
+            }
+            MintError::Entropy => ApiError::internal(&err),
+        }
+    }
+}
+
+/// `WWW-Authenticate` in the RFC 6750 form.
+fn www_authenticate(error: &ApiError) -> Option<String> {
+    let kind = match (error.code.status(), error.code) {
+        (_, ErrorCode::MissingCredentials) => return Some(r#"Bearer realm="keygate""#.into()),
+        (401, _) => "invalid_token",
+        (_, ErrorCode::InsufficientPermissions) => "insufficient_scope",
+        _ => return None,
+    };
+    let description: String = error
+        .message
+        .chars()
+        .filter(|c| *c != '"' && *c != '\\')
+        .collect();
+    let mut value =
+        format!(r#"Bearer realm="keygate", error="{kind}", error_description="{description}""#);
+    if let Some(scope) = &error.scope {
+        let scope: String = scope.chars().filter(|c| *c != '"' && *c != '\\').collect();
+        value.push_str(&format!(r#", scope="{scope}""#));
+    }
+    Some(value)
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let challenge = www_authenticate(&self);
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message.into_owned(),
+                hint: self.hint,
+                request_id: current_request_id(),
+            },
+        };
+        let json = serde_json::to_vec(&body).unwrap_or_default();
+        let mut response = (status, json).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json; charset=utf-8"),
+        );
+        if let Some(value) = challenge.and_then(|v| HeaderValue::from_str(&v).ok()) {
+            headers.insert(header::WWW_AUTHENTICATE, value);
+        }
+        response
+    }
+}

@@ -1,0 +1,119 @@
+//! Extractors that turn bad input into the error model: JSON bodies, ids in the path,
+//! query strings, and the caller's credential.
+
+use crate::AppState;
+use crate::clock::now_ms;
+use crate::engine::Principal;
+use crate::http::error::ApiError;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::request::Parts;
+use keygate_api::ErrorCode;
+use serde::de::DeserializeOwned;
+use uuid::Uuid;
+
+/// A JSON request body. An empty body reads as `{}`. A body with no content type, or
+/// curl's default `application/x-www-form-urlencoded` (`curl -d` without `-H`), is read
+/// as JSON; any other non-JSON type is a 415.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        let content_type = request
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_ascii_lowercase);
+        if let Some(ct) = content_type.as_deref()
+            && !ct.contains("json")
+            && !ct.starts_with("application/x-www-form-urlencoded")
+        {
+            return Err(ApiError::new(ErrorCode::UnsupportedMediaType)
+                .hint("send the body as JSON with `Content-Type: application/json`"));
+        }
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::new(ErrorCode::PayloadTooLarge)
+                } else {
+                    ApiError::invalid("The request body could not be read.")
+                }
+            })?;
+        let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+            b"{}"
+        } else {
+            &bytes
+        };
+        serde_json::from_slice(bytes).map(JsonBody).map_err(|err| {
+            // serde echoes mistyped string values; keep keys out of the echo.
+            let detail = keygate_core::key_format::redact_keys(&err.to_string()).into_owned();
+            ApiError::invalid(format!("The JSON body is not valid: {detail}."))
+        })
+    }
+}
+
+/// A UUID in the path (`/keys/{id}`).
+pub struct PathId(pub Uuid);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::invalid("The path is missing an id."))?;
+        Uuid::parse_str(&raw).map(PathId).map_err(|_| {
+            ApiError::invalid("The id in the path is not a UUID.")
+                .hint("ids look like 0192f7a4-8c1e-7b2a-9f00-1234567890ab")
+        })
+    }
+}
+
+/// Query-string parameters, with unknown or mistyped ones refused clearly.
+pub struct QueryParams<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        Query::<T>::try_from_uri(&parts.uri)
+            .map(|Query(value)| QueryParams(value))
+            .map_err(|err| {
+                let detail = keygate_core::key_format::redact_keys(&err.body_text()).into_owned();
+                ApiError::invalid(format!("The query string is not valid: {detail}"))
+            })
+    }
+}
+
+/// Any authenticated caller.
+pub struct Caller(pub Principal);
+
+/// A caller holding the `admin` scope (or `*`).
+pub struct Admin(pub Principal);
+
+fn authenticate(parts: &Parts, state: &AppState, scopes: &[&str]) -> Result<Principal, ApiError> {
+    state
+        .engine
+        .authenticate(&parts.headers, parts.uri.query(), scopes, now_ms())
+        .map_err(ApiError::from)
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        authenticate(parts, state, &[]).map(Caller)
+    }
+}
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        authenticate(parts, state, &["admin"]).map(Admin)
+    }
+}

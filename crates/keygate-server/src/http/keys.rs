@@ -1,0 +1,323 @@
+//! `/api/v1/keys`: create, list, show, update, revoke, rotate and import keys.
+
+use crate::AppState;
+use crate::clock::{millis_of, now_ms, time_of};
+use crate::http::error::ApiError;
+use crate::http::extract::{Admin, JsonBody, PathId, QueryParams};
+use crate::mint::{self, KeySpec};
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use keygate_api::ErrorBody;
+use keygate_api::keys::{
+    CreateKeyRequest, CreatedKey, ImportKeyRequest, KeyList, KeyView, RotateKeyRequest, RotatedKey,
+    UpdateKeyRequest,
+};
+use keygate_core::{KeyOrigin, KeyRecord, KeyState, UnixMillis};
+use keygate_store::{KeyPage, KeyUpdate};
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+/// Longest rotation grace period: one year.
+const MAX_GRACE_SECONDS: u64 = 365 * 24 * 3600;
+const DEFAULT_PAGE: u32 = 100;
+const MAX_PAGE: u32 = 1000;
+
+/// The management view of a record, with this node's unflushed usage added.
+pub fn view(state: &AppState, record: &KeyRecord, now: UnixMillis) -> KeyView {
+    let (pending, live_last_used) = state
+        .engine
+        .index()
+        .get_by_id(record.id)
+        .map(|k| (k.usage.pending(), k.usage.last_used_at()))
+        .unwrap_or((0, None));
+    KeyView {
+        id: record.id,
+        name: record.name.clone(),
+        start: record.start.clone(),
+        scopes: record.scopes.clone(),
+        meta: record.meta.clone(),
+        enabled: record.enabled,
+        state: record.state(now).as_str().into(),
+        origin: record.origin.as_str().into(),
+        global: record.global,
+        created_at: time_of(record.created_at),
+        updated_at: time_of(record.updated_at),
+        expires_at: record.expires_at.map(time_of),
+        revoked_at: record.revoked_at.map(time_of),
+        rotated_to: record.rotated_to,
+        last_used_at: record.last_used_at.max(live_last_used).map(time_of),
+        usage_count: record.usage_count + pending,
+    }
+}
+
+/// Applies this write to the index now, so the writer's next request sees it. If the
+/// store cannot be read right now, the poller applies it shortly.
+async fn sync_after_write(state: &AppState) {
+    if let Err(err) = state.feed.sync().await {
+        tracing::warn!(error = %err, "change feed sync after a write failed; the poller will retry");
+    }
+}
+
+#[utoipa::path(
+    post, path = "/api/v1/keys", tag = "keys",
+    request_body = CreateKeyRequest,
+    responses(
+        (status = 201, description = "The key, shown this once", body = CreatedKey),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+    ),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn create_key(
+    State(state): State<AppState>,
+    _admin: Admin,
+    JsonBody(body): JsonBody<CreateKeyRequest>,
+) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
+    let now = now_ms();
+    let spec = KeySpec {
+        name: body.name,
+        scopes: body.scopes,
+        prefix: body.prefix,
+        expires_at: body.expires_at.map(millis_of),
+        meta: body.meta.unwrap_or_default(),
+        enabled: body.enabled.unwrap_or(true),
+        global: false,
+    };
+    let (key, record) = mint::mint(&spec, now)?;
+    state.store.insert_key(&record).await?;
+    sync_after_write(&state).await;
+    tracing::info!(key_id = %record.id, start = %record.start, "key created");
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedKey {
+            record: view(&state, &record, now),
+            key,
+        }),
+    ))
+}
+
+#[utoipa::path(
+    post, path = "/api/v1/keys/import", tag = "keys",
+    request_body = ImportKeyRequest,
+    responses(
+        (status = 201, description = "The adopted key's record", body = KeyView),
+        (status = 400, body = ErrorBody), (status = 409, description = "Already stored", body = ErrorBody),
+    ),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn import_key(
+    State(state): State<AppState>,
+    _admin: Admin,
+    JsonBody(body): JsonBody<ImportKeyRequest>,
+) -> Result<(StatusCode, Json<KeyView>), ApiError> {
+    let now = now_ms();
+    let spec = KeySpec {
+        name: body.name,
+        scopes: body.scopes,
+        prefix: None,
+        expires_at: body.expires_at.map(millis_of),
+        meta: body.meta.unwrap_or_default(),
+        enabled: body.enabled.unwrap_or(true),
+        global: false,
+    };
+    let record = mint::adopt(&body.key, &spec, now)?;
+    state.store.insert_key(&record).await?;
+    sync_after_write(&state).await;
+    tracing::info!(key_id = %record.id, "key imported");
+    Ok((StatusCode::CREATED, Json(view(&state, &record, now))))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    /// Page size, 1–1000 (default 100).
+    limit: Option<u32>,
+    /// Keys to skip (from `next_offset`).
+    offset: Option<u64>,
+    /// Only keys in this state: `active`, `disabled`, `expired`, `revoked`.
+    state: Option<String>,
+}
+
+#[utoipa::path(
+    get, path = "/api/v1/keys", tag = "keys", params(ListParams),
+    responses((status = 200, body = KeyList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn list_keys(
+    State(state): State<AppState>,
+    _admin: Admin,
+    QueryParams(params): QueryParams<ListParams>,
+) -> Result<Json<KeyList>, ApiError> {
+    let limit = params.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::invalid(format!(
+            "`limit` must be between 1 and {MAX_PAGE}."
+        )));
+    }
+    let wanted = match params.state.as_deref() {
+        None => None,
+        Some(text) => Some(KeyState::parse(text).ok_or_else(|| {
+            ApiError::invalid("`state` must be one of active, disabled, expired, revoked.")
+        })?),
+    };
+    let offset = params.offset.unwrap_or(0);
+    let now = now_ms();
+    let records = state.store.list_keys(KeyPage { limit, offset }).await?;
+    let next_offset = (records.len() == limit as usize).then(|| offset + u64::from(limit));
+    let keys = records
+        .iter()
+        .filter(|r| wanted.is_none_or(|s| r.state(now) == s))
+        .map(|r| view(&state, r, now))
+        .collect();
+    Ok(Json(KeyList { keys, next_offset }))
+}
+
+#[utoipa::path(
+    get, path = "/api/v1/keys/{id}", tag = "keys",
+    params(("id" = uuid::Uuid, Path, description = "Key id")),
+    responses((status = 200, body = KeyView), (status = 404, body = ErrorBody)),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn get_key(
+    State(state): State<AppState>,
+    _admin: Admin,
+    PathId(id): PathId,
+) -> Result<Json<KeyView>, ApiError> {
+    let record = state
+        .store
+        .get_key(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("key"))?;
+    Ok(Json(view(&state, &record, now_ms())))
+}
+
+#[utoipa::path(
+    patch, path = "/api/v1/keys/{id}", tag = "keys",
+    params(("id" = uuid::Uuid, Path, description = "Key id")),
+    request_body = UpdateKeyRequest,
+    responses((status = 200, body = KeyView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn update_key(
+    State(state): State<AppState>,
+    _admin: Admin,
+    PathId(id): PathId,
+    JsonBody(body): JsonBody<UpdateKeyRequest>,
+) -> Result<Json<KeyView>, ApiError> {
+    if let Some(name) = &body.name {
+        mint::validate_name(name)?;
+    }
+    if let Some(scopes) = &body.scopes {
+        mint::validate_scopes(scopes)?;
+    }
+    let update = KeyUpdate {
+        name: body.name.map(|n| n.trim().to_string()),
+        scopes: body.scopes,
+        meta: body.meta,
+        enabled: body.enabled,
+        expires_at: body.expires_at.map(|at| at.map(millis_of)),
+    };
+    let now = now_ms();
+    let record = state
+        .store
+        .update_key(id, &update, now)
+        .await?
+        .ok_or_else(|| ApiError::not_found("key"))?;
+    sync_after_write(&state).await;
+    tracing::info!(key_id = %id, "key updated");
+    Ok(Json(view(&state, &record, now)))
+}
+
+#[utoipa::path(
+    delete, path = "/api/v1/keys/{id}", tag = "keys",
+    params(("id" = uuid::Uuid, Path, description = "Key id")),
+    responses((status = 200, description = "The revoked key", body = KeyView), (status = 404, body = ErrorBody)),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn revoke_key(
+    State(state): State<AppState>,
+    _admin: Admin,
+    PathId(id): PathId,
+) -> Result<Json<KeyView>, ApiError> {
+    let now = now_ms();
+    let record = state
+        .store
+        .revoke_key(id, now)
+        .await?
+        .ok_or_else(|| ApiError::not_found("key"))?;
+    sync_after_write(&state).await;
+    tracing::info!(key_id = %id, "key revoked");
+    Ok(Json(view(&state, &record, now)))
+}
+
+/// The prefix a generated key was made with: its start minus `_` and 4 secret characters.
+fn prefix_of(record: &KeyRecord) -> Option<String> {
+    match record.origin {
+        KeyOrigin::Generated => record
+            .start
+            .len()
+            .checked_sub(1 + keygate_core::key_format::START_SECRET_CHARS)
+            .map(|end| record.start[..end].to_string()),
+        KeyOrigin::Imported => None,
+    }
+}
+
+#[utoipa::path(
+    post, path = "/api/v1/keys/{id}/rotate", tag = "keys",
+    params(("id" = uuid::Uuid, Path, description = "Key id")),
+    request_body = RotateKeyRequest,
+    responses(
+        (status = 200, description = "The replacement, shown this once, and the old key", body = RotatedKey),
+        (status = 404, body = ErrorBody), (status = 409, description = "Revoked, expired or already rotated", body = ErrorBody),
+    ),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn rotate_key(
+    State(state): State<AppState>,
+    _admin: Admin,
+    PathId(id): PathId,
+    JsonBody(body): JsonBody<RotateKeyRequest>,
+) -> Result<Json<RotatedKey>, ApiError> {
+    if body.grace_seconds > MAX_GRACE_SECONDS {
+        return Err(ApiError::invalid(format!(
+            "`grace_seconds` must be at most {MAX_GRACE_SECONDS} (one year)."
+        )));
+    }
+    let now = now_ms();
+    let old = state
+        .store
+        .get_key(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("key"))?;
+    if old.state(now) == KeyState::Expired {
+        return Err(ApiError::new(keygate_api::ErrorCode::Conflict)
+            .message("An expired key cannot be rotated.")
+            .hint("extend it with PATCH first, or create a new key"));
+    }
+    let spec = KeySpec {
+        name: old.name.clone(),
+        scopes: old.scopes.clone(),
+        prefix: prefix_of(&old),
+        expires_at: old.expires_at,
+        meta: old.meta.clone(),
+        enabled: old.enabled,
+        // The instance's global key stays global through a rotation.
+        global: old.global,
+    };
+    let (key, replacement) = mint::mint(&spec, now)?;
+    let grace_ms = i64::try_from(body.grace_seconds * 1000).unwrap_or(i64::MAX);
+    let previous = state
+        .store
+        .rotate_key(id, &replacement, now.saturating_add(grace_ms), now)
+        .await?
+        .ok_or_else(|| ApiError::not_found("key"))?;
+    sync_after_write(&state).await;
+    tracing::info!(key_id = %id, replacement = %replacement.id, grace_seconds = body.grace_seconds, "key rotated");
+    Ok(Json(RotatedKey {
+        key: CreatedKey {
+            record: view(&state, &replacement, now),
+            key,
+        },
+        previous: view(&state, &previous, now),
+    }))
+}

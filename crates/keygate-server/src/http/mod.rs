@@ -1,0 +1,69 @@
+//! The HTTP surface: routes, extractors, the error model and per-request context.
+
+pub mod context;
+pub mod docs;
+pub mod error;
+pub mod extract;
+pub mod keys;
+pub mod system;
+pub mod verify;
+
+use crate::AppState;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use error::ApiError;
+use keygate_api::ErrorCode;
+use tower_http::catch_panic::CatchPanicLayer;
+use utoipa_swagger_ui::SwaggerUi;
+
+async fn not_found() -> ApiError {
+    ApiError::new(ErrorCode::NotFound)
+        .message("No such endpoint.")
+        .hint("the API is described at /api/v1/openapi.json")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(ErrorCode::MethodNotAllowed)
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    // The panic message may hold anything; it is not logged or echoed.
+    tracing::error!("a request handler panicked");
+    ApiError::new(ErrorCode::InternalError).into_response()
+}
+
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/api/v1/keys", post(keys::create_key).get(keys::list_keys))
+        .route("/api/v1/keys/import", post(keys::import_key))
+        .route("/api/v1/keys/verify", post(verify::verify_key))
+        .route(
+            "/api/v1/keys/{id}",
+            get(keys::get_key)
+                .patch(keys::update_key)
+                .delete(keys::revoke_key),
+        )
+        .route("/api/v1/keys/{id}/rotate", post(keys::rotate_key))
+        .route("/api/v1/whoami", get(verify::whoami))
+        .route(
+            "/api/v1/settings",
+            get(system::get_settings).patch(system::patch_settings),
+        )
+        .route("/api/v1/systeminfo", get(system::system_info))
+        .route("/healthz", get(system::healthz))
+        .route("/readyz", get(system::readyz))
+        .route("/metrics", get(system::metrics))
+        .layer(DefaultBodyLimit::max(state.config.body_limit))
+        .with_state(state.clone());
+    Router::new()
+        .merge(api)
+        .merge(
+            SwaggerUi::new("/api/docs").url("/api/v1/openapi.json", docs::openapi(&state.config)),
+        )
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(axum::middleware::from_fn(context::request_context))
+}

@@ -1,0 +1,166 @@
+//! Settings, system information, health, readiness and metrics.
+
+use crate::AppState;
+use crate::clock::now_ms;
+use crate::http::error::ApiError;
+use crate::http::extract::{Admin, Caller, JsonBody};
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use keygate_api::ErrorBody;
+use keygate_api::system::{ChangeFeedInfo, Health, KeyCounts, Settings, SettingsPatch, SystemInfo};
+use keygate_core::settings::InstanceSettings;
+use std::sync::atomic::Ordering;
+
+fn settings_view(settings: &InstanceSettings) -> Settings {
+    Settings {
+        api_access_enabled: settings.api_access_enabled,
+        query_param_enabled: settings.query_param_enabled,
+    }
+}
+
+pub fn warn_if_open(settings: &InstanceSettings) {
+    if !settings.api_access_enabled {
+        tracing::warn!(
+            "API access is switched OFF (api_access_enabled = false): protected endpoints answer without a credential. Use this only on a trusted network."
+        );
+    }
+}
+
+#[utoipa::path(
+    get, path = "/api/v1/settings", tag = "settings",
+    responses((status = 200, body = Settings), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn get_settings(State(state): State<AppState>, _admin: Admin) -> Json<Settings> {
+    Json(settings_view(&state.engine.settings()))
+}
+
+#[utoipa::path(
+    patch, path = "/api/v1/settings", tag = "settings",
+    request_body = SettingsPatch,
+    responses((status = 200, body = Settings), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn patch_settings(
+    State(state): State<AppState>,
+    _admin: Admin,
+    JsonBody(patch): JsonBody<SettingsPatch>,
+) -> Result<Json<Settings>, ApiError> {
+    let mut settings = (*state.engine.settings()).clone();
+    if let Some(on) = patch.api_access_enabled {
+        settings.api_access_enabled = on;
+    }
+    if let Some(on) = patch.query_param_enabled {
+        settings.query_param_enabled = on;
+    }
+    state.store.put_settings(&settings, now_ms()).await?;
+    if let Err(err) = state.feed.sync().await {
+        tracing::warn!(error = %err, "change feed sync after a settings write failed");
+    }
+    tracing::info!(?patch, "settings changed");
+    warn_if_open(&settings);
+    Ok(Json(settings_view(&settings)))
+}
+
+#[utoipa::path(
+    get, path = "/api/v1/systeminfo", tag = "system",
+    responses((status = 200, body = SystemInfo), (status = 401, body = ErrorBody)),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn system_info(State(state): State<AppState>, _caller: Caller) -> Json<SystemInfo> {
+    let now = now_ms();
+    let (counts, index_size) = {
+        let index = state.engine.index();
+        (index.counts_by_state(now), index.len())
+    };
+    let feed = &state.engine.feed;
+    let applied = feed.applied_seq.load(Ordering::Acquire);
+    Json(SystemInfo {
+        version: env!("CARGO_PKG_VERSION").into(),
+        uptime_seconds: state.started.elapsed().as_secs(),
+        keys: KeyCounts {
+            active: counts.active,
+            disabled: counts.disabled,
+            expired: counts.expired,
+            revoked: counts.revoked,
+        },
+        index_size,
+        change_feed: ChangeFeedInfo {
+            applied_seq: applied,
+            lag: feed
+                .store_seq
+                .load(Ordering::Acquire)
+                .saturating_sub(applied),
+            last_poll_ms_ago: u64::try_from(now - feed.last_poll_at.load(Ordering::Acquire))
+                .unwrap_or(0),
+        },
+        flush_queue: state.engine.ledger.queued(),
+    })
+}
+
+#[utoipa::path(get, path = "/healthz", tag = "system", responses((status = 200, body = Health)))]
+/// Liveness: the process answers.
+pub async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+    })
+}
+
+#[utoipa::path(
+    get, path = "/readyz", tag = "system",
+    responses((status = 200, body = Health), (status = 503, description = "The change feed is stale", body = Health))
+)]
+/// Readiness: the index is loaded and the change feed was read recently.
+pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
+    let last = state.engine.feed.last_poll_at.load(Ordering::Acquire);
+    let stale_after = i64::try_from(state.config.feed_poll_interval.as_millis() * 20)
+        .unwrap_or(i64::MAX)
+        .max(5000);
+    if now_ms() - last > stale_after {
+        let status = format!("change feed not read for {} ms", now_ms() - last);
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(Health { status }));
+    }
+    (
+        StatusCode::OK,
+        Json(Health {
+            status: "ok".into(),
+        }),
+    )
+}
+
+#[utoipa::path(
+    get, path = "/metrics", tag = "system",
+    responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain", body = String))
+)]
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let now = now_ms();
+    let (counts, size) = {
+        let index = state.engine.index();
+        (index.counts_by_state(now), index.len())
+    };
+    metrics::gauge!("keygate_index_keys").set(size as f64);
+    for (name, count) in [
+        ("active", counts.active),
+        ("disabled", counts.disabled),
+        ("expired", counts.expired),
+        ("revoked", counts.revoked),
+    ] {
+        metrics::gauge!("keygate_keys", "state" => name).set(count as f64);
+    }
+    let feed = &state.engine.feed;
+    let lag = feed
+        .store_seq
+        .load(Ordering::Acquire)
+        .saturating_sub(feed.applied_seq.load(Ordering::Acquire));
+    metrics::gauge!("keygate_change_feed_lag").set(lag as f64);
+    metrics::gauge!("keygate_usage_flush_queue").set(state.engine.ledger.queued() as f64);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics_handle().render(),
+    )
+}

@@ -1,0 +1,66 @@
+//! `POST /api/v1/keys/verify` and `GET /api/v1/whoami`: asking keygate about a key.
+
+use crate::AppState;
+use crate::clock::{now_ms, time_of};
+use crate::engine::Principal;
+use crate::http::error::ApiError;
+use crate::http::extract::{Caller, JsonBody};
+use axum::Json;
+use axum::extract::State;
+use keygate_api::ErrorBody;
+use keygate_api::keys::{VerifyRequest, VerifyResponse, WhoAmI};
+
+#[utoipa::path(
+    post, path = "/api/v1/keys/verify", tag = "verify",
+    request_body = VerifyRequest,
+    responses(
+        (status = 200, description = "The decision; `valid` and `code` say whether the key is good", body = VerifyResponse),
+        (status = 400, body = ErrorBody),
+    )
+)]
+/// Verifies a key for an application. Needs no credential of its own: the key in the
+/// body is the credential, and a 256-bit key cannot be guessed.
+pub async fn verify_key(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<VerifyRequest>,
+) -> Result<Json<VerifyResponse>, ApiError> {
+    if body.scopes.len() > 100 {
+        return Err(ApiError::invalid("`scopes` may list at most 100 scopes."));
+    }
+    let decision = state.engine.verify(&body.key, &body.scopes, now_ms());
+    let key = decision.key.as_ref().map(|k| &k.record);
+    Ok(Json(VerifyResponse {
+        valid: decision.is_valid(),
+        code: decision.code.as_str().into(),
+        key_id: key.map(|r| r.id),
+        name: key.map(|r| r.name.clone()),
+        scopes: key.map(|r| r.scopes.clone()).unwrap_or_default(),
+        meta: key.map(|r| r.meta.clone()),
+        expires_at: key.and_then(|r| r.expires_at).map(time_of),
+        hint: decision.hint.clone(),
+        missing_scope: decision.missing_scope.clone(),
+    }))
+}
+
+#[utoipa::path(
+    get, path = "/api/v1/whoami", tag = "verify",
+    responses((status = 200, body = WhoAmI), (status = 401, body = ErrorBody)),
+    security(("api_key" = []), ("bearer" = []))
+)]
+/// Who the request's credential belongs to: the simplest protected endpoint.
+pub async fn whoami(Caller(principal): Caller) -> Json<WhoAmI> {
+    Json(match principal {
+        Principal::ApiKey(key) => WhoAmI {
+            auth: "api_key".into(),
+            key_id: Some(key.record.id),
+            name: Some(key.record.name.clone()),
+            scopes: key.record.scopes.clone(),
+        },
+        Principal::Open => WhoAmI {
+            auth: "none".into(),
+            key_id: None,
+            name: None,
+            scopes: vec![],
+        },
+    })
+}

@@ -1,0 +1,299 @@
+//! Configuration: defaults < TOML file (`--config`) < environment (`KEYGATE_*`) < flags.
+//!
+//! clap resolves flag-over-environment for each setting; this module puts the file under
+//! both and the defaults under everything, and reports every bad key at once.
+
+use keygate_core::credential::Transport;
+use keygate_server::config::ServerConfig;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The settings a TOML file may hold. Unknown keys are errors.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub body_limit: Option<usize>,
+    pub api_key_header: Option<String>,
+    pub transports: Option<Vec<Transport>>,
+    pub flush_interval: Option<String>,
+    pub feed_poll_interval: Option<String>,
+    pub log_format: Option<String>,
+}
+
+/// The same settings from flags or the environment (already merged by clap).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Overrides {
+    /// Address to listen on.
+    #[arg(long, env = "KEYGATE_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Directory of the embedded SQLite store.
+    #[arg(long, env = "KEYGATE_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Largest request body in bytes.
+    #[arg(long, env = "KEYGATE_BODY_LIMIT", value_name = "BYTES")]
+    pub body_limit: Option<usize>,
+    /// Name of the API-key header.
+    #[arg(long, env = "KEYGATE_API_KEY_HEADER", value_name = "NAME")]
+    pub api_key_header: Option<String>,
+    /// Credential transports in order, comma-separated: authorization,api-key-header,query-param.
+    #[arg(
+        long,
+        env = "KEYGATE_TRANSPORTS",
+        value_name = "LIST",
+        value_delimiter = ','
+    )]
+    pub transports: Option<Vec<String>>,
+    /// How often usage counters are written to the store (e.g. 5s, 500ms).
+    #[arg(long, env = "KEYGATE_FLUSH_INTERVAL", value_name = "DURATION")]
+    pub flush_interval: Option<String>,
+    /// How often the change feed is polled (e.g. 250ms).
+    #[arg(long, env = "KEYGATE_FEED_POLL_INTERVAL", value_name = "DURATION")]
+    pub feed_poll_interval: Option<String>,
+    /// Log format: text or json.
+    #[arg(long, env = "KEYGATE_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<String>,
+}
+
+/// The effective configuration.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Effective {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub body_limit: usize,
+    pub api_key_header: String,
+    pub transports: Vec<Transport>,
+    #[serde(serialize_with = "ser_duration")]
+    pub flush_interval: Duration,
+    #[serde(serialize_with = "ser_duration")]
+    pub feed_poll_interval: Duration,
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{}ms", d.as_millis()))
+}
+
+impl Effective {
+    pub fn server_config(&self) -> ServerConfig {
+        ServerConfig {
+            body_limit: self.body_limit,
+            api_key_header: self.api_key_header.clone(),
+            transports: self.transports.clone(),
+            flush_interval: self.flush_interval,
+            feed_poll_interval: self.feed_poll_interval,
+            ..ServerConfig::default()
+        }
+    }
+}
+
+/// Parses `250ms`, `5s`, `2m`, `1h`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 250ms, 5s, 2m or 1h"))?;
+    let duration = match unit {
+        "ms" => Duration::from_millis(number),
+        "s" => Duration::from_secs(number),
+        "m" => Duration::from_secs(number * 60),
+        "h" => Duration::from_secs(number * 3600),
+        _ => {
+            return Err(format!(
+                "{text:?} is not a duration like 250ms, 5s, 2m or 1h"
+            ));
+        }
+    };
+    if duration.is_zero() {
+        return Err(format!("{text:?} must be longer than zero"));
+    }
+    Ok(duration)
+}
+
+fn parse_transport(text: &str) -> Result<Transport, String> {
+    match text.trim() {
+        "authorization" => Ok(Transport::Authorization),
+        "api-key-header" => Ok(Transport::ApiKeyHeader),
+        "query-param" => Ok(Transport::QueryParam),
+        other => Err(format!(
+            "{other:?} is not a transport (authorization, api-key-header, query-param)"
+        )),
+    }
+}
+
+/// Reads the TOML file. The error names the file and the bad key.
+pub fn read_file(path: &Path) -> Result<FileConfig, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))
+}
+
+/// Merges the layers. Every bad value is reported, not just the first.
+pub fn resolve(file: &FileConfig, over: &Overrides) -> Result<Effective, Vec<String>> {
+    let mut errors = Vec::new();
+    let listen_text = over
+        .listen
+        .clone()
+        .or_else(|| file.listen.clone())
+        .unwrap_or_else(|| "127.0.0.1:8080".into());
+    let listen = listen_text.parse().unwrap_or_else(|_| {
+        errors.push(format!(
+            "listen: {listen_text:?} is not an address like 127.0.0.1:8080"
+        ));
+        SocketAddr::from(([127, 0, 0, 1], 8080))
+    });
+    let mut duration =
+        |name: &str, flag: &Option<String>, file: &Option<String>, default: Duration| match flag
+            .as_ref()
+            .or(file.as_ref())
+        {
+            None => default,
+            Some(text) => parse_duration(text).unwrap_or_else(|e| {
+                errors.push(format!("{name}: {e}"));
+                default
+            }),
+        };
+    let defaults = ServerConfig::default();
+    let flush_interval = duration(
+        "flush_interval",
+        &over.flush_interval,
+        &file.flush_interval,
+        defaults.flush_interval,
+    );
+    let feed_poll_interval = duration(
+        "feed_poll_interval",
+        &over.feed_poll_interval,
+        &file.feed_poll_interval,
+        defaults.feed_poll_interval,
+    );
+    let transports = match (&over.transports, &file.transports) {
+        (Some(list), _) => list
+            .iter()
+            .filter_map(|t| {
+                parse_transport(t)
+                    .map_err(|e| errors.push(format!("transports: {e}")))
+                    .ok()
+            })
+            .collect(),
+        (None, Some(list)) => list.clone(),
+        (None, None) => defaults.transports.clone(),
+    };
+    if transports.is_empty() {
+        errors.push("transports: at least one transport is needed".into());
+    }
+    let api_key_header = over
+        .api_key_header
+        .clone()
+        .or_else(|| file.api_key_header.clone())
+        .unwrap_or(defaults.api_key_header.clone())
+        .to_ascii_lowercase();
+    if axum_header_ok(&api_key_header).is_err() {
+        errors.push(format!(
+            "api_key_header: {api_key_header:?} is not a valid header name"
+        ));
+    }
+    let body_limit = over
+        .body_limit
+        .or(file.body_limit)
+        .unwrap_or(defaults.body_limit);
+    if body_limit < 1024 {
+        errors.push("body_limit: must be at least 1024 bytes".into());
+    }
+    let log_format = match over
+        .log_format
+        .as_ref()
+        .or(file.log_format.as_ref())
+        .map(String::as_str)
+    {
+        None | Some("text") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some(other) => {
+            errors.push(format!("log_format: {other:?} is not text or json"));
+            LogFormat::Text
+        }
+    };
+    let effective = Effective {
+        listen,
+        data_dir: over
+            .data_dir
+            .clone()
+            .or_else(|| file.data_dir.clone())
+            .unwrap_or_else(|| PathBuf::from("./keygate-data")),
+        body_limit,
+        api_key_header,
+        transports,
+        flush_interval,
+        feed_poll_interval,
+        log_format,
+    };
+    if errors.is_empty() {
+        Ok(effective)
+    } else {
+        Err(errors)
+    }
+}
+
+fn axum_header_ok(name: &str) -> Result<(), ()> {
+    let valid = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if valid { Ok(()) } else { Err(()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_override_in_order() {
+        let file: FileConfig =
+            toml::from_str("listen = \"127.0.0.1:9000\"\nflush_interval = \"2s\"").expect("toml");
+        let none = Overrides::default();
+        let eff = resolve(&file, &none).expect("valid");
+        assert_eq!(eff.listen.port(), 9000);
+        assert_eq!(eff.flush_interval, Duration::from_secs(2));
+        assert_eq!(eff.data_dir, PathBuf::from("./keygate-data"));
+        let over = Overrides {
+            listen: Some("127.0.0.1:9100".into()),
+            ..Default::default()
+        };
+        assert_eq!(resolve(&file, &over).expect("valid").listen.port(), 9100);
+    }
+
+    #[test]
+    fn every_bad_value_is_reported() {
+        let file = FileConfig {
+            listen: Some("nowhere".into()),
+            flush_interval: Some("5 parsecs".into()),
+            api_key_header: Some("bad header".into()),
+            ..Default::default()
+        };
+        let errors = resolve(&file, &Overrides::default()).expect_err("invalid");
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(toml::from_str::<FileConfig>("colour = \"red\"").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("s").is_err());
+    }
+}
