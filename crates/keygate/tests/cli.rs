@@ -1,0 +1,495 @@
+//! The real `keygate` binary: first start, restart persistence, the CLI writing while the
+//! server runs, the CLI client, configuration errors, SIGTERM, and logs free of secrets.
+
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_keygate");
+
+fn keygate() -> Command {
+    let mut command = Command::new(BIN);
+    // Nothing from the developer's shell leaks into a test.
+    for (name, _) in std::env::vars() {
+        if name.starts_with("KEYGATE_") {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+/// A `keygate serve` child process on a loopback port.
+struct Running {
+    child: Child,
+    base: String,
+    /// The global key if this start printed one.
+    first_key: Option<String>,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+fn find_key(line: &str) -> Option<String> {
+    line.split_whitespace()
+        .find(|w| w.starts_with("kg_") && w.len() == 52)
+        .map(str::to_string)
+}
+
+fn serve(data_dir: &Path, extra_env: &[(&str, &str)]) -> Running {
+    let mut command = keygate();
+    command
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--flush-interval",
+            "1h",
+            "--feed-poll-interval",
+            "100ms",
+        ])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (name, value) in extra_env {
+        command.env(name, value);
+    }
+    let mut child = command.spawn().expect("spawn keygate serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let stderr = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut first_key = None;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("keygate printed its address in time");
+        if first_key.is_none() {
+            first_key = find_key(&line);
+        }
+        if let Some(rest) = line.strip_prefix("keygate listening on ") {
+            let base = rest.split_whitespace().next().expect("url").to_string();
+            return Running {
+                child,
+                base,
+                first_key,
+                stderr: Some(stderr),
+            };
+        }
+    }
+}
+
+impl Running {
+    /// SIGTERM, then the exit status and everything logged.
+    fn terminate(mut self) -> (std::process::ExitStatus, String) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        let exit = self.child.wait().expect("wait");
+        let log = self
+            .stderr
+            .take()
+            .map(|t| t.join().expect("stderr thread"))
+            .unwrap_or_default();
+        (exit, log)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run_ok(command: &mut Command) -> Output {
+    let output = command.output().expect("run keygate");
+    assert!(
+        output.status.success(),
+        "{:?} failed:\n{}",
+        command,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+async fn get(base: &str, path: &str, key: &str) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .get(format!("{base}{path}"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .expect("send");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn first_start_restart_and_sigterm() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = serve(dir.path(), &[]);
+    let admin = server
+        .first_key
+        .clone()
+        .expect("first start prints the global key");
+    let base = server.base.clone();
+    assert!(base.starts_with("http://127.0.0.1:"));
+    let (status, me) = get(&base, "/api/v1/whoami", &admin).await;
+    assert_eq!(
+        (status, me["name"].as_str()),
+        (200, Some("global admin key"))
+    );
+
+    // The CLI as a client of the running server.
+    let client = |args: &[&str]| {
+        let mut command = keygate();
+        command
+            .args(args)
+            .env("KEYGATE_URL", &base)
+            .env("KEYGATE_API_KEY", &admin);
+        command
+    };
+    let created = run_ok(&mut client(&[
+        "keys", "create", "--name", "kept", "--scopes", "read", "--json",
+    ]));
+    let created: Value = serde_json::from_slice(&created.stdout).expect("json");
+    let kept = created["key"].as_str().expect("key").to_string();
+    let kept_id = created["id"].as_str().expect("id").to_string();
+    let doomed = run_ok(&mut client(&[
+        "keys", "create", "--name", "doomed", "--json",
+    ]));
+    let doomed: Value = serde_json::from_slice(&doomed.stdout).expect("json");
+    let doomed_key = doomed["key"].as_str().expect("key").to_string();
+    let revoked = run_ok(&mut client(&[
+        "keys",
+        "revoke",
+        doomed["id"].as_str().expect("id"),
+    ]));
+    assert!(String::from_utf8_lossy(&revoked.stdout).contains("revoked"));
+    for _ in 0..3 {
+        assert_eq!(get(&base, "/api/v1/whoami", &kept).await.0, 200);
+    }
+
+    // SIGTERM: exit 0 after flushing counters.
+    let (exit, log) = server.terminate();
+    assert!(exit.success(), "exit {exit:?}\n{log}");
+    assert!(log.contains("usage counters flushed at shutdown"), "{log}");
+
+    // Restart: no second banner; keys survive, revoked stays revoked, usage persisted.
+    let server = serve(dir.path(), &[]);
+    assert_eq!(
+        server.first_key, None,
+        "the global key is printed only once"
+    );
+    let base = server.base.clone();
+    assert_eq!(get(&base, "/api/v1/whoami", &admin).await.0, 200);
+    assert_eq!(get(&base, "/api/v1/whoami", &kept).await.0, 200);
+    let (status, body) = get(&base, "/api/v1/whoami", &doomed_key).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("revoked_api_key"))
+    );
+    let (_, shown) = get(&base, &format!("/api/v1/keys/{kept_id}"), &admin).await;
+    assert_eq!(shown["usage_count"], 4, "{shown}");
+}
+
+#[tokio::test]
+async fn admin_create_key_reaches_a_running_server_within_a_second() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = serve(dir.path(), &[]);
+    let output = run_ok(
+        keygate()
+            .args([
+                "admin",
+                "create-key",
+                "--name",
+                "deploy bot",
+                "--scopes",
+                "read,deploy",
+                "--prefix",
+                "bot",
+            ])
+            .arg("--data-dir")
+            .arg(dir.path()),
+    );
+    let stdout = String::from_utf8(output.stdout).expect("utf-8");
+    let key = stdout.trim_end_matches('\n');
+    assert!(
+        key.starts_with("bot_") && !key.contains('\n') && stdout.ends_with('\n'),
+        "stdout must be the key alone: {stdout:?}"
+    );
+    let written = Instant::now();
+    loop {
+        let (status, me) = get(&server.base, "/api/v1/whoami", key).await;
+        if status == 200 {
+            assert_eq!(me["scopes"], json!(["read", "deploy"]));
+            break;
+        }
+        assert!(
+            written.elapsed() < Duration::from_secs(1),
+            "not accepted within 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // With the server stopped, the command works too.
+    drop(server);
+    let output = run_ok(
+        keygate()
+            .args(["admin", "create-key", "--name", "offline"])
+            .arg("--data-dir")
+            .arg(dir.path()),
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).starts_with("kg_"));
+    let bad = keygate()
+        .args(["admin", "create-key", "--name", "x", "--prefix", "NO"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .expect("run");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("prefix"));
+}
+
+#[tokio::test]
+async fn cli_client_commands() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = serve(dir.path(), &[]);
+    let admin = server.first_key.clone().expect("key");
+    let client = |args: &[&str]| {
+        let mut command = keygate();
+        command
+            .args(args)
+            .args(["--url", &server.base, "--api-key", &admin]);
+        command
+    };
+    let human = run_ok(&mut client(&["keys", "create", "--name", "human"]));
+    let text = String::from_utf8_lossy(&human.stdout).to_string();
+    let key = text
+        .lines()
+        .find_map(|l| l.strip_prefix("key:"))
+        .expect("key line")
+        .trim()
+        .to_string();
+    assert!(String::from_utf8_lossy(&human.stderr).contains("will not be shown again"));
+    let id = text
+        .lines()
+        .find_map(|l| l.strip_prefix("id:"))
+        .expect("id line")
+        .trim()
+        .to_string();
+
+    let list = run_ok(&mut client(&["keys", "list", "--json"]));
+    let list: Value = serde_json::from_slice(&list.stdout).expect("json");
+    assert_eq!(list["keys"].as_array().expect("keys").len(), 2);
+    assert!(!list.to_string().contains(&key));
+    let table = run_ok(&mut client(&["keys", "list"]));
+    assert!(String::from_utf8_lossy(&table.stdout).contains("human"));
+
+    let shown = run_ok(&mut client(&["keys", "show", &id]));
+    assert!(String::from_utf8_lossy(&shown.stdout).contains("state:      active"));
+
+    let rotated = run_ok(&mut client(&[
+        "keys",
+        "rotate",
+        &id,
+        "--grace-seconds",
+        "60",
+        "--json",
+    ]));
+    let rotated: Value = serde_json::from_slice(&rotated.stdout).expect("json");
+    let new_key = rotated["key"].as_str().expect("key");
+    assert_eq!(get(&server.base, "/api/v1/whoami", new_key).await.0, 200);
+    assert_eq!(get(&server.base, "/api/v1/whoami", &key).await.0, 200);
+
+    // Errors are clear and exit non-zero.
+    let bad_id = client(&["keys", "show", "nope"]).output().expect("run");
+    assert!(!bad_id.status.success());
+    assert!(String::from_utf8_lossy(&bad_id.stderr).contains("not a key id"));
+    let missing = client(&["keys", "show", "01900000-0000-7000-8000-000000000000"])
+        .output()
+        .expect("run");
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("404 (not_found)"));
+    let wrong_key = keygate()
+        .args([
+            "keys",
+            "list",
+            "--url",
+            &server.base,
+            "--api-key",
+            "kg_wrong",
+        ])
+        .output()
+        .expect("run");
+    assert!(!wrong_key.status.success());
+    assert!(String::from_utf8_lossy(&wrong_key.stderr).contains("malformed_api_key"));
+    let no_key = keygate()
+        .args(["keys", "list", "--url", &server.base])
+        .output()
+        .expect("run");
+    assert!(String::from_utf8_lossy(&no_key.stderr).contains("KEYGATE_API_KEY"));
+}
+
+#[test]
+fn configuration_errors_name_the_problem() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "listen = \"127.0.0.1:0\"\ncolour = \"red\"\n").expect("write");
+    let output = keygate()
+        .args(["config", "check", "--config"])
+        .arg(&bad)
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("bad.toml") && stderr.contains("colour"),
+        "{stderr}"
+    );
+
+    let output = keygate()
+        .args(["serve", "--config", "/nonexistent/keygate.toml"])
+        .output()
+        .expect("run");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("/nonexistent/keygate.toml"));
+
+    let output = keygate()
+        .args(["serve", "--listen", "nowhere", "--flush-interval", "soon"])
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("listen") && stderr.contains("flush_interval"),
+        "{stderr}"
+    );
+
+    let output = keygate()
+        .args(["serve", "--no-such-flag"])
+        .output()
+        .expect("run");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--no-such-flag"));
+
+    // Defaults < file < environment < flags.
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        "listen = \"127.0.0.1:7001\"\nflush_interval = \"2s\"\napi_key_header = \"X-Token\"\n",
+    )
+    .expect("write");
+    let check = |env: &[(&str, &str)], flags: &[&str]| {
+        let mut command = keygate();
+        command
+            .args(["config", "check", "--config"])
+            .arg(&good)
+            .args(flags);
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let output = run_ok(&mut command);
+        toml::from_str::<toml::Value>(&String::from_utf8_lossy(&output.stdout))
+            .expect("toml output")
+    };
+    let effective = check(&[], &[]);
+    assert_eq!(effective["listen"].as_str(), Some("127.0.0.1:7001"));
+    assert_eq!(effective["flush_interval"].as_str(), Some("2000ms"));
+    assert_eq!(effective["api_key_header"].as_str(), Some("x-token"));
+    assert_eq!(effective["data_dir"].as_str(), Some("./keygate-data"));
+    let effective = check(&[("KEYGATE_LISTEN", "127.0.0.1:7002")], &[]);
+    assert_eq!(effective["listen"].as_str(), Some("127.0.0.1:7002"));
+    let effective = check(
+        &[("KEYGATE_LISTEN", "127.0.0.1:7002")],
+        &["--listen", "127.0.0.1:7003"],
+    );
+    assert_eq!(effective["listen"].as_str(), Some("127.0.0.1:7003"));
+}
+
+#[test]
+fn migrate_creates_the_store() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("nested/data");
+    let output = run_ok(keygate().arg("migrate").arg("--data-dir").arg(&data));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("migrations applied"));
+    assert!(data.join("keygate.db").exists());
+}
+
+#[tokio::test]
+async fn logs_never_contain_a_secret() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = serve(dir.path(), &[("KEYGATE_LOG", "debug")]);
+    let admin = server.first_key.clone().expect("key");
+    let base = server.base.clone();
+    let http = reqwest::Client::new();
+    let enable = http
+        .patch(format!("{base}/api/v1/settings"))
+        .bearer_auth(&admin)
+        .json(&json!({"query_param_enabled": true}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(enable.status(), 200);
+    let created: Value = http
+        .post(format!("{base}/api/v1/keys"))
+        .bearer_auth(&admin)
+        .json(&json!({"name": "secret holder"}))
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    let key = created["key"].as_str().expect("key").to_string();
+    let imported = "imported-secret-value-123456";
+    http.post(format!("{base}/api/v1/keys/import"))
+        .bearer_auth(&admin)
+        .json(&json!({"key": imported, "name": "legacy"}))
+        .send()
+        .await
+        .expect("send");
+    for path in [
+        format!("/api/v1/whoami?apikey={key}"),
+        format!("/api/v1/whoami?apikey={imported}&x=1"),
+        format!("/api/v1/nothing/{key}"),
+    ] {
+        http.get(format!("{base}{path}"))
+            .send()
+            .await
+            .expect("send");
+    }
+    http.post(format!("{base}/api/v1/keys/verify"))
+        .json(&json!({"key": key, "scopes": [key]}))
+        .send()
+        .await
+        .expect("send");
+    http.post(format!("{base}/api/v1/keys/verify"))
+        .json(&json!({"key": [key]}))
+        .send()
+        .await
+        .expect("send");
+    let (exit, log) = server.terminate();
+    assert!(exit.success());
+    assert!(
+        log.contains("[REDACTED]"),
+        "the query parameter is logged redacted:\n{log}"
+    );
+    for secret in [admin.as_str(), key.as_str(), imported] {
+        assert!(!log.contains(secret), "a secret appears in the log:\n{log}");
+    }
+}
