@@ -666,7 +666,17 @@ async fn bad_input_gets_a_clear_4xx() {
     };
     let json_ct = Some("application/json");
     let big = format!(r#"{{"name": "{}"}}"#, "x".repeat(2 * 1024 * 1024)).into_bytes();
-    let cases: Vec<(Method, &str, Option<&str>, Vec<u8>, u16, &str, &str)> = vec![
+    // (method, path, content type, body, status, error code, text the message must mention)
+    type Case<'a> = (
+        Method,
+        &'a str,
+        Option<&'a str>,
+        Vec<u8>,
+        u16,
+        &'a str,
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
         (
             Method::POST,
             "/api/v1/keys",

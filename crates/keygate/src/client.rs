@@ -214,7 +214,7 @@ pub async fn run(command: KeysCommand) -> Result<()> {
             if client.json {
                 return print_json(&list);
             }
-            println!("{:<36}  {:<12}  {:<9}  {}", "ID", "START", "STATE", "NAME");
+            println!("{:<36}  {:<12}  {:<9}  NAME", "ID", "START", "STATE");
             for key in &list.keys {
                 println!(
                     "{:<36}  {:<12}  {:<9}  {}",

@@ -74,9 +74,11 @@ fn serve(data_dir: &Path, extra_env: &[(&str, &str)]) -> Running {
     let mut first_key = None;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("keygate printed its address in time");
+        let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("keygate did not print its address in time");
+        };
         if first_key.is_none() {
             first_key = find_key(&line);
         }
