@@ -139,7 +139,7 @@ impl Engine {
                 self.decide_and_count(presented.value, presented.trimmed, required_scopes, now)
             }
             Extraction::Missing { hint } => {
-                let hint = hint.unwrap_or_else(|| self.missing_hint(&settings));
+                let hint = hint.unwrap_or_else(|| self.missing_hint(&settings, query));
                 count_outcome(DecisionCode::Missing);
                 refusal(DecisionCode::Missing, hint)
             }
@@ -200,7 +200,16 @@ impl Engine {
         decision
     }
 
-    fn missing_hint(&self, settings: &InstanceSettings) -> String {
+    fn missing_hint(&self, settings: &InstanceSettings, query: Option<&str>) -> String {
+        let query_ignored = !(settings.query_param_enabled
+            && self.transports.contains(&Transport::QueryParam))
+            && query.is_some_and(|q| q.split('&').any(|pair| pair.starts_with("apikey=")));
+        if query_ignored {
+            return format!(
+                "the `apikey` query parameter is switched off on this instance; send the key as `Authorization: Bearer <key>` or in the `{}` header",
+                self.api_key_header
+            );
+        }
         let mut hint = format!(
             "send the key as `Authorization: Bearer <key>` or in the `{}` header",
             self.api_key_header

@@ -267,6 +267,13 @@ async fn query_parameter_only_when_enabled() {
     )
     .await;
     assert_error(status, &body, 401, "missing_credentials", &server.admin);
+    assert!(
+        body["error"]["hint"]
+            .as_str()
+            .expect("hint")
+            .contains("switched off"),
+        "{body}"
+    );
 
     let (status, settings) = server
         .admin_json(

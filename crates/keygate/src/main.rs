@@ -60,6 +60,8 @@ enum Command {
     /// Manage keys through a running server's API.
     #[command(subcommand)]
     Keys(client::KeysCommand),
+    /// Print the OpenAPI 3.1 document of this configuration's API (for client generators).
+    Openapi(ConfigArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -226,6 +228,12 @@ async fn run(cli: Cli) -> Result<()> {
             expires_at,
         }) => admin_create_key(data_dir, name, scopes, prefix, expires_at).await,
         Command::Keys(command) => client::run(command).await,
+        Command::Openapi(args) => {
+            let effective = args.resolve()?;
+            let doc = keygate_server::http::docs::openapi(&effective.server_config());
+            println!("{}", doc.to_pretty_json()?);
+            Ok(())
+        }
     }
 }
 

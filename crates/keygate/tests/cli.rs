@@ -96,9 +96,13 @@ fn serve(data_dir: &Path, extra_env: &[(&str, &str)]) -> Running {
 
 impl Running {
     /// SIGTERM, then the exit status and everything logged.
-    fn terminate(mut self) -> (std::process::ExitStatus, String) {
+    fn terminate(self) -> (std::process::ExitStatus, String) {
+        self.signal("-TERM")
+    }
+
+    fn signal(mut self, signal: &str) -> (std::process::ExitStatus, String) {
         let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([signal, &self.child.id().to_string()])
             .status()
             .expect("kill");
         assert!(status.success());
@@ -345,6 +349,11 @@ async fn cli_client_commands() {
         .output()
         .expect("run");
     assert!(String::from_utf8_lossy(&no_key.stderr).contains("KEYGATE_API_KEY"));
+
+    // SIGINT (Ctrl-C) stops as cleanly as SIGTERM.
+    let (exit, log) = server.signal("-INT");
+    assert!(exit.success(), "exit {exit:?}\n{log}");
+    assert!(log.contains("usage counters flushed at shutdown"), "{log}");
 }
 
 #[test]

@@ -64,7 +64,7 @@ async fn sync_after_write(state: &AppState) {
     request_body = CreateKeyRequest,
     responses(
         (status = 201, description = "The key, shown this once", body = CreatedKey),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 400, description = "Bad request: the body, path or query is not valid", body = ErrorBody), (status = 401, description = "No valid credential", body = ErrorBody), (status = 403, description = "The credential may not do this", body = ErrorBody),
     ),
     security(("api_key" = []), ("bearer" = []))
 )]
@@ -101,7 +101,7 @@ pub async fn create_key(
     request_body = ImportKeyRequest,
     responses(
         (status = 201, description = "The adopted key's record", body = KeyView),
-        (status = 400, body = ErrorBody), (status = 409, description = "Already stored", body = ErrorBody),
+        (status = 400, description = "Bad request: the body, path or query is not valid", body = ErrorBody), (status = 409, description = "Already stored", body = ErrorBody),
     ),
     security(("api_key" = []), ("bearer" = []))
 )]
@@ -128,6 +128,7 @@ pub async fn import_key(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListParams {
     /// Page size, 1–1000 (default 100).
@@ -140,7 +141,7 @@ pub struct ListParams {
 
 #[utoipa::path(
     get, path = "/api/v1/keys", tag = "keys", params(ListParams),
-    responses((status = 200, body = KeyList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
+    responses((status = 200, description = "OK", body = KeyList), (status = 400, description = "Bad request: the body, path or query is not valid", body = ErrorBody), (status = 401, description = "No valid credential", body = ErrorBody)),
     security(("api_key" = []), ("bearer" = []))
 )]
 pub async fn list_keys(
@@ -175,7 +176,7 @@ pub async fn list_keys(
 #[utoipa::path(
     get, path = "/api/v1/keys/{id}", tag = "keys",
     params(("id" = uuid::Uuid, Path, description = "Key id")),
-    responses((status = 200, body = KeyView), (status = 404, body = ErrorBody)),
+    responses((status = 200, description = "OK", body = KeyView), (status = 404, description = "No such key", body = ErrorBody)),
     security(("api_key" = []), ("bearer" = []))
 )]
 pub async fn get_key(
@@ -195,7 +196,7 @@ pub async fn get_key(
     patch, path = "/api/v1/keys/{id}", tag = "keys",
     params(("id" = uuid::Uuid, Path, description = "Key id")),
     request_body = UpdateKeyRequest,
-    responses((status = 200, body = KeyView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+    responses((status = 200, description = "OK", body = KeyView), (status = 400, description = "Bad request: the body, path or query is not valid", body = ErrorBody), (status = 404, description = "No such key", body = ErrorBody)),
     security(("api_key" = []), ("bearer" = []))
 )]
 pub async fn update_key(
@@ -231,7 +232,7 @@ pub async fn update_key(
 #[utoipa::path(
     delete, path = "/api/v1/keys/{id}", tag = "keys",
     params(("id" = uuid::Uuid, Path, description = "Key id")),
-    responses((status = 200, description = "The revoked key", body = KeyView), (status = 404, body = ErrorBody)),
+    responses((status = 200, description = "The revoked key", body = KeyView), (status = 404, description = "No such key", body = ErrorBody)),
     security(("api_key" = []), ("bearer" = []))
 )]
 pub async fn revoke_key(
@@ -268,7 +269,7 @@ fn prefix_of(record: &KeyRecord) -> Option<String> {
     request_body = RotateKeyRequest,
     responses(
         (status = 200, description = "The replacement, shown this once, and the old key", body = RotatedKey),
-        (status = 404, body = ErrorBody), (status = 409, description = "Revoked, expired or already rotated", body = ErrorBody),
+        (status = 404, description = "No such key", body = ErrorBody), (status = 409, description = "Revoked, expired or already rotated", body = ErrorBody),
     ),
     security(("api_key" = []), ("bearer" = []))
 )]

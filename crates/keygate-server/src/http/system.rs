@@ -30,7 +30,7 @@ pub fn warn_if_open(settings: &InstanceSettings) {
 
 #[utoipa::path(
     get, path = "/api/v1/settings", tag = "settings",
-    responses((status = 200, body = Settings), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    responses((status = 200, description = "OK", body = Settings), (status = 401, description = "No valid credential", body = ErrorBody), (status = 403, description = "The credential may not do this", body = ErrorBody)),
     security(("api_key" = []), ("bearer" = []))
 )]
 pub async fn get_settings(State(state): State<AppState>, _admin: Admin) -> Json<Settings> {
@@ -40,7 +40,7 @@ pub async fn get_settings(State(state): State<AppState>, _admin: Admin) -> Json<
 #[utoipa::path(
     patch, path = "/api/v1/settings", tag = "settings",
     request_body = SettingsPatch,
-    responses((status = 200, body = Settings), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)),
+    responses((status = 200, description = "OK", body = Settings), (status = 400, description = "Bad request: the body, path or query is not valid", body = ErrorBody), (status = 403, description = "The credential may not do this", body = ErrorBody)),
     security(("api_key" = []), ("bearer" = []))
 )]
 pub async fn patch_settings(
@@ -66,7 +66,7 @@ pub async fn patch_settings(
 
 #[utoipa::path(
     get, path = "/api/v1/systeminfo", tag = "system",
-    responses((status = 200, body = SystemInfo), (status = 401, body = ErrorBody)),
+    responses((status = 200, description = "OK", body = SystemInfo), (status = 401, description = "No valid credential", body = ErrorBody)),
     security(("api_key" = []), ("bearer" = []))
 )]
 pub async fn system_info(State(state): State<AppState>, _caller: Caller) -> Json<SystemInfo> {
@@ -100,7 +100,7 @@ pub async fn system_info(State(state): State<AppState>, _caller: Caller) -> Json
     })
 }
 
-#[utoipa::path(get, path = "/healthz", tag = "system", responses((status = 200, body = Health)))]
+#[utoipa::path(get, path = "/healthz", tag = "system", responses((status = 200, description = "OK", body = Health)))]
 /// Liveness: the process answers.
 pub async fn healthz() -> Json<Health> {
     Json(Health {
@@ -110,7 +110,7 @@ pub async fn healthz() -> Json<Health> {
 
 #[utoipa::path(
     get, path = "/readyz", tag = "system",
-    responses((status = 200, body = Health), (status = 503, description = "The change feed is stale", body = Health))
+    responses((status = 200, description = "OK", body = Health), (status = 503, description = "The change feed is stale", body = Health))
 )]
 /// Readiness: the index is loaded and the change feed was read recently.
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>) {

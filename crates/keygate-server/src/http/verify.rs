@@ -15,7 +15,7 @@ use keygate_api::keys::{VerifyRequest, VerifyResponse, WhoAmI};
     request_body = VerifyRequest,
     responses(
         (status = 200, description = "The decision; `valid` and `code` say whether the key is good", body = VerifyResponse),
-        (status = 400, body = ErrorBody),
+        (status = 400, description = "Bad request: the body, path or query is not valid", body = ErrorBody),
     )
 )]
 /// Verifies a key for an application. Needs no credential of its own: the key in the
@@ -44,7 +44,7 @@ pub async fn verify_key(
 
 #[utoipa::path(
     get, path = "/api/v1/whoami", tag = "verify",
-    responses((status = 200, body = WhoAmI), (status = 401, body = ErrorBody)),
+    responses((status = 200, description = "OK", body = WhoAmI), (status = 401, description = "No valid credential", body = ErrorBody)),
     security(("api_key" = []), ("bearer" = []))
 )]
 /// Who the request's credential belongs to: the simplest protected endpoint.
