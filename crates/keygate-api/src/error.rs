@@ -24,6 +24,8 @@ pub enum ErrorCode {
     IpNotAllowed,
     RateLimited,
     QuotaExceeded,
+    /// A sign-in with a wrong username or password.
+    InvalidCredentials,
     InvalidRequest,
     NotFound,
     MethodNotAllowed,
@@ -52,6 +54,7 @@ impl ErrorCode {
             ErrorCode::IpNotAllowed => "ip_not_allowed",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::QuotaExceeded => "quota_exceeded",
+            ErrorCode::InvalidCredentials => "invalid_credentials",
             ErrorCode::InvalidRequest => "invalid_request",
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
@@ -72,7 +75,8 @@ impl ErrorCode {
             | ErrorCode::ExpiredApiKey
             | ErrorCode::DisabledApiKey
             | ErrorCode::InvalidToken
-            | ErrorCode::TokenExpired => 401,
+            | ErrorCode::TokenExpired
+            | ErrorCode::InvalidCredentials => 401,
             ErrorCode::AmbiguousCredentials
             | ErrorCode::ProjectIdRequired
             | ErrorCode::InvalidRequest => 400,
@@ -112,6 +116,7 @@ impl ErrorCode {
             ErrorCode::IpNotAllowed => "Requests with this key are not allowed from this address.",
             ErrorCode::RateLimited => "Too many requests.",
             ErrorCode::QuotaExceeded => "The quota for this period is used up.",
+            ErrorCode::InvalidCredentials => "The username or password is wrong.",
             ErrorCode::InvalidRequest => "The request is not valid.",
             ErrorCode::NotFound => "Not found.",
             ErrorCode::MethodNotAllowed => "This method is not allowed here.",

@@ -24,6 +24,8 @@ pub struct KeyView {
     pub origin: String,
     /// The instance's global admin key.
     pub global: bool,
+    /// The user who owns the key; `null` for keys of the instance itself.
+    pub owner: Option<Uuid>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
@@ -52,6 +54,9 @@ pub struct CreatedKey {
 #[serde(deny_unknown_fields)]
 pub struct CreateKeyRequest {
     pub name: String,
+    /// The user who will own the key (admins only; others always create their own).
+    #[serde(default)]
+    pub user_id: Option<Uuid>,
     #[serde(default)]
     pub scopes: Vec<String>,
     /// Key prefix, `[a-z][a-z0-9_]{0,15}`; default `kg`.
@@ -177,11 +182,15 @@ pub struct VerifyResponse {
 /// Who the request's credential belongs to.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct WhoAmI {
-    /// `api_key`, or `none` when API access is switched off.
+    /// `api_key`, `jwt`, or `none` when API access is switched off.
     pub auth: String,
     pub key_id: Option<Uuid>,
+    /// The key's name, or the user's name for a JWT.
     pub name: Option<String>,
     pub scopes: Vec<String>,
+    /// The user acting (a key's owner, or the JWT's subject).
+    pub user_id: Option<Uuid>,
+    pub role: Option<String>,
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //!
 //! Architecture invariant: types here describe the wire only; no IO and no server logic.
 
+pub mod accounts;
 pub mod error;
 pub mod keys;
 pub mod system;

@@ -10,6 +10,8 @@ pub struct Settings {
     pub api_access_enabled: bool,
     /// Accept the credential in the `apikey` query parameter.
     pub query_param_enabled: bool,
+    /// Personal keys per user; a new one revokes the oldest beyond it. `null`: unlimited.
+    pub keys_per_user: Option<u32>,
 }
 
 /// `PATCH /api/v1/settings`: only the fields present change.
@@ -20,6 +22,20 @@ pub struct SettingsPatch {
     pub api_access_enabled: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query_param_enabled: Option<bool>,
+    /// A number ≥ 1, or `null` for unlimited.
+    #[serde(
+        default,
+        deserialize_with = "present_or_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<u32>)]
+    pub keys_per_user: Option<Option<u32>>,
+}
+
+fn present_or_null<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<u32>>, D::Error> {
+    Option::<u32>::deserialize(d).map(Some)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

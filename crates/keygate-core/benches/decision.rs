@@ -38,6 +38,7 @@ fn index_of(size: u64) -> (KeyIndex, String) {
             enabled: true,
             origin: KeyOrigin::Generated,
             global: false,
+            owner: None,
             created_at: NOW,
             updated_at: NOW,
             expires_at: Some(NOW * 2),

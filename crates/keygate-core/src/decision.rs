@@ -8,6 +8,7 @@ use crate::index::{IndexedKey, KeyIndex};
 use crate::key_format::{self, FormatError, hash_key};
 use crate::record::{KeyState, UnixMillis};
 use crate::scope;
+use crate::user::{self, Role};
 use std::sync::Arc;
 
 /// Every outcome a decision can have (DESIGN.md, "Decisions and errors").
@@ -111,6 +112,21 @@ impl Decision {
     }
 }
 
+/// Whether a key's scopes grant `needed`. The `admin` scope stands for every keygate
+/// permission (not for application scopes).
+pub fn key_grants(scopes: &[String], needed: &str) -> bool {
+    scopes.iter().any(|held| scope::grants(held, needed))
+        || (user::is_keygate_permission(needed) && scopes.iter().any(|s| s == user::ADMIN_SCOPE))
+}
+
+/// Whether an owner's role allows `needed`: keygate's own permissions follow the role,
+/// application scopes are the key's business.
+pub fn owner_grants(role: Role, needed: &str) -> bool {
+    !user::is_keygate_permission(needed)
+        || (needed == user::ADMIN_SCOPE && role == Role::Admin)
+        || role.grants(needed)
+}
+
 /// Decides a request. Counting the use is the caller's last step, on `VALID` only.
 pub fn decide<S: AsRef<str>>(index: &KeyIndex, check: &Check<'_, S>) -> Decision {
     let credential = check.credential;
@@ -187,8 +203,38 @@ pub fn decide<S: AsRef<str>>(index: &KeyIndex, check: &Check<'_, S>) -> Decision
         return Decision::refuse(code, Some(key), Some(hint));
     }
 
-    // Scopes.
-    if let Some(missing) = scope::first_missing(&key.record.scopes, check.required_scopes) {
+    // Owner: a key never outlives or outranks the person it belongs to.
+    let owner = match key.record.owner {
+        None => None,
+        Some(owner_id) => match index.owner(owner_id) {
+            None => {
+                return Decision::refuse(
+                    DecisionCode::Revoked,
+                    Some(key),
+                    Some("the account that owned this key was deleted".into()),
+                );
+            }
+            Some(state) if state.disabled => {
+                return Decision::refuse(
+                    DecisionCode::Disabled,
+                    Some(key),
+                    Some("the account that owns this key is disabled".into()),
+                );
+            }
+            Some(state) => Some(state),
+        },
+    };
+
+    // Scopes: the key's own, intersected with the owner's role for keygate's permissions.
+    let missing = check
+        .required_scopes
+        .iter()
+        .map(AsRef::as_ref)
+        .find(|needed| {
+            !key_grants(&key.record.scopes, needed)
+                || owner.is_some_and(|o| !owner_grants(o.role, needed))
+        });
+    if let Some(missing) = missing {
         return Decision {
             code: DecisionCode::InsufficientPermissions,
             hint: Some(format!(
@@ -229,6 +275,7 @@ mod tests {
             enabled: true,
             origin: KeyOrigin::Generated,
             global: false,
+            owner: None,
             created_at: NOW - 1000,
             updated_at: NOW - 1000,
             expires_at: None,
@@ -342,6 +389,106 @@ mod tests {
         for credential in [k.as_str(), &key(8), "legacy-unknown-123456"] {
             let hint = check(&index, credential, &[]).hint.unwrap_or_default();
             assert!(!hint.contains(credential));
+        }
+    }
+}
+
+#[cfg(test)]
+mod owner_tests {
+    use super::*;
+    use crate::record::{KeyOrigin, KeyRecord};
+    use crate::user::OwnerState;
+    use uuid::Uuid;
+
+    const NOW: UnixMillis = 1_700_000_000_000;
+
+    fn owned(n: u8, owner: Option<Uuid>, scopes: &[&str]) -> (String, KeyRecord) {
+        let key = key_format::format_key("kg", &[n; 32]).expect("valid prefix");
+        let record = KeyRecord {
+            id: Uuid::from_u64_pair(1, u64::from(n)),
+            hash: hash_key(&key),
+            start: key[..7].to_string(),
+            name: "owned".into(),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            meta: Default::default(),
+            enabled: true,
+            origin: KeyOrigin::Generated,
+            global: false,
+            owner,
+            created_at: NOW,
+            updated_at: NOW,
+            expires_at: None,
+            revoked_at: None,
+            rotated_to: None,
+            last_used_at: None,
+            usage_count: 0,
+        };
+        (key, record)
+    }
+
+    #[test]
+    fn a_key_never_exceeds_its_owner() {
+        let (admin_id, user_id, off_id, gone_id) = (
+            Uuid::from_u64_pair(9, 1),
+            Uuid::from_u64_pair(9, 2),
+            Uuid::from_u64_pair(9, 3),
+            Uuid::from_u64_pair(9, 4),
+        );
+        let (k_admin, r1) = owned(1, Some(admin_id), &["*"]);
+        let (k_user, r2) = owned(2, Some(user_id), &["*"]);
+        let (k_off, r3) = owned(3, Some(off_id), &["*"]);
+        let (k_gone, r4) = owned(4, Some(gone_id), &["*"]);
+        let (k_inst, r5) = owned(5, None, &["admin"]);
+        let mut index = KeyIndex::from_records([r1, r2, r3, r4, r5]);
+        index.upsert_owner(
+            admin_id,
+            OwnerState {
+                role: Role::Admin,
+                disabled: false,
+            },
+        );
+        index.upsert_owner(
+            user_id,
+            OwnerState {
+                role: Role::User,
+                disabled: false,
+            },
+        );
+        index.upsert_owner(
+            off_id,
+            OwnerState {
+                role: Role::Admin,
+                disabled: true,
+            },
+        );
+        let cases: [(&str, &str, DecisionCode); 9] = [
+            (&k_admin, "users:write", DecisionCode::Valid),
+            (&k_user, "keys:write", DecisionCode::Valid),
+            (
+                &k_user,
+                "users:write",
+                DecisionCode::InsufficientPermissions,
+            ),
+            (&k_user, "admin", DecisionCode::InsufficientPermissions),
+            // Application scopes are not limited by the role.
+            (&k_user, "files:read", DecisionCode::Valid),
+            (&k_off, "keys:read", DecisionCode::Disabled),
+            (&k_gone, "keys:read", DecisionCode::Revoked),
+            // `admin` on a key stands for every keygate permission, not for app scopes.
+            (&k_inst, "settings:write", DecisionCode::Valid),
+            (&k_inst, "files:read", DecisionCode::InsufficientPermissions),
+        ];
+        for (key, needed, want) in cases {
+            let got = decide(
+                &index,
+                &Check {
+                    credential: key,
+                    trimmed: false,
+                    required_scopes: &[needed],
+                    now: NOW,
+                },
+            );
+            assert_eq!(got.code, want, "{needed}");
         }
     }
 }

@@ -5,6 +5,7 @@
 use crate::key_format::KeyHash;
 use crate::record::{KeyOrigin, KeyRecord, KeyState, UnixMillis};
 use crate::usage::UsageCounter;
+use crate::user::OwnerState;
 use std::collections::HashMap;
 use std::sync::Arc;
 use uuid::Uuid;
@@ -42,6 +43,10 @@ pub struct KeyIndex {
     by_hash: HashMap<KeyHash, Arc<IndexedKey>>,
     hash_of: HashMap<Uuid, KeyHash>,
     imported: usize,
+    /// Key owners: a key whose owner is disabled or gone stops working at once.
+    owners: HashMap<Uuid, OwnerState>,
+    /// The id of the instance's global key (the latest one seen with the flag).
+    global: Option<Uuid>,
 }
 
 impl KeyIndex {
@@ -62,6 +67,9 @@ impl KeyIndex {
         if record.origin == KeyOrigin::Imported {
             self.imported += 1;
         }
+        if record.global {
+            self.global = Some(record.id);
+        }
         self.hash_of.insert(record.id, record.hash);
         self.by_hash
             .insert(record.hash, Arc::new(IndexedKey { record, usage }));
@@ -71,10 +79,26 @@ impl KeyIndex {
     pub fn remove(&mut self, id: Uuid) -> Option<Arc<IndexedKey>> {
         let hash = self.hash_of.remove(&id)?;
         let old = self.by_hash.remove(&hash)?;
+        if self.global == Some(id) {
+            self.global = None;
+        }
         if old.record.origin == KeyOrigin::Imported {
             self.imported -= 1;
         }
         Some(old)
+    }
+
+    /// Inserts or replaces what the hot path knows about a user.
+    pub fn upsert_owner(&mut self, id: Uuid, state: OwnerState) {
+        self.owners.insert(id, state);
+    }
+
+    pub fn remove_owner(&mut self, id: Uuid) {
+        self.owners.remove(&id);
+    }
+
+    pub fn owner(&self, id: Uuid) -> Option<OwnerState> {
+        self.owners.get(&id).copied()
     }
 
     pub fn get_by_hash(&self, hash: &KeyHash) -> Option<&Arc<IndexedKey>> {
@@ -83,6 +107,11 @@ impl KeyIndex {
 
     pub fn get_by_id(&self, id: Uuid) -> Option<&Arc<IndexedKey>> {
         self.by_hash.get(self.hash_of.get(&id)?)
+    }
+
+    /// The instance's global admin key.
+    pub fn global_key(&self) -> Option<&Arc<IndexedKey>> {
+        self.get_by_id(self.global?)
     }
 
     pub fn len(&self) -> usize {

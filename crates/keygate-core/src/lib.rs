@@ -12,8 +12,10 @@ pub mod record;
 pub mod scope;
 pub mod settings;
 pub mod usage;
+pub mod user;
 
 pub use decision::{Check, Decision, DecisionCode, decide};
 pub use index::{IndexedKey, KeyIndex, StateCounts};
 pub use key_format::KeyHash;
 pub use record::{KeyOrigin, KeyRecord, KeyState, UnixMillis};
+pub use user::{OwnerState, Role, UserRecord};

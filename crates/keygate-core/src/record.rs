@@ -79,6 +79,8 @@ pub struct KeyRecord {
     pub origin: KeyOrigin,
     /// The instance's global admin key, created at first start.
     pub global: bool,
+    /// The user who owns the key; `None` for keys of the instance itself.
+    pub owner: Option<Uuid>,
     pub created_at: UnixMillis,
     pub updated_at: UnixMillis,
     pub expires_at: Option<UnixMillis>,

@@ -10,6 +10,9 @@ pub struct InstanceSettings {
     pub api_access_enabled: bool,
     /// Accept the credential in the `apikey` query parameter.
     pub query_param_enabled: bool,
+    /// Personal keys a user may hold; creating one more revokes the oldest at once
+    /// (`1` is Dispatcharr's one-key-per-user rule). `None`: unlimited.
+    pub keys_per_user: Option<u32>,
 }
 
 impl Default for InstanceSettings {
@@ -17,6 +20,7 @@ impl Default for InstanceSettings {
         Self {
             api_access_enabled: true,
             query_param_enabled: false,
+            keys_per_user: None,
         }
     }
 }

@@ -1,6 +1,9 @@
 //! Server settings fixed at start-up (instance settings that change at run time live in
 //! the store, see `keygate_core::settings`).
 
+use crate::passwords::PasswordCost;
+use crate::throttle::ThrottleConfig;
+use crate::tokens::TokenConfig;
 use keygate_core::credential::{DEFAULT_ORDER, Transport};
 use std::time::Duration;
 
@@ -18,6 +21,9 @@ pub struct ServerConfig {
     pub feed_poll_interval: Duration,
     /// Change-feed entries older than this are pruned.
     pub feed_retention: Duration,
+    pub tokens: TokenConfig,
+    pub password_cost: PasswordCost,
+    pub throttle: ThrottleConfig,
 }
 
 impl Default for ServerConfig {
@@ -29,6 +35,9 @@ impl Default for ServerConfig {
             flush_interval: Duration::from_secs(5),
             feed_poll_interval: Duration::from_millis(250),
             feed_retention: Duration::from_secs(24 * 3600),
+            tokens: TokenConfig::default(),
+            password_cost: PasswordCost::default(),
+            throttle: ThrottleConfig::default(),
         }
     }
 }

@@ -5,13 +5,16 @@
 //! index; the flusher (`flush.rs`) drains the usage ledger.
 
 use crate::config::ServerConfig;
+use crate::tokens::{self, TokenError, TokenKeys};
 use axum::http::{HeaderMap, HeaderName};
 use keygate_core::credential::{self, Extraction, Transport};
 use keygate_core::settings::InstanceSettings;
 use keygate_core::usage::UsageLedger;
 use keygate_core::{
-    Check, Decision, DecisionCode, IndexedKey, KeyIndex, KeyRecord, UnixMillis, decide,
+    Check, Decision, DecisionCode, IndexedKey, KeyIndex, KeyRecord, OwnerState, Role, UnixMillis,
+    UserRecord, decide,
 };
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 use uuid::Uuid;
@@ -19,9 +22,72 @@ use uuid::Uuid;
 /// Who a request acts as, once authenticated.
 #[derive(Debug, Clone)]
 pub enum Principal {
-    ApiKey(Arc<IndexedKey>),
+    /// An API key; `owner` is the user it belongs to (with their current role), `None`
+    /// for the instance's own keys.
+    ApiKey {
+        key: Arc<IndexedKey>,
+        owner: Option<(Uuid, Role)>,
+    },
+    /// A signed-in user, by JWT access token.
+    User {
+        id: Uuid,
+        name: String,
+        role: Role,
+        family: String,
+    },
     /// API access is switched off (`api_access_enabled = false`): no credential needed.
     Open,
+}
+
+impl Principal {
+    /// True when the caller may act on everyone's keys, not only their own.
+    pub fn acts_for_everyone(&self) -> bool {
+        match self {
+            Principal::ApiKey { owner, .. } => owner.is_none_or(|(_, role)| role == Role::Admin),
+            Principal::User { role, .. } => *role == Role::Admin,
+            Principal::Open => true,
+        }
+    }
+
+    /// The user acting, if any.
+    pub fn user_id(&self) -> Option<Uuid> {
+        match self {
+            Principal::ApiKey { owner, .. } => owner.map(|(id, _)| id),
+            Principal::User { id, .. } => Some(*id),
+            Principal::Open => None,
+        }
+    }
+
+    /// How the audit log names the actor.
+    pub fn actor(&self) -> String {
+        match self {
+            Principal::ApiKey {
+                owner: Some((id, _)),
+                ..
+            }
+            | Principal::User { id, .. } => format!("user:{id}"),
+            Principal::ApiKey { owner: None, .. } => "instance".into(),
+            Principal::Open => "anonymous".into(),
+        }
+    }
+
+    /// The credential used, named without its secret.
+    pub fn credential(&self) -> Option<String> {
+        match self {
+            Principal::ApiKey { key, .. } => Some(format!("key:{}", key.record.id)),
+            Principal::User { family, .. } => Some(format!("session:{family}")),
+            Principal::Open => None,
+        }
+    }
+}
+
+/// Everything the engine is built from at start-up, read in one pass over the store.
+pub struct Snapshot {
+    pub keys: Vec<KeyRecord>,
+    pub users: Vec<UserRecord>,
+    pub settings: InstanceSettings,
+    pub revoked_families: Vec<(String, UnixMillis)>,
+    pub seq: u64,
 }
 
 /// Where this node is in the change feed.
@@ -34,6 +100,10 @@ pub struct FeedPosition {
 
 pub struct Engine {
     index: RwLock<KeyIndex>,
+    /// Token families (sign-ins) revoked and not yet expired: their access tokens are
+    /// refused until they expire.
+    revoked_families: RwLock<HashMap<String, UnixMillis>>,
+    pub tokens: TokenKeys,
     settings: RwLock<Arc<InstanceSettings>>,
     pub ledger: UsageLedger,
     pub feed: FeedPosition,
@@ -44,15 +114,27 @@ pub struct Engine {
 impl Engine {
     pub fn new(
         config: &ServerConfig,
-        keys: Vec<KeyRecord>,
-        settings: InstanceSettings,
-        seq: u64,
+        snapshot: Snapshot,
+        tokens: TokenKeys,
         now: UnixMillis,
     ) -> Result<Self, String> {
+        let Snapshot {
+            keys,
+            users,
+            settings,
+            revoked_families,
+            seq,
+        } = snapshot;
         let api_key_header = HeaderName::try_from(config.api_key_header.as_str())
             .map_err(|_| format!("{:?} is not a valid header name", config.api_key_header))?;
+        let mut index = KeyIndex::from_records(keys);
+        for user in &users {
+            index.upsert_owner(user.id, OwnerState::from(user));
+        }
         let engine = Self {
-            index: RwLock::new(KeyIndex::from_records(keys)),
+            index: RwLock::new(index),
+            revoked_families: RwLock::new(revoked_families.into_iter().collect()),
+            tokens,
             settings: RwLock::new(Arc::new(settings)),
             ledger: UsageLedger::default(),
             feed: FeedPosition::default(),
@@ -84,6 +166,31 @@ impl Engine {
         for record in records {
             index.upsert(record);
         }
+    }
+
+    pub fn apply_users(&self, users: Vec<UserRecord>, removed: &[Uuid]) {
+        let mut index = self.index.write().unwrap_or_else(PoisonError::into_inner);
+        for id in removed {
+            index.remove_owner(*id);
+        }
+        for user in &users {
+            index.upsert_owner(user.id, OwnerState::from(user));
+        }
+    }
+
+    /// Replaces the deny list of revoked sign-ins, dropping entries already expired.
+    pub fn apply_revoked_families(&self, families: Vec<(String, UnixMillis)>) {
+        *self
+            .revoked_families
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = families.into_iter().collect();
+    }
+
+    pub fn family_revoked(&self, family: &str) -> bool {
+        self.revoked_families
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(family)
     }
 
     pub fn apply_settings(&self, settings: InstanceSettings) {
@@ -135,6 +242,14 @@ impl Engine {
             values
         });
         let decision = match extraction {
+            Extraction::Found(presented) if credential::looks_like_jwt(presented.value) => {
+                let outcome = self.verify_access_token(presented.value, required_scopes);
+                count_outcome(match &outcome {
+                    Ok(_) => DecisionCode::Valid,
+                    Err(decision) => decision.code,
+                });
+                return outcome;
+            }
             Extraction::Found(presented) => {
                 self.decide_and_count(presented.value, presented.trimmed, required_scopes, now)
             }
@@ -156,9 +271,80 @@ impl Engine {
             }
         };
         match decision.key.clone() {
-            Some(key) if decision.is_valid() => Ok(Principal::ApiKey(key)),
+            Some(key) if decision.is_valid() => {
+                let owner = key
+                    .record
+                    .owner
+                    .and_then(|id| self.index().owner(id).map(|state| (id, state.role)));
+                Ok(Principal::ApiKey { key, owner })
+            }
             _ => Err(decision),
         }
+    }
+
+    /// Checks a JWT access token: signature and claims, then that its sign-in was not
+    /// revoked and its user still exists, is enabled, and holds the permissions.
+    fn verify_access_token(
+        &self,
+        token: &str,
+        required_scopes: &[&str],
+    ) -> Result<Principal, Decision> {
+        let claims = self
+            .tokens
+            .verify(token, tokens::ACCESS)
+            .map_err(|err| match err {
+                TokenError::Expired => refusal(
+                    DecisionCode::TokenExpired,
+                    "the access token has expired; get a new one from /api/v1/auth/token/refresh"
+                        .into(),
+                ),
+                TokenError::Invalid(why) => refusal(DecisionCode::InvalidToken, why.into()),
+            })?;
+        if self.family_revoked(&claims.sid) {
+            return Err(refusal(
+                DecisionCode::InvalidToken,
+                "this sign-in was ended (logout, password change or a reused refresh token); sign in again".into(),
+            ));
+        }
+        let id = Uuid::parse_str(&claims.sub).map_err(|_| {
+            refusal(
+                DecisionCode::InvalidToken,
+                "the token's subject is not a user id".into(),
+            )
+        })?;
+        let state = self.index().owner(id);
+        let Some(state) = state else {
+            return Err(refusal(
+                DecisionCode::InvalidToken,
+                "the token's user no longer exists".into(),
+            ));
+        };
+        if state.disabled {
+            return Err(refusal(
+                DecisionCode::InvalidToken,
+                "the token's user account is disabled".into(),
+            ));
+        }
+        if let Some(missing) = required_scopes.iter().find(|needed| {
+            !keygate_core::decision::owner_grants(state.role, needed)
+                || !keygate_core::user::is_keygate_permission(needed)
+        }) {
+            return Err(Decision {
+                code: DecisionCode::InsufficientPermissions,
+                key: None,
+                hint: Some(format!(
+                    "the `{}` role does not include `{missing}`",
+                    state.role.as_str()
+                )),
+                missing_scope: Some((*missing).to_string()),
+            });
+        }
+        Ok(Principal::User {
+            id,
+            name: claims.name.unwrap_or_default(),
+            role: state.role,
+            family: claims.sid,
+        })
     }
 
     /// Verifies a key given directly (the verify API). Counts a valid use.

@@ -42,20 +42,42 @@ impl Feed {
                 break;
             };
             let mut key_ids = HashSet::new();
+            let mut user_ids = HashSet::new();
             let mut settings_changed = false;
+            let mut families_changed = false;
             for change in &changes {
-                match change.entity {
-                    Entity::Key => match Uuid::parse_str(&change.entity_id) {
-                        Ok(id) => {
-                            key_ids.insert(id);
-                        }
-                        Err(_) => tracing::warn!(
-                            seq = change.seq,
-                            "change feed entry with a bad key id skipped"
-                        ),
-                    },
-                    Entity::Settings => settings_changed = true,
+                let ids = match change.entity {
+                    Entity::Key => &mut key_ids,
+                    Entity::User => &mut user_ids,
+                    Entity::Settings => {
+                        settings_changed = true;
+                        continue;
+                    }
+                    Entity::Family => {
+                        families_changed = true;
+                        continue;
+                    }
+                };
+                match Uuid::parse_str(&change.entity_id) {
+                    Ok(id) => {
+                        ids.insert(id);
+                    }
+                    Err(_) => {
+                        tracing::warn!(seq = change.seq, "change feed entry with a bad id skipped")
+                    }
                 }
+            }
+            // Users first, so a key and its owner's change land together.
+            if !user_ids.is_empty() {
+                let ids: Vec<Uuid> = user_ids.into_iter().collect();
+                let users = self.store.users_by_id(&ids).await?;
+                let found: HashSet<Uuid> = users.iter().map(|u| u.id).collect();
+                let removed: Vec<Uuid> = ids.into_iter().filter(|id| !found.contains(id)).collect();
+                self.engine.apply_users(users, &removed);
+            }
+            if families_changed {
+                self.engine
+                    .apply_revoked_families(self.store.revoked_families(now_ms()).await?);
             }
             let ids: Vec<Uuid> = key_ids.into_iter().collect();
             let records = self.store.keys_by_id(&ids).await?;

@@ -13,6 +13,9 @@ pub mod feed;
 pub mod flush;
 pub mod http;
 pub mod mint;
+pub mod passwords;
+pub mod throttle;
+pub mod tokens;
 
 use config::ServerConfig;
 use engine::Engine;
@@ -33,6 +36,8 @@ pub struct AppState {
     pub feed: Arc<Feed>,
     pub config: Arc<ServerConfig>,
     pub started: Instant,
+    pub passwords: Arc<passwords::Passwords>,
+    pub throttle: Arc<throttle::Throttle>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -66,13 +71,22 @@ impl Server {
     /// Loads every key into memory and reads the instance settings.
     pub async fn load(config: ServerConfig, store: Arc<dyn Store>) -> Result<Self, StartError> {
         metrics_handle();
+        let now = clock::now_ms();
         let (keys, seq) = store.load_keys().await?;
-        let settings = store.settings().await?;
-        http::system::warn_if_open(&settings);
-        let engine = Arc::new(
-            Engine::new(&config, keys, settings, seq, clock::now_ms())
-                .map_err(StartError::Config)?,
-        );
+        let snapshot = engine::Snapshot {
+            keys,
+            users: store.load_users().await?,
+            settings: store.settings().await?,
+            revoked_families: store.revoked_families(now).await?,
+            seq,
+        };
+        http::system::warn_if_open(&snapshot.settings);
+        let tokens = tokens::TokenKeys::load(store.as_ref(), config.tokens.clone()).await?;
+        let passwords =
+            Arc::new(passwords::Passwords::new(config.password_cost).map_err(StartError::Config)?);
+        let throttle = Arc::new(throttle::Throttle::new(config.throttle.clone()));
+        let engine =
+            Arc::new(Engine::new(&config, snapshot, tokens, now).map_err(StartError::Config)?);
         tracing::info!(keys = engine.index().len(), seq, "key index loaded");
         let feed = Arc::new(Feed::new(Arc::clone(&engine), Arc::clone(&store)));
         Ok(Self {
@@ -82,6 +96,8 @@ impl Server {
                 feed,
                 config: Arc::new(config),
                 started: Instant::now(),
+                passwords,
+                throttle,
             },
         })
     }

@@ -94,6 +94,7 @@ fn record(
         enabled: spec.enabled,
         origin,
         global: spec.global,
+        owner: None,
         created_at: now,
         updated_at: now,
         expires_at: spec.expires_at,

@@ -309,12 +309,12 @@ async fn query_parameter_only_when_enabled() {
     let (_, settings) = server.admin_get("/api/v1/settings").await;
     assert_eq!(
         settings,
-        json!({"api_access_enabled": true, "query_param_enabled": true})
+        json!({"api_access_enabled": true, "query_param_enabled": true, "keys_per_user": null})
     );
 }
 
 #[tokio::test]
-async fn management_needs_the_admin_scope() {
+async fn management_needs_a_permission() {
     let server = TestServer::start().await;
     let (reader, _) = server
         .create_key(json!({"name": "reader", "scopes": ["read"]}))
@@ -334,7 +334,7 @@ async fn management_needs_the_admin_scope() {
         .to_string();
     assert!(
         challenge.contains(r#"error="insufficient_scope""#)
-            && challenge.contains(r#"scope="admin""#),
+            && challenge.contains(r#"scope="keys:read""#),
         "{challenge}"
     );
     let (status, body) = read(response).await;
@@ -343,7 +343,7 @@ async fn management_needs_the_admin_scope() {
         body["error"]["message"]
             .as_str()
             .expect("message")
-            .contains("admin")
+            .contains("keys:read")
     );
     // Any valid key may use whoami and systeminfo; a key with `admin` manages.
     assert_eq!(server.whoami(&reader).await.0, StatusCode::OK);
@@ -1055,6 +1055,18 @@ async fn openapi_document_and_swagger_ui() {
         ("/api/v1/keys/verify", &["post"]),
         ("/api/v1/whoami", &["get"]),
         ("/api/v1/settings", &["get", "patch"]),
+        ("/api/v1/settings/api-key", &["get"]),
+        ("/api/v1/settings/api-key/regenerate", &["post"]),
+        ("/api/v1/users", &["get", "post"]),
+        ("/api/v1/users/{id}", &["get", "patch", "delete"]),
+        ("/api/v1/users/me", &["get"]),
+        ("/api/v1/users/me/password", &["post"]),
+        ("/api/v1/permissions", &["get"]),
+        ("/api/v1/auth/token", &["post"]),
+        ("/api/v1/auth/token/refresh", &["post"]),
+        ("/api/v1/auth/logout", &["post"]),
+        ("/.well-known/jwks.json", &["get"]),
+        ("/api/v1/audit", &["get"]),
         ("/api/v1/systeminfo", &["get"]),
         ("/api/v1/openapi.json", &["get"]),
         ("/healthz", &["get"]),
@@ -1119,6 +1131,15 @@ async fn openapi_document_and_swagger_ui() {
     );
 }
 
+fn cli_audit(action: &str) -> keygate_store::AuditEntry {
+    keygate_store::AuditEntry {
+        at: clock::now_ms(),
+        actor: "cli".into(),
+        action: action.into(),
+        ..Default::default()
+    }
+}
+
 /// Polls `check` until it returns true or `limit` passes: waiting on a condition, not a
 /// fixed sleep.
 async fn eventually<F, Fut>(limit: Duration, mut check: F) -> Duration
@@ -1150,14 +1171,17 @@ async fn writes_from_another_process_arrive_through_the_change_feed() {
         ..Default::default()
     };
     let (key, record) = keygate_server::mint::mint(&spec, clock::now_ms()).expect("mint");
-    other.insert_key(&record).await.expect("insert");
+    other
+        .insert_key(&record, None, &cli_audit("key.create"))
+        .await
+        .expect("insert");
     let took = eventually(Duration::from_secs(1), || async {
         server.whoami(&key).await.0 == StatusCode::OK
     })
     .await;
     println!("accepted after {took:?}");
     other
-        .revoke_key(record.id, clock::now_ms())
+        .revoke_key(record.id, &cli_audit("key.revoke"))
         .await
         .expect("revoke");
     eventually(Duration::from_secs(1), || async {
@@ -1167,9 +1191,10 @@ async fn writes_from_another_process_arrive_through_the_change_feed() {
     let off = keygate_core::settings::InstanceSettings {
         api_access_enabled: true,
         query_param_enabled: true,
+        keys_per_user: None,
     };
     other
-        .put_settings(&off, clock::now_ms())
+        .put_settings(&off, &cli_audit("settings.update"))
         .await
         .expect("settings");
     let path = format!("/api/v1/whoami?apikey={}", server.admin);

@@ -10,7 +10,7 @@ pub use sqlite::SqliteStore;
 use async_trait::async_trait;
 use keygate_core::settings::InstanceSettings;
 use keygate_core::usage::UsageDelta;
-use keygate_core::{KeyRecord, UnixMillis};
+use keygate_core::{KeyRecord, Role, UnixMillis, UserRecord};
 use uuid::Uuid;
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +39,9 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 pub enum Entity {
     Key,
     Settings,
+    User,
+    /// A sign-in's token family (revocations matter to the hot path).
+    Family,
 }
 
 impl Entity {
@@ -46,6 +49,8 @@ impl Entity {
         match self {
             Entity::Key => "key",
             Entity::Settings => "settings",
+            Entity::User => "user",
+            Entity::Family => "family",
         }
     }
 
@@ -53,9 +58,78 @@ impl Entity {
         match text {
             "key" => Some(Entity::Key),
             "settings" => Some(Entity::Settings),
+            "user" => Some(Entity::User),
+            "family" => Some(Entity::Family),
             _ => None,
         }
     }
+}
+
+/// One audit-log entry. Never holds a secret: credentials are named by key id or token
+/// family.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AuditEntry {
+    pub at: UnixMillis,
+    /// `user:<id>`, `key:<id>`, `instance`, `cli` or `anonymous`.
+    pub actor: String,
+    /// `key.create`, `auth.login`, `auth.login_failed`, `user.update`, ...
+    pub action: String,
+    pub target: Option<String>,
+    pub ip: Option<String>,
+    pub credential: Option<String>,
+    pub detail: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A stored audit entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditRecord {
+    pub seq: u64,
+    pub entry: AuditEntry,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    pub action: Option<String>,
+    pub actor: Option<String>,
+    pub target: Option<String>,
+    pub since: Option<UnixMillis>,
+    /// Entries with a smaller seq (paging backwards).
+    pub before_seq: Option<u64>,
+    /// Entries with a larger seq (following the tail).
+    pub after_seq: Option<u64>,
+    pub limit: u32,
+}
+
+/// Fields a user update may change.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserUpdate {
+    pub role: Option<Role>,
+    /// `Some(None)` removes the address.
+    pub email: Option<Option<String>>,
+    pub disabled: Option<bool>,
+}
+
+/// A refresh token as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefreshToken {
+    pub jti: String,
+    pub family: String,
+    pub user_id: Uuid,
+    pub issued_at: UnixMillis,
+    pub expires_at: UnixMillis,
+}
+
+/// What happened to a refresh-token rotation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefreshOutcome {
+    /// The old token is spent; the new one is stored in the same family.
+    Rotated,
+    /// The token was already rotated: presumed stolen. The family is now revoked.
+    Reused { family: String, user_id: Uuid },
+    /// The family was revoked (logout, password change, theft) or has expired.
+    Revoked,
+    /// No such refresh token.
+    Unknown,
 }
 
 /// One entry of the change feed. Consumers reload the entity by id; the op is informative.
@@ -83,6 +157,8 @@ pub struct KeyUpdate {
 pub struct KeyPage {
     pub limit: u32,
     pub offset: u64,
+    /// Only keys owned by this user.
+    pub owner: Option<Uuid>,
 }
 
 #[async_trait]
@@ -99,18 +175,25 @@ pub trait Store: Send + Sync + 'static {
     async fn get_key(&self, id: Uuid) -> Result<Option<KeyRecord>>;
     async fn keys_by_id(&self, ids: &[Uuid]) -> Result<Vec<KeyRecord>>;
     async fn list_keys(&self, page: KeyPage) -> Result<Vec<KeyRecord>>;
-    /// Inserts a new key. [`StoreError::Conflict`] if its hash is already stored.
-    async fn insert_key(&self, record: &KeyRecord) -> Result<()>;
+    /// Inserts a new key. [`StoreError::Conflict`] if its hash is already stored. With
+    /// `keep_per_owner = Some(n)` and an owner, the owner's oldest unrevoked keys beyond
+    /// the newest `n` (counting this one) are revoked in the same transaction.
+    async fn insert_key(
+        &self,
+        record: &KeyRecord,
+        keep_per_owner: Option<u32>,
+        audit: &AuditEntry,
+    ) -> Result<Vec<Uuid>>;
     /// Inserts the instance's global key unless one exists; true when inserted.
     async fn insert_global_key_if_absent(&self, record: &KeyRecord) -> Result<bool>;
     async fn update_key(
         &self,
         id: Uuid,
         update: &KeyUpdate,
-        now: UnixMillis,
+        audit: &AuditEntry,
     ) -> Result<Option<KeyRecord>>;
     /// Revokes a key (idempotent: a second revocation keeps the first time).
-    async fn revoke_key(&self, id: Uuid, now: UnixMillis) -> Result<Option<KeyRecord>>;
+    async fn revoke_key(&self, id: Uuid, audit: &AuditEntry) -> Result<Option<KeyRecord>>;
     /// Stores `replacement` and makes the key `id` expire at `old_expires_at`, pointing to
     /// the replacement, in one transaction. Returns the updated old key.
     async fn rotate_key(
@@ -118,11 +201,64 @@ pub trait Store: Send + Sync + 'static {
         id: Uuid,
         replacement: &KeyRecord,
         old_expires_at: UnixMillis,
-        now: UnixMillis,
+        audit: &AuditEntry,
     ) -> Result<Option<KeyRecord>>;
     /// Adds in-memory usage counts to the stored ones, in one transaction.
     async fn add_usage(&self, deltas: &[UsageDelta]) -> Result<()>;
 
     async fn settings(&self) -> Result<InstanceSettings>;
-    async fn put_settings(&self, settings: &InstanceSettings, now: UnixMillis) -> Result<()>;
+    async fn put_settings(&self, settings: &InstanceSettings, audit: &AuditEntry) -> Result<()>;
+
+    /// Every user, for the owner index.
+    async fn load_users(&self) -> Result<Vec<UserRecord>>;
+    async fn users_by_id(&self, ids: &[Uuid]) -> Result<Vec<UserRecord>>;
+    async fn count_users(&self) -> Result<u64>;
+    /// [`StoreError::Conflict`] if the username is taken (case-insensitively).
+    async fn create_user(
+        &self,
+        user: &UserRecord,
+        password_hash: &str,
+        audit: &AuditEntry,
+    ) -> Result<()>;
+    async fn get_user(&self, id: Uuid) -> Result<Option<UserRecord>>;
+    /// The user and their password hash, by case-insensitive username.
+    async fn user_for_login(&self, username: &str) -> Result<Option<(UserRecord, String)>>;
+    async fn list_users(&self, limit: u32, offset: u64) -> Result<Vec<UserRecord>>;
+    async fn update_user(
+        &self,
+        id: Uuid,
+        update: &UserUpdate,
+        audit: &AuditEntry,
+    ) -> Result<Option<UserRecord>>;
+    /// Deletes a user, revokes their keys and token families, in one transaction.
+    async fn delete_user(&self, id: Uuid, audit: &AuditEntry) -> Result<Option<UserRecord>>;
+    /// Sets a password hash and revokes the user's token families. False if no such user.
+    async fn set_password(&self, id: Uuid, password_hash: &str, audit: &AuditEntry)
+    -> Result<bool>;
+    async fn record_login(&self, id: Uuid, audit: &AuditEntry) -> Result<()>;
+
+    /// Starts a token family with its first refresh token.
+    async fn create_family(&self, first: &RefreshToken, audit: &AuditEntry) -> Result<()>;
+    /// Spends `old_jti` and stores `next` in its family, or detects reuse.
+    async fn rotate_refresh(
+        &self,
+        old_jti: &str,
+        next: &RefreshToken,
+        now: UnixMillis,
+    ) -> Result<RefreshOutcome>;
+    /// The stored refresh token, if any.
+    async fn refresh_token(&self, jti: &str) -> Result<Option<RefreshToken>>;
+    /// Revokes a family; false if it was already revoked or does not exist.
+    async fn revoke_family(&self, family: &str, reason: &str, audit: &AuditEntry) -> Result<bool>;
+    /// Families revoked and not yet expired at `now` (for the in-memory deny list).
+    async fn revoked_families(&self, now: UnixMillis) -> Result<Vec<(String, UnixMillis)>>;
+    async fn family(&self, family: &str) -> Result<Option<(Uuid, UnixMillis, Option<UnixMillis>)>>;
+
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<()>;
+    async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>>;
+
+    async fn secret(&self, name: &str) -> Result<Option<String>>;
+    /// Stores `value` unless the name is taken; returns the stored value either way.
+    async fn secret_or_insert(&self, name: &str, value: &str) -> Result<String>;
+    async fn put_secret(&self, name: &str, value: &str) -> Result<()>;
 }

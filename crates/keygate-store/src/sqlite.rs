@@ -4,11 +4,14 @@
 //! writes use `BEGIN IMMEDIATE` so two writers queue on the busy timeout instead of
 //! failing on a lock upgrade, and every write appends to `changes` in its transaction.
 
-use crate::{Change, Entity, KeyPage, KeyUpdate, Result, Store, StoreError};
+use crate::{
+    AuditEntry, AuditFilter, AuditRecord, Change, Entity, KeyPage, KeyUpdate, RefreshOutcome,
+    RefreshToken, Result, Store, StoreError, UserUpdate,
+};
 use async_trait::async_trait;
 use keygate_core::settings::InstanceSettings;
 use keygate_core::usage::UsageDelta;
-use keygate_core::{KeyOrigin, KeyRecord, UnixMillis};
+use keygate_core::{KeyOrigin, KeyRecord, Role, UnixMillis, UserRecord};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
@@ -22,7 +25,10 @@ use uuid::Uuid;
 pub const DB_FILE: &str = "keygate.db";
 
 const KEY_COLUMNS: &str = "id, hash, start, name, scopes, meta, enabled, origin, global, \
-     created_at, updated_at, expires_at, revoked_at, rotated_to, last_used_at, usage_count";
+     created_at, updated_at, expires_at, revoked_at, rotated_to, last_used_at, usage_count, owner";
+
+const USER_COLUMNS: &str =
+    "id, username, email, role, disabled, created_at, updated_at, last_login_at";
 
 /// The newest feed position. sqlite_sequence survives pruning, where MAX(seq) would not.
 const LATEST_SEQ: &str =
@@ -114,6 +120,7 @@ fn key_from_row(row: &SqliteRow) -> Result<KeyRecord> {
     let origin: String = row.try_get("origin")?;
     let rotated_to: Option<String> = row.try_get("rotated_to")?;
     let usage_count: i64 = row.try_get("usage_count")?;
+    let owner: Option<String> = row.try_get("owner")?;
     Ok(KeyRecord {
         id,
         hash,
@@ -124,6 +131,10 @@ fn key_from_row(row: &SqliteRow) -> Result<KeyRecord> {
         enabled: row.try_get("enabled")?,
         origin: KeyOrigin::parse(&origin).ok_or_else(|| corrupt("key origin", &origin))?,
         global: row.try_get("global")?,
+        owner: owner
+            .map(|s| Uuid::parse_str(&s))
+            .transpose()
+            .map_err(|e| corrupt("key owner", e))?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
         expires_at: row.try_get("expires_at")?,
@@ -144,7 +155,7 @@ fn json(value: &impl serde::Serialize) -> String {
 
 async fn insert_key_tx(tx: &mut Transaction<'static, Sqlite>, r: &KeyRecord) -> Result<()> {
     let result = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO keys ({KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        "INSERT INTO keys ({KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     )))
     .bind(r.id.to_string())
     .bind(&r.hash[..])
@@ -162,6 +173,7 @@ async fn insert_key_tx(tx: &mut Transaction<'static, Sqlite>, r: &KeyRecord) -> 
     .bind(r.rotated_to.map(|id| id.to_string()))
     .bind(r.last_used_at)
     .bind(i64::try_from(r.usage_count).unwrap_or(i64::MAX))
+    .bind(r.owner.map(|id| id.to_string()))
     .execute(&mut **tx)
     .await;
     match result {
@@ -251,8 +263,10 @@ impl Store for SqliteStore {
 
     async fn list_keys(&self, page: KeyPage) -> Result<Vec<KeyRecord>> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {KEY_COLUMNS} FROM keys ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?"
+            "SELECT {KEY_COLUMNS} FROM keys WHERE (?1 IS NULL OR owner = ?1) \
+             ORDER BY created_at DESC, id DESC LIMIT ?2 OFFSET ?3"
         )))
+        .bind(page.owner.map(|id| id.to_string()))
         .bind(page.limit)
         .bind(i64::try_from(page.offset).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
@@ -260,11 +274,44 @@ impl Store for SqliteStore {
         rows.iter().map(key_from_row).collect()
     }
 
-    async fn insert_key(&self, record: &KeyRecord) -> Result<()> {
+    async fn insert_key(
+        &self,
+        record: &KeyRecord,
+        keep_per_owner: Option<u32>,
+        audit: &AuditEntry,
+    ) -> Result<Vec<Uuid>> {
         let mut tx = self.write_tx().await?;
         insert_key_tx(&mut tx, record).await?;
+        let mut revoked = Vec::new();
+        if let (Some(keep), Some(owner)) = (keep_per_owner, record.owner) {
+            // The owner's live keys, newest first; everything past `keep` is revoked now.
+            let ids: Vec<String> = sqlx::query_scalar(
+                "SELECT id FROM keys WHERE owner = ? AND revoked_at IS NULL AND global = 0 \
+                 ORDER BY created_at DESC, id DESC LIMIT -1 OFFSET ?",
+            )
+            .bind(owner.to_string())
+            .bind(keep)
+            .fetch_all(&mut *tx)
+            .await?;
+            for id in ids {
+                sqlx::query("UPDATE keys SET revoked_at = ?, updated_at = ? WHERE id = ?")
+                    .bind(record.created_at)
+                    .bind(record.created_at)
+                    .bind(&id)
+                    .execute(&mut *tx)
+                    .await?;
+                record_change(&mut tx, Entity::Key, &id, "revoke", record.created_at).await?;
+                let mut entry = audit.clone();
+                entry.action = "key.revoke".into();
+                entry.target = Some(format!("key:{id}"));
+                entry.detail.insert("reason".into(), "keys_per_user".into());
+                audit_tx(&mut tx, &entry).await?;
+                revoked.push(Uuid::parse_str(&id).map_err(|e| corrupt("key id", e))?);
+            }
+        }
+        audit_tx(&mut tx, audit).await?;
         tx.commit().await?;
-        Ok(())
+        Ok(revoked)
     }
 
     async fn insert_global_key_if_absent(&self, record: &KeyRecord) -> Result<bool> {
@@ -277,6 +324,14 @@ impl Store for SqliteStore {
             return Ok(false);
         }
         insert_key_tx(&mut tx, record).await?;
+        let entry = AuditEntry {
+            at: record.created_at,
+            actor: "instance".into(),
+            action: "key.create".into(),
+            target: Some(format!("key:{}", record.id)),
+            ..Default::default()
+        };
+        audit_tx(&mut tx, &entry).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -285,8 +340,9 @@ impl Store for SqliteStore {
         &self,
         id: Uuid,
         update: &KeyUpdate,
-        now: UnixMillis,
+        audit: &AuditEntry,
     ) -> Result<Option<KeyRecord>> {
+        let now = audit.at;
         let mut tx = self.write_tx().await?;
         let Some(mut record) = fetch_key(&mut tx, id).await? else {
             return Ok(None);
@@ -321,11 +377,13 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await?;
         record_change(&mut tx, Entity::Key, &id.to_string(), "update", now).await?;
+        audit_tx(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(Some(record))
     }
 
-    async fn revoke_key(&self, id: Uuid, now: UnixMillis) -> Result<Option<KeyRecord>> {
+    async fn revoke_key(&self, id: Uuid, audit: &AuditEntry) -> Result<Option<KeyRecord>> {
+        let now = audit.at;
         let mut tx = self.write_tx().await?;
         let Some(mut record) = fetch_key(&mut tx, id).await? else {
             return Ok(None);
@@ -340,6 +398,7 @@ impl Store for SqliteStore {
                 .execute(&mut *tx)
                 .await?;
             record_change(&mut tx, Entity::Key, &id.to_string(), "revoke", now).await?;
+            audit_tx(&mut tx, audit).await?;
         }
         tx.commit().await?;
         Ok(Some(record))
@@ -350,8 +409,9 @@ impl Store for SqliteStore {
         id: Uuid,
         replacement: &KeyRecord,
         old_expires_at: UnixMillis,
-        now: UnixMillis,
+        audit: &AuditEntry,
     ) -> Result<Option<KeyRecord>> {
+        let now = audit.at;
         let mut tx = self.write_tx().await?;
         let Some(mut old) = fetch_key(&mut tx, id).await? else {
             return Ok(None);
@@ -390,6 +450,7 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
         record_change(&mut tx, Entity::Key, &id.to_string(), "rotate", now).await?;
+        audit_tx(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(Some(old))
     }
@@ -425,7 +486,7 @@ impl Store for SqliteStore {
         }
     }
 
-    async fn put_settings(&self, settings: &InstanceSettings, now: UnixMillis) -> Result<()> {
+    async fn put_settings(&self, settings: &InstanceSettings, audit: &AuditEntry) -> Result<()> {
         let mut tx = self.write_tx().await?;
         sqlx::query(
             "INSERT INTO settings (name, value) VALUES ('instance', ?) \
@@ -434,8 +495,523 @@ impl Store for SqliteStore {
         .bind(json(settings))
         .execute(&mut *tx)
         .await?;
-        record_change(&mut tx, Entity::Settings, "instance", "update", now).await?;
+        record_change(&mut tx, Entity::Settings, "instance", "update", audit.at).await?;
+        audit_tx(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(())
     }
+
+    async fn load_users(&self) -> Result<Vec<UserRecord>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {USER_COLUMNS} FROM users"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(user_from_row).collect()
+    }
+
+    async fn users_by_id(&self, ids: &[Uuid]) -> Result<Vec<UserRecord>> {
+        let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE id IN (SELECT value FROM json_each(?))"
+        )))
+        .bind(json(&ids))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(user_from_row).collect()
+    }
+
+    async fn count_users(&self) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn create_user(
+        &self,
+        user: &UserRecord,
+        password_hash: &str,
+        audit: &AuditEntry,
+    ) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        let result = sqlx::query(
+            "INSERT INTO users (id, username, username_key, email, password_hash, role, disabled, \
+             created_at, updated_at, last_login_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(user.id.to_string())
+        .bind(&user.username)
+        .bind(user.username.to_lowercase())
+        .bind(&user.email)
+        .bind(password_hash)
+        .bind(user.role.as_str())
+        .bind(user.disabled)
+        .bind(user.created_at)
+        .bind(user.updated_at)
+        .bind(user.last_login_at)
+        .execute(&mut *tx)
+        .await;
+        match result {
+            Ok(_) => {}
+            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                return Err(StoreError::Conflict("this username is taken".into()));
+            }
+            Err(err) => return Err(err.into()),
+        }
+        record_change(
+            &mut tx,
+            Entity::User,
+            &user.id.to_string(),
+            "insert",
+            user.created_at,
+        )
+        .await?;
+        audit_tx(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get_user(&self, id: Uuid) -> Result<Option<UserRecord>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE id = ?"
+        )))
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(user_from_row).transpose()
+    }
+
+    async fn user_for_login(&self, username: &str) -> Result<Option<(UserRecord, String)>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {USER_COLUMNS}, password_hash FROM users WHERE username_key = ?"
+        )))
+        .bind(username.to_lowercase())
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            None => Ok(None),
+            Some(row) => Ok(Some((user_from_row(&row)?, row.try_get("password_hash")?))),
+        }
+    }
+
+    async fn list_users(&self, limit: u32, offset: u64) -> Result<Vec<UserRecord>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {USER_COLUMNS} FROM users ORDER BY created_at, id LIMIT ? OFFSET ?"
+        )))
+        .bind(limit)
+        .bind(i64::try_from(offset).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(user_from_row).collect()
+    }
+
+    async fn update_user(
+        &self,
+        id: Uuid,
+        update: &UserUpdate,
+        audit: &AuditEntry,
+    ) -> Result<Option<UserRecord>> {
+        let mut tx = self.write_tx().await?;
+        let Some(mut user) = fetch_user(&mut tx, id).await? else {
+            return Ok(None);
+        };
+        if let Some(role) = update.role {
+            user.role = role;
+        }
+        if let Some(email) = &update.email {
+            user.email.clone_from(email);
+        }
+        if let Some(disabled) = update.disabled {
+            user.disabled = disabled;
+        }
+        user.updated_at = audit.at;
+        sqlx::query(
+            "UPDATE users SET role = ?, email = ?, disabled = ?, updated_at = ? WHERE id = ?",
+        )
+        .bind(user.role.as_str())
+        .bind(&user.email)
+        .bind(user.disabled)
+        .bind(user.updated_at)
+        .bind(id.to_string())
+        .execute(&mut *tx)
+        .await?;
+        record_change(&mut tx, Entity::User, &id.to_string(), "update", audit.at).await?;
+        if update.disabled == Some(true) {
+            // A disabled account's sign-ins end now.
+            revoke_user_families_tx(&mut tx, id, "user disabled", audit.at).await?;
+        }
+        audit_tx(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(Some(user))
+    }
+
+    async fn delete_user(&self, id: Uuid, audit: &AuditEntry) -> Result<Option<UserRecord>> {
+        let now = audit.at;
+        let mut tx = self.write_tx().await?;
+        let Some(user) = fetch_user(&mut tx, id).await? else {
+            return Ok(None);
+        };
+        let key_ids: Vec<String> =
+            sqlx::query_scalar("SELECT id FROM keys WHERE owner = ? AND revoked_at IS NULL")
+                .bind(id.to_string())
+                .fetch_all(&mut *tx)
+                .await?;
+        for key_id in key_ids {
+            sqlx::query("UPDATE keys SET revoked_at = ?, updated_at = ? WHERE id = ?")
+                .bind(now)
+                .bind(now)
+                .bind(&key_id)
+                .execute(&mut *tx)
+                .await?;
+            record_change(&mut tx, Entity::Key, &key_id, "revoke", now).await?;
+        }
+        revoke_user_families_tx(&mut tx, id, "user deleted", now).await?;
+        sqlx::query("DELETE FROM users WHERE id = ?")
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        record_change(&mut tx, Entity::User, &id.to_string(), "delete", now).await?;
+        audit_tx(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(Some(user))
+    }
+
+    async fn set_password(
+        &self,
+        id: Uuid,
+        password_hash: &str,
+        audit: &AuditEntry,
+    ) -> Result<bool> {
+        let mut tx = self.write_tx().await?;
+        let done = sqlx::query("UPDATE users SET password_hash = ?, updated_at = ? WHERE id = ?")
+            .bind(password_hash)
+            .bind(audit.at)
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        revoke_user_families_tx(&mut tx, id, "password changed", audit.at).await?;
+        audit_tx(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn record_login(&self, id: Uuid, audit: &AuditEntry) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        sqlx::query("UPDATE users SET last_login_at = ? WHERE id = ?")
+            .bind(audit.at)
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        audit_tx(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn create_family(&self, first: &RefreshToken, audit: &AuditEntry) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        sqlx::query("INSERT INTO token_families (family, user_id, created_at, expires_at) VALUES (?, ?, ?, ?)")
+            .bind(&first.family)
+            .bind(first.user_id.to_string())
+            .bind(first.issued_at)
+            .bind(first.expires_at)
+            .execute(&mut *tx)
+            .await?;
+        insert_refresh_tx(&mut tx, first).await?;
+        audit_tx(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn rotate_refresh(
+        &self,
+        old_jti: &str,
+        next: &RefreshToken,
+        now: UnixMillis,
+    ) -> Result<RefreshOutcome> {
+        let mut tx = self.write_tx().await?;
+        let row = sqlx::query(
+            "SELECT r.used_at, r.expires_at, f.family, f.user_id, f.revoked_at FROM refresh_tokens r \
+             JOIN token_families f ON f.family = r.family WHERE r.jti = ?",
+        )
+        .bind(old_jti)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(RefreshOutcome::Unknown);
+        };
+        let used_at: Option<i64> = row.try_get("used_at")?;
+        let expires_at: i64 = row.try_get("expires_at")?;
+        let family: String = row.try_get("family")?;
+        let user_id: String = row.try_get("user_id")?;
+        let user_id = Uuid::parse_str(&user_id).map_err(|e| corrupt("family user", e))?;
+        let revoked_at: Option<i64> = row.try_get("revoked_at")?;
+        if revoked_at.is_some() || expires_at <= now {
+            return Ok(RefreshOutcome::Revoked);
+        }
+        if used_at.is_some() {
+            // A spent token came back: someone holds a copy. End the whole sign-in.
+            revoke_family_tx(&mut tx, &family, "refresh token reused", now).await?;
+            tx.commit().await?;
+            return Ok(RefreshOutcome::Reused { family, user_id });
+        }
+        sqlx::query("UPDATE refresh_tokens SET used_at = ? WHERE jti = ?")
+            .bind(now)
+            .bind(old_jti)
+            .execute(&mut *tx)
+            .await?;
+        let next = RefreshToken {
+            family: family.clone(),
+            user_id,
+            ..next.clone()
+        };
+        insert_refresh_tx(&mut tx, &next).await?;
+        sqlx::query("UPDATE token_families SET expires_at = MAX(expires_at, ?) WHERE family = ?")
+            .bind(next.expires_at)
+            .bind(&family)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(RefreshOutcome::Rotated)
+    }
+
+    async fn refresh_token(&self, jti: &str) -> Result<Option<RefreshToken>> {
+        let row = sqlx::query(
+            "SELECT r.jti, r.family, f.user_id, r.issued_at, r.expires_at FROM refresh_tokens r \
+             JOIN token_families f ON f.family = r.family WHERE r.jti = ?",
+        )
+        .bind(jti)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            let user_id: String = row.try_get("user_id")?;
+            Ok(RefreshToken {
+                jti: row.try_get("jti")?,
+                family: row.try_get("family")?,
+                user_id: Uuid::parse_str(&user_id).map_err(|e| corrupt("family user", e))?,
+                issued_at: row.try_get("issued_at")?,
+                expires_at: row.try_get("expires_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn revoke_family(&self, family: &str, reason: &str, audit: &AuditEntry) -> Result<bool> {
+        let mut tx = self.write_tx().await?;
+        let revoked = revoke_family_tx(&mut tx, family, reason, audit.at).await?;
+        if revoked {
+            audit_tx(&mut tx, audit).await?;
+        }
+        tx.commit().await?;
+        Ok(revoked)
+    }
+
+    async fn revoked_families(&self, now: UnixMillis) -> Result<Vec<(String, UnixMillis)>> {
+        let rows = sqlx::query("SELECT family, expires_at FROM token_families WHERE revoked_at IS NOT NULL AND expires_at > ?")
+            .bind(now)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("family")?, row.try_get("expires_at")?)))
+            .collect()
+    }
+
+    async fn family(&self, family: &str) -> Result<Option<(Uuid, UnixMillis, Option<UnixMillis>)>> {
+        let row = sqlx::query(
+            "SELECT user_id, expires_at, revoked_at FROM token_families WHERE family = ?",
+        )
+        .bind(family)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            let user_id: String = row.try_get("user_id")?;
+            Ok((
+                Uuid::parse_str(&user_id).map_err(|e| corrupt("family user", e))?,
+                row.try_get("expires_at")?,
+                row.try_get("revoked_at")?,
+            ))
+        })
+        .transpose()
+    }
+
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        audit_tx(&mut tx, entry).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>> {
+        // Following the tail reads forwards; every other query reads newest first.
+        let order = if filter.after_seq.is_some() {
+            "ASC"
+        } else {
+            "DESC"
+        };
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT seq, at, actor, action, target, ip, credential, detail FROM audit_log \
+             WHERE (?1 IS NULL OR action = ?1 OR action LIKE ?1 || '.%') \
+             AND (?2 IS NULL OR actor = ?2) AND (?3 IS NULL OR target = ?3) \
+             AND (?4 IS NULL OR at >= ?4) AND (?5 IS NULL OR seq < ?5) AND (?6 IS NULL OR seq > ?6) \
+             ORDER BY seq {order} LIMIT ?7"
+        )))
+        .bind(&filter.action)
+        .bind(&filter.actor)
+        .bind(&filter.target)
+        .bind(filter.since)
+        .bind(filter.before_seq.map(|s| i64::try_from(s).unwrap_or(i64::MAX)))
+        .bind(filter.after_seq.map(|s| i64::try_from(s).unwrap_or(i64::MAX)))
+        .bind(filter.limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let seq: i64 = row.try_get("seq")?;
+                let detail: String = row.try_get("detail")?;
+                Ok(AuditRecord {
+                    seq: u64::try_from(seq).unwrap_or(0),
+                    entry: AuditEntry {
+                        at: row.try_get("at")?,
+                        actor: row.try_get("actor")?,
+                        action: row.try_get("action")?,
+                        target: row.try_get("target")?,
+                        ip: row.try_get("ip")?,
+                        credential: row.try_get("credential")?,
+                        detail: serde_json::from_str(&detail)
+                            .map_err(|e| corrupt("audit detail", e))?,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    async fn secret(&self, name: &str) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT value FROM secrets WHERE name = ?")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn secret_or_insert(&self, name: &str, value: &str) -> Result<String> {
+        let mut tx = self.write_tx().await?;
+        sqlx::query(
+            "INSERT INTO secrets (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(value)
+        .execute(&mut *tx)
+        .await?;
+        let stored: String = sqlx::query_scalar("SELECT value FROM secrets WHERE name = ?")
+            .bind(name)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(stored)
+    }
+
+    async fn put_secret(&self, name: &str, value: &str) -> Result<()> {
+        sqlx::query("INSERT INTO secrets (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value")
+            .bind(name)
+            .bind(value)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+fn user_from_row(row: &SqliteRow) -> Result<UserRecord> {
+    let id: String = row.try_get("id")?;
+    let role: String = row.try_get("role")?;
+    Ok(UserRecord {
+        id: Uuid::parse_str(&id).map_err(|e| corrupt("user id", e))?,
+        username: row.try_get("username")?,
+        email: row.try_get("email")?,
+        role: Role::parse(&role).ok_or_else(|| corrupt("user role", &role))?,
+        disabled: row.try_get("disabled")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        last_login_at: row.try_get("last_login_at")?,
+    })
+}
+
+async fn fetch_user(tx: &mut Transaction<'static, Sqlite>, id: Uuid) -> Result<Option<UserRecord>> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {USER_COLUMNS} FROM users WHERE id = ?"
+    )))
+    .bind(id.to_string())
+    .fetch_optional(&mut **tx)
+    .await?;
+    row.as_ref().map(user_from_row).transpose()
+}
+
+async fn audit_tx(tx: &mut Transaction<'static, Sqlite>, entry: &AuditEntry) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO audit_log (at, actor, action, target, ip, credential, detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(entry.at)
+    .bind(&entry.actor)
+    .bind(&entry.action)
+    .bind(&entry.target)
+    .bind(&entry.ip)
+    .bind(&entry.credential)
+    .bind(json(&entry.detail))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn insert_refresh_tx(
+    tx: &mut Transaction<'static, Sqlite>,
+    token: &RefreshToken,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO refresh_tokens (jti, family, issued_at, expires_at) VALUES (?, ?, ?, ?)",
+    )
+    .bind(&token.jti)
+    .bind(&token.family)
+    .bind(token.issued_at)
+    .bind(token.expires_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn revoke_family_tx(
+    tx: &mut Transaction<'static, Sqlite>,
+    family: &str,
+    reason: &str,
+    now: UnixMillis,
+) -> Result<bool> {
+    let done = sqlx::query("UPDATE token_families SET revoked_at = ?, reason = ? WHERE family = ? AND revoked_at IS NULL")
+        .bind(now)
+        .bind(reason)
+        .bind(family)
+        .execute(&mut **tx)
+        .await?;
+    if done.rows_affected() > 0 {
+        record_change(tx, Entity::Family, family, "revoke", now).await?;
+    }
+    Ok(done.rows_affected() > 0)
+}
+
+async fn revoke_user_families_tx(
+    tx: &mut Transaction<'static, Sqlite>,
+    user: Uuid,
+    reason: &str,
+    now: UnixMillis,
+) -> Result<()> {
+    let families: Vec<String> =
+        sqlx::query_scalar("SELECT family FROM token_families WHERE user_id = ? AND revoked_at IS NULL AND expires_at > ?")
+            .bind(user.to_string())
+            .bind(now)
+            .fetch_all(&mut **tx)
+            .await?;
+    for family in families {
+        revoke_family_tx(tx, &family, reason, now).await?;
+    }
+    Ok(())
 }

@@ -3,7 +3,11 @@
 use keygate_core::settings::InstanceSettings;
 use keygate_core::usage::UsageDelta;
 use keygate_core::{KeyOrigin, KeyRecord, key_format};
-use keygate_store::{Entity, KeyPage, KeyUpdate, SqliteStore, Store, StoreError};
+use keygate_core::{Role, UserRecord};
+use keygate_store::{
+    AuditEntry, AuditFilter, Entity, KeyPage, KeyUpdate, RefreshOutcome, RefreshToken, SqliteStore,
+    Store, StoreError, UserUpdate,
+};
 use uuid::Uuid;
 
 fn record(n: u8, at: i64) -> KeyRecord {
@@ -21,6 +25,7 @@ fn record(n: u8, at: i64) -> KeyRecord {
         enabled: true,
         origin: KeyOrigin::Generated,
         global: false,
+        owner: None,
         created_at: at,
         updated_at: at,
         expires_at: None,
@@ -31,17 +36,31 @@ fn record(n: u8, at: i64) -> KeyRecord {
     }
 }
 
+fn audit(at: i64, action: &str) -> AuditEntry {
+    AuditEntry {
+        at,
+        actor: "test".into(),
+        action: action.into(),
+        ..Default::default()
+    }
+}
+
 async fn conformance(store: &dyn Store) {
     assert_eq!(store.latest_seq().await.expect("seq"), 0);
     let a = record(1, 1000);
-    store.insert_key(&a).await.expect("insert");
+    store
+        .insert_key(&a, None, &audit(1000, "key.create"))
+        .await
+        .expect("insert");
     assert_eq!(store.get_key(a.id).await.expect("get"), Some(a.clone()));
 
     // Same hash twice is a conflict, not a second row.
     let mut dup = record(1, 1001);
     dup.id = Uuid::now_v7();
     assert!(matches!(
-        store.insert_key(&dup).await,
+        store
+            .insert_key(&dup, None, &audit(1001, "key.create"))
+            .await,
         Err(StoreError::Conflict(_))
     ));
 
@@ -52,7 +71,7 @@ async fn conformance(store: &dyn Store) {
         ..Default::default()
     };
     let updated = store
-        .update_key(a.id, &update, 2000)
+        .update_key(a.id, &update, &audit(2000, "key.update"))
         .await
         .expect("update")
         .expect("exists");
@@ -69,14 +88,14 @@ async fn conformance(store: &dyn Store) {
         ..Default::default()
     };
     let updated = store
-        .update_key(a.id, &cleared, 2001)
+        .update_key(a.id, &cleared, &audit(2001, "key.update"))
         .await
         .expect("update")
         .expect("exists");
     assert_eq!(updated.expires_at, None);
     assert!(
         store
-            .update_key(Uuid::now_v7(), &cleared, 1)
+            .update_key(Uuid::now_v7(), &cleared, &audit(1, "key.update"))
             .await
             .expect("update")
             .is_none()
@@ -84,13 +103,13 @@ async fn conformance(store: &dyn Store) {
 
     // Revocation is idempotent.
     let revoked = store
-        .revoke_key(a.id, 3000)
+        .revoke_key(a.id, &audit(3000, "key.revoke"))
         .await
         .expect("revoke")
         .expect("exists");
     assert_eq!(revoked.revoked_at, Some(3000));
     let again = store
-        .revoke_key(a.id, 4000)
+        .revoke_key(a.id, &audit(4000, "key.revoke"))
         .await
         .expect("revoke")
         .expect("exists");
@@ -99,19 +118,26 @@ async fn conformance(store: &dyn Store) {
     // Rotation stores the replacement and links the old key; revoked keys refuse.
     let b = record(2, 5000);
     let c = record(3, 6000);
-    store.insert_key(&b).await.expect("insert");
+    store
+        .insert_key(&b, None, &audit(5000, "key.create"))
+        .await
+        .expect("insert");
     let old = store
-        .rotate_key(b.id, &c, 9000, 6000)
+        .rotate_key(b.id, &c, 9000, &audit(6000, "key.rotate"))
         .await
         .expect("rotate")
         .expect("exists");
     assert_eq!((old.expires_at, old.rotated_to), (Some(9000), Some(c.id)));
     assert!(matches!(
-        store.rotate_key(b.id, &record(4, 1), 1, 1).await,
+        store
+            .rotate_key(b.id, &record(4, 1), 1, &audit(1, "key.rotate"))
+            .await,
         Err(StoreError::Conflict(_))
     ));
     assert!(matches!(
-        store.rotate_key(a.id, &record(5, 1), 1, 1).await,
+        store
+            .rotate_key(a.id, &record(5, 1), 1, &audit(1, "key.rotate"))
+            .await,
         Err(StoreError::Conflict(_))
     ));
 
@@ -139,6 +165,7 @@ async fn conformance(store: &dyn Store) {
         .list_keys(KeyPage {
             limit: 2,
             offset: 0,
+            owner: None,
         })
         .await
         .expect("list");
@@ -150,6 +177,7 @@ async fn conformance(store: &dyn Store) {
         .list_keys(KeyPage {
             limit: 2,
             offset: 2,
+            owner: None,
         })
         .await
         .expect("list");
@@ -211,8 +239,12 @@ async fn conformance(store: &dyn Store) {
     let off = InstanceSettings {
         api_access_enabled: false,
         query_param_enabled: true,
+        keys_per_user: Some(1),
     };
-    store.put_settings(&off, 9000).await.expect("put");
+    store
+        .put_settings(&off, &audit(9000, "settings.update"))
+        .await
+        .expect("put");
     assert_eq!(store.settings().await.expect("settings"), off);
     let last = store.changes_since(latest, 100).await.expect("changes");
     assert_eq!(last.last().map(|c| c.entity), Some(Entity::Settings));
@@ -227,11 +259,237 @@ async fn conformance(store: &dyn Store) {
     assert_eq!(store.latest_seq().await.expect("seq"), seq);
 }
 
+fn user(name: &str, role: Role) -> UserRecord {
+    UserRecord {
+        id: Uuid::now_v7(),
+        username: name.into(),
+        email: None,
+        role,
+        disabled: false,
+        created_at: 100,
+        updated_at: 100,
+        last_login_at: None,
+    }
+}
+
+async fn accounts_conformance(store: &dyn Store) {
+    let ana = user("Ana", Role::User);
+    store
+        .create_user(&ana, "$argon2id$hash", &audit(100, "user.create"))
+        .await
+        .expect("create");
+    assert!(matches!(
+        store
+            .create_user(&user("ANA", Role::Admin), "x", &audit(100, "user.create"))
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    let (found, hash) = store
+        .user_for_login("ana")
+        .await
+        .expect("login")
+        .expect("found");
+    assert_eq!((found.id, hash.as_str()), (ana.id, "$argon2id$hash"));
+    assert_eq!(store.count_users().await.expect("count"), 1);
+
+    // Keys per owner: keeping 1 revokes the older key in the same write.
+    let mut k1 = record(11, 200);
+    k1.owner = Some(ana.id);
+    let mut k2 = record(12, 300);
+    k2.owner = Some(ana.id);
+    assert!(
+        store
+            .insert_key(&k1, Some(1), &audit(200, "key.create"))
+            .await
+            .expect("k1")
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .insert_key(&k2, Some(1), &audit(300, "key.create"))
+            .await
+            .expect("k2"),
+        vec![k1.id]
+    );
+    let owned = store
+        .list_keys(KeyPage {
+            limit: 10,
+            offset: 0,
+            owner: Some(ana.id),
+        })
+        .await
+        .expect("list");
+    assert_eq!(owned.len(), 2);
+
+    // Token families: rotation, reuse detection, revocation.
+    let first = RefreshToken {
+        jti: "r1".into(),
+        family: "f1".into(),
+        user_id: ana.id,
+        issued_at: 400,
+        expires_at: 10_000,
+    };
+    store
+        .create_family(&first, &audit(400, "auth.login"))
+        .await
+        .expect("family");
+    let second = RefreshToken {
+        jti: "r2".into(),
+        ..first.clone()
+    };
+    assert_eq!(
+        store
+            .rotate_refresh("r1", &second, 500)
+            .await
+            .expect("rotate"),
+        RefreshOutcome::Rotated
+    );
+    let third = RefreshToken {
+        jti: "r3".into(),
+        ..first.clone()
+    };
+    assert_eq!(
+        store
+            .rotate_refresh("r1", &third, 600)
+            .await
+            .expect("reuse"),
+        RefreshOutcome::Reused {
+            family: "f1".into(),
+            user_id: ana.id
+        }
+    );
+    assert_eq!(
+        store
+            .rotate_refresh("r2", &third, 700)
+            .await
+            .expect("revoked"),
+        RefreshOutcome::Revoked
+    );
+    assert_eq!(
+        store
+            .rotate_refresh("nope", &third, 700)
+            .await
+            .expect("unknown"),
+        RefreshOutcome::Unknown
+    );
+    assert_eq!(
+        store.revoked_families(700).await.expect("revoked"),
+        vec![("f1".to_string(), 10_000)]
+    );
+    assert!(
+        !store
+            .revoke_family("f1", "again", &audit(800, "auth.logout"))
+            .await
+            .expect("revoke")
+    );
+
+    // A password change ends every sign-in of the user.
+    let other = RefreshToken {
+        jti: "s1".into(),
+        family: "f2".into(),
+        user_id: ana.id,
+        issued_at: 900,
+        expires_at: 10_000,
+    };
+    store
+        .create_family(&other, &audit(900, "auth.login"))
+        .await
+        .expect("family");
+    assert!(
+        store
+            .set_password(ana.id, "$new", &audit(950, "user.password"))
+            .await
+            .expect("password")
+    );
+    assert_eq!(store.revoked_families(960).await.expect("revoked").len(), 2);
+
+    // Updates and deletion; deletion revokes the user's keys.
+    let disabled = UserUpdate {
+        disabled: Some(true),
+        email: Some(Some("a@x".into())),
+        ..Default::default()
+    };
+    let updated = store
+        .update_user(ana.id, &disabled, &audit(1000, "user.update"))
+        .await
+        .expect("update")
+        .expect("user");
+    assert!(updated.disabled && updated.email.as_deref() == Some("a@x"));
+    store
+        .delete_user(ana.id, &audit(1100, "user.delete"))
+        .await
+        .expect("delete")
+        .expect("user");
+    assert!(store.get_user(ana.id).await.expect("get").is_none());
+    assert!(
+        store
+            .get_key(k2.id)
+            .await
+            .expect("get")
+            .expect("key")
+            .revoked_at
+            .is_some()
+    );
+    let kinds: Vec<Entity> = store
+        .changes_since(0, 1000)
+        .await
+        .expect("changes")
+        .iter()
+        .map(|c| c.entity)
+        .collect();
+    assert!(kinds.contains(&Entity::User) && kinds.contains(&Entity::Family));
+
+    // The audit log, filtered and paged; secrets.
+    let all = store
+        .list_audit(&AuditFilter {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .expect("audit");
+    assert!(all.windows(2).all(|w| w[0].seq > w[1].seq), "newest first");
+    let users = store
+        .list_audit(&AuditFilter {
+            action: Some("user".into()),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .expect("audit");
+    assert!(!users.is_empty() && users.iter().all(|r| r.entry.action.starts_with("user.")));
+    let tail = store
+        .list_audit(&AuditFilter {
+            after_seq: Some(all[2].seq),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .expect("tail");
+    assert_eq!(tail.len(), 2);
+    assert_eq!(store.secret("jwt").await.expect("secret"), None);
+    assert_eq!(
+        store.secret_or_insert("jwt", "one").await.expect("insert"),
+        "one"
+    );
+    assert_eq!(
+        store.secret_or_insert("jwt", "two").await.expect("keep"),
+        "one"
+    );
+    store.put_secret("jwt", "three").await.expect("put");
+    assert_eq!(
+        store.secret("jwt").await.expect("secret").as_deref(),
+        Some("three")
+    );
+}
+
 #[tokio::test]
 async fn sqlite_conforms() {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = SqliteStore::open(dir.path()).await.expect("open");
     conformance(&store).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = SqliteStore::open(dir.path()).await.expect("open");
+    accounts_conformance(&store).await;
 }
 
 #[tokio::test]
@@ -240,7 +498,10 @@ async fn sqlite_data_survives_reopen_and_two_handles_share_a_file() {
     let first = SqliteStore::open(dir.path()).await.expect("open");
     let second = SqliteStore::open(dir.path()).await.expect("open twice");
     let a = record(1, 1);
-    first.insert_key(&a).await.expect("insert");
+    first
+        .insert_key(&a, None, &audit(1, "key.create"))
+        .await
+        .expect("insert");
     // The other handle (another process, in real life) sees the write through the feed.
     let changes = second.changes_since(0, 10).await.expect("changes");
     assert_eq!(changes[0].entity_id, a.id.to_string());

@@ -75,6 +75,89 @@ pub enum KeysCommand {
     },
 }
 
+#[derive(Debug, clap::Subcommand)]
+pub enum AuditCommand {
+    /// Print the newest audit entries; with --follow, keep printing new ones.
+    Tail {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// How many recent entries to print first.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Only this action or family of actions (e.g. key, auth.login_failed).
+        #[arg(long)]
+        action: Option<String>,
+        /// Keep polling for new entries.
+        #[arg(long, short)]
+        follow: bool,
+    },
+}
+
+fn print_audit(entry: &keygate_api::accounts::AuditView) {
+    let at = entry
+        .at
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    println!(
+        "{:>6}  {at}  {:<22}  {:<44}  {}  {}",
+        entry.seq,
+        entry.action,
+        entry.actor,
+        entry.target.as_deref().unwrap_or("-"),
+        entry.ip.as_deref().unwrap_or("-")
+    );
+}
+
+pub async fn run_audit(command: AuditCommand) -> Result<()> {
+    let AuditCommand::Tail {
+        client,
+        limit,
+        action,
+        follow,
+    } = command;
+    let api = Client::new(&client)?;
+    let filter = action
+        .map(|a| format!("&action={}", form_urlencoded_value(&a)))
+        .unwrap_or_default();
+    let list: keygate_api::accounts::AuditList = api
+        .call(
+            Method::GET,
+            &format!("/api/v1/audit?limit={limit}{filter}"),
+            None::<&()>,
+        )
+        .await?;
+    let mut last = list.entries.first().map(|e| e.seq).unwrap_or(0);
+    for entry in list.entries.iter().rev() {
+        if client.json {
+            println!("{}", serde_json::to_string(entry)?);
+        } else {
+            print_audit(entry);
+        }
+    }
+    if !follow {
+        return Ok(());
+    }
+    loop {
+        // Polling once a second is plenty for a human watching the log.
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let newer: keygate_api::accounts::AuditList = api
+            .call(
+                Method::GET,
+                &format!("/api/v1/audit?after={last}&limit=1000{filter}"),
+                None::<&()>,
+            )
+            .await?;
+        for entry in &newer.entries {
+            last = last.max(entry.seq);
+            if client.json {
+                println!("{}", serde_json::to_string(entry)?);
+            } else {
+                print_audit(entry);
+            }
+        }
+    }
+}
+
 struct Client {
     http: reqwest::Client,
     base: String,

@@ -5,6 +5,9 @@
 
 use keygate_core::credential::Transport;
 use keygate_server::config::ServerConfig;
+use keygate_server::passwords::PasswordCost;
+use keygate_server::throttle::ThrottleConfig;
+use keygate_server::tokens::{JwtAlgorithm, TokenConfig};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -22,6 +25,12 @@ pub struct FileConfig {
     pub flush_interval: Option<String>,
     pub feed_poll_interval: Option<String>,
     pub log_format: Option<String>,
+    pub jwt_algorithm: Option<String>,
+    pub access_token_ttl: Option<String>,
+    pub refresh_token_ttl: Option<String>,
+    pub password_memory_kib: Option<u32>,
+    pub password_iterations: Option<u32>,
+    pub login_max_failures: Option<u32>,
 }
 
 /// The same settings from flags or the environment (already merged by clap).
@@ -56,6 +65,24 @@ pub struct Overrides {
     /// Log format: text or json.
     #[arg(long, env = "KEYGATE_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<String>,
+    /// JWT signature: HS256 (secret kept in the store) or EdDSA (public key at /.well-known/jwks.json).
+    #[arg(long, env = "KEYGATE_JWT_ALGORITHM", value_name = "ALG")]
+    pub jwt_algorithm: Option<String>,
+    /// Access-token lifetime (e.g. 5m).
+    #[arg(long, env = "KEYGATE_ACCESS_TOKEN_TTL", value_name = "DURATION")]
+    pub access_token_ttl: Option<String>,
+    /// Refresh-token lifetime (e.g. 1d as 24h).
+    #[arg(long, env = "KEYGATE_REFRESH_TOKEN_TTL", value_name = "DURATION")]
+    pub refresh_token_ttl: Option<String>,
+    /// argon2id memory cost in KiB.
+    #[arg(long, env = "KEYGATE_PASSWORD_MEMORY_KIB", value_name = "KIB")]
+    pub password_memory_kib: Option<u32>,
+    /// argon2id passes.
+    #[arg(long, env = "KEYGATE_PASSWORD_ITERATIONS", value_name = "N")]
+    pub password_iterations: Option<u32>,
+    /// Failed sign-ins per username within 15 minutes before 429.
+    #[arg(long, env = "KEYGATE_LOGIN_MAX_FAILURES", value_name = "N")]
+    pub login_max_failures: Option<u32>,
 }
 
 /// The effective configuration.
@@ -71,6 +98,14 @@ pub struct Effective {
     #[serde(serialize_with = "ser_duration")]
     pub feed_poll_interval: Duration,
     pub log_format: LogFormat,
+    pub jwt_algorithm: JwtAlgorithm,
+    #[serde(serialize_with = "ser_duration")]
+    pub access_token_ttl: Duration,
+    #[serde(serialize_with = "ser_duration")]
+    pub refresh_token_ttl: Duration,
+    pub password_memory_kib: u32,
+    pub password_iterations: u32,
+    pub login_max_failures: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -92,6 +127,21 @@ impl Effective {
             transports: self.transports.clone(),
             flush_interval: self.flush_interval,
             feed_poll_interval: self.feed_poll_interval,
+            tokens: TokenConfig {
+                algorithm: self.jwt_algorithm,
+                access_ttl: self.access_token_ttl,
+                refresh_ttl: self.refresh_token_ttl,
+                ..TokenConfig::default()
+            },
+            password_cost: PasswordCost {
+                memory_kib: self.password_memory_kib,
+                iterations: self.password_iterations,
+                ..PasswordCost::default()
+            },
+            throttle: ThrottleConfig {
+                max_failures_per_user: self.login_max_failures,
+                ..ThrottleConfig::default()
+            },
             ..ServerConfig::default()
         }
     }
@@ -142,6 +192,22 @@ pub fn read_file(path: &Path) -> Result<FileConfig, String> {
     toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))
 }
 
+fn layered_duration(
+    errors: &mut Vec<String>,
+    name: &str,
+    flag: &Option<String>,
+    file: &Option<String>,
+    default: Duration,
+) -> Duration {
+    match flag.as_ref().or(file.as_ref()) {
+        None => default,
+        Some(text) => parse_duration(text).unwrap_or_else(|e| {
+            errors.push(format!("{name}: {e}"));
+            default
+        }),
+    }
+}
+
 /// Merges the layers. Every bad value is reported, not just the first.
 pub fn resolve(file: &FileConfig, over: &Overrides) -> Result<Effective, Vec<String>> {
     let mut errors = Vec::new();
@@ -156,25 +222,16 @@ pub fn resolve(file: &FileConfig, over: &Overrides) -> Result<Effective, Vec<Str
         ));
         SocketAddr::from(([127, 0, 0, 1], 8080))
     });
-    let mut duration =
-        |name: &str, flag: &Option<String>, file: &Option<String>, default: Duration| match flag
-            .as_ref()
-            .or(file.as_ref())
-        {
-            None => default,
-            Some(text) => parse_duration(text).unwrap_or_else(|e| {
-                errors.push(format!("{name}: {e}"));
-                default
-            }),
-        };
     let defaults = ServerConfig::default();
-    let flush_interval = duration(
+    let flush_interval = layered_duration(
+        &mut errors,
         "flush_interval",
         &over.flush_interval,
         &file.flush_interval,
         defaults.flush_interval,
     );
-    let feed_poll_interval = duration(
+    let feed_poll_interval = layered_duration(
+        &mut errors,
         "feed_poll_interval",
         &over.feed_poll_interval,
         &file.feed_poll_interval,
@@ -226,6 +283,59 @@ pub fn resolve(file: &FileConfig, over: &Overrides) -> Result<Effective, Vec<Str
             LogFormat::Text
         }
     };
+    let tokens = TokenConfig::default();
+    let access_token_ttl = layered_duration(
+        &mut errors,
+        "access_token_ttl",
+        &over.access_token_ttl,
+        &file.access_token_ttl,
+        tokens.access_ttl,
+    );
+    let refresh_token_ttl = layered_duration(
+        &mut errors,
+        "refresh_token_ttl",
+        &over.refresh_token_ttl,
+        &file.refresh_token_ttl,
+        tokens.refresh_ttl,
+    );
+    let jwt_algorithm = match over
+        .jwt_algorithm
+        .as_ref()
+        .or(file.jwt_algorithm.as_ref())
+        .map(String::as_str)
+    {
+        None | Some("HS256") => JwtAlgorithm::HS256,
+        Some("EdDSA") => JwtAlgorithm::EdDSA,
+        Some(other) => {
+            errors.push(format!("jwt_algorithm: {other:?} is not HS256 or EdDSA"));
+            JwtAlgorithm::HS256
+        }
+    };
+    let cost = PasswordCost::default();
+    let password_memory_kib = over
+        .password_memory_kib
+        .or(file.password_memory_kib)
+        .unwrap_or(cost.memory_kib);
+    let password_iterations = over
+        .password_iterations
+        .or(file.password_iterations)
+        .unwrap_or(cost.iterations);
+    if keygate_server::passwords::Passwords::new(PasswordCost {
+        memory_kib: password_memory_kib,
+        iterations: password_iterations,
+        parallelism: cost.parallelism,
+    })
+    .is_err()
+    {
+        errors.push("password_memory_kib / password_iterations: not valid argon2 parameters (memory ≥ 8 KiB, passes ≥ 1)".into());
+    }
+    let login_max_failures = over
+        .login_max_failures
+        .or(file.login_max_failures)
+        .unwrap_or(ThrottleConfig::default().max_failures_per_user);
+    if login_max_failures == 0 {
+        errors.push("login_max_failures: must be at least 1".into());
+    }
     let effective = Effective {
         listen,
         data_dir: over
@@ -239,6 +349,12 @@ pub fn resolve(file: &FileConfig, over: &Overrides) -> Result<Effective, Vec<Str
         flush_interval,
         feed_poll_interval,
         log_format,
+        jwt_algorithm,
+        access_token_ttl,
+        refresh_token_ttl,
+        password_memory_kib,
+        password_iterations,
+        login_max_failures,
     };
     if errors.is_empty() {
         Ok(effective)

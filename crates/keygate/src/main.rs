@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use config::{Effective, FileConfig, LogFormat, Overrides};
 use keygate_server::mint::{self, KeySpec};
 use keygate_server::{Server, bootstrap, clock};
-use keygate_store::{SqliteStore, Store};
+use keygate_store::{AuditEntry, SqliteStore, Store};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -60,6 +60,9 @@ enum Command {
     /// Manage keys through a running server's API.
     #[command(subcommand)]
     Keys(client::KeysCommand),
+    /// Read the audit log through a running server's API.
+    #[command(subcommand)]
+    Audit(client::AuditCommand),
     /// Print the OpenAPI 3.1 document of this configuration's API (for client generators).
     Openapi(ConfigArgs),
 }
@@ -92,6 +95,22 @@ enum AdminCommand {
         /// RFC 3339 expiry time.
         #[arg(long, value_parser = parse_rfc3339)]
         expires_at: Option<time::OffsetDateTime>,
+    },
+    /// Give a user a new password (printed once) and end their sign-ins. For a locked-out
+    /// instance; works with the server running or stopped.
+    ResetPassword {
+        #[arg(
+            long,
+            env = "KEYGATE_DATA_DIR",
+            default_value = "./keygate-data",
+            value_name = "DIR"
+        )]
+        data_dir: PathBuf,
+        /// The username.
+        user: String,
+        /// Read the new password from standard input instead of generating one.
+        #[arg(long)]
+        password_stdin: bool,
     },
 }
 
@@ -194,12 +213,59 @@ async fn admin_create_key(
         ..Default::default()
     };
     let (key, record) = mint::mint(&spec, clock::now_ms())?;
-    store.insert_key(&record).await?;
+    let entry = AuditEntry {
+        at: record.created_at,
+        actor: "cli".into(),
+        action: "key.create".into(),
+        target: Some(format!("key:{}", record.id)),
+        ..Default::default()
+    };
+    store.insert_key(&record, None, &entry).await?;
     store.close().await;
     println!("{key}");
     eprintln!(
         "created key {} ({}); it will not be shown again",
         record.id, record.start
+    );
+    Ok(())
+}
+
+async fn reset_password(data_dir: PathBuf, username: String, from_stdin: bool) -> Result<()> {
+    use keygate_server::passwords;
+    let store = open_store(&data_dir).await?;
+    let Some((user, _)) = store.user_for_login(&username).await? else {
+        anyhow::bail!("no user named {username:?} in {}", data_dir.display());
+    };
+    let password = if from_stdin {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        let line = line.trim_end_matches(['\r', '\n']).to_string();
+        passwords::validate_password(&line).map_err(|m| anyhow::anyhow!("the password {m}"))?;
+        line
+    } else {
+        passwords::generate_password()
+            .map_err(|e| anyhow::anyhow!("random number generator: {e}"))?
+    };
+    // The cost of new hashes follows the configuration defaults; verification reads the
+    // parameters from each hash.
+    let hasher = passwords::Passwords::new(passwords::PasswordCost::default())
+        .map_err(anyhow::Error::msg)?;
+    let hash = hasher.hash(&password)?;
+    let entry = AuditEntry {
+        at: clock::now_ms(),
+        actor: "cli".into(),
+        action: "user.password_reset".into(),
+        target: Some(format!("user:{}", user.id)),
+        ..Default::default()
+    };
+    store.set_password(user.id, &hash, &entry).await?;
+    store.close().await;
+    if !from_stdin {
+        println!("{password}");
+    }
+    eprintln!(
+        "password of {} reset; their sign-ins are ended",
+        user.username
     );
     Ok(())
 }
@@ -228,6 +294,12 @@ async fn run(cli: Cli) -> Result<()> {
             expires_at,
         }) => admin_create_key(data_dir, name, scopes, prefix, expires_at).await,
         Command::Keys(command) => client::run(command).await,
+        Command::Audit(command) => client::run_audit(command).await,
+        Command::Admin(AdminCommand::ResetPassword {
+            data_dir,
+            user,
+            password_stdin,
+        }) => reset_password(data_dir, user, password_stdin).await,
         Command::Openapi(args) => {
             let effective = args.resolve()?;
             let doc = keygate_server::http::docs::openapi(&effective.server_config());

@@ -1,7 +1,7 @@
 //! The OpenAPI 3.1 document of every endpoint, and Swagger UI with embedded assets.
 
 use crate::config::ServerConfig;
-use crate::http::{keys, system, verify};
+use crate::http::{audit, auth, keys, system, users, verify};
 use utoipa::OpenApi;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 
@@ -16,6 +16,10 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
         keys::rotate_key, keys::import_key,
         verify::verify_key, verify::whoami,
         system::get_settings, system::patch_settings, system::system_info,
+        system::get_global_key, system::regenerate_global_key,
+        users::list_users, users::create_user, users::get_user, users::update_user, users::delete_user,
+        users::get_me, users::change_my_password, users::permissions,
+        auth::token, auth::refresh, auth::logout, auth::jwks, audit::list_audit,
         system::healthz, system::readyz, system::metrics, openapi_json,
     ),
     tags(
@@ -23,6 +27,9 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
         (name = "verify", description = "Ask keygate whether a key is good."),
         (name = "settings", description = "Instance settings (admin scope)."),
         (name = "system", description = "System information, health and metrics."),
+        (name = "users", description = "User accounts and permissions."),
+        (name = "auth", description = "Sign in for JWT access and refresh tokens."),
+        (name = "audit", description = "The append-only audit log (audit:read)."),
     )
 )]
 struct ApiDoc;
@@ -45,7 +52,8 @@ pub fn openapi(config: &ServerConfig) -> utoipa::openapi::OpenApi {
         SecurityScheme::Http(
             HttpBuilder::new()
                 .scheme(HttpAuthScheme::Bearer)
-                .description(Some("An API key as `Authorization: Bearer <key>`."))
+                .bearer_format("JWT or API key")
+                .description(Some("A JWT access token from /api/v1/auth/token, or an API key, as `Authorization: Bearer <value>`."))
                 .build(),
         ),
     );

@@ -17,6 +17,8 @@ pub struct ApiError {
     pub hint: Option<String>,
     /// For `insufficient_permissions`: the scope the credential lacks.
     pub scope: Option<String>,
+    /// For 429s: seconds until a retry can succeed.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -26,7 +28,13 @@ impl ApiError {
             message: Cow::Borrowed(code.default_message()),
             hint: None,
             scope: None,
+            retry_after: None,
         }
+    }
+
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds.max(1));
+        self
     }
 
     pub fn message(mut self, message: impl Into<Cow<'static, str>>) -> Self {
@@ -91,6 +99,8 @@ impl From<MintError> for ApiError {
 fn www_authenticate(error: &ApiError) -> Option<String> {
     let kind = match (error.code.status(), error.code) {
         (_, ErrorCode::MissingCredentials) => return Some(r#"Bearer realm="keygate""#.into()),
+        // A failed sign-in is not a bad bearer credential.
+        (_, ErrorCode::InvalidCredentials) => return None,
         (401, _) => "invalid_token",
         (_, ErrorCode::InsufficientPermissions) => "insufficient_scope",
         _ => return None,
@@ -114,6 +124,7 @@ impl IntoResponse for ApiError {
         let status =
             StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let challenge = www_authenticate(&self);
+        let retry_after = self.retry_after;
         let body = ErrorBody {
             error: ErrorDetail {
                 code: self.code,
@@ -131,6 +142,9 @@ impl IntoResponse for ApiError {
         );
         if let Some(value) = challenge.and_then(|v| HeaderValue::from_str(&v).ok()) {
             headers.insert(header::WWW_AUTHENTICATE, value);
+        }
+        if let Some(seconds) = retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }

@@ -92,8 +92,42 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryParams<T>
 /// Any authenticated caller.
 pub struct Caller(pub Principal);
 
-/// A caller holding the `admin` scope (or `*`).
-pub struct Admin(pub Principal);
+/// A permission a route needs (see `keygate_core::user::PERMISSIONS`).
+pub trait Permission {
+    const NAME: &'static str;
+}
+
+macro_rules! permissions {
+    ($($ty:ident => $name:path),* $(,)?) => {
+        $(
+            #[doc = concat!("Marker for the `", stringify!($name), "` permission.")]
+            pub struct $ty;
+            impl Permission for $ty {
+                const NAME: &'static str = $name;
+            }
+        )*
+    };
+}
+
+permissions! {
+    KeysRead => keygate_core::user::KEYS_READ,
+    KeysWrite => keygate_core::user::KEYS_WRITE,
+    UsersRead => keygate_core::user::USERS_READ,
+    UsersWrite => keygate_core::user::USERS_WRITE,
+    SettingsRead => keygate_core::user::SETTINGS_READ,
+    SettingsWrite => keygate_core::user::SETTINGS_WRITE,
+    AuditRead => keygate_core::user::AUDIT_READ,
+}
+
+/// A caller holding permission `P` (through a key's scopes and its owner's role, or a
+/// user's role).
+pub struct Need<P: Permission>(pub Principal, std::marker::PhantomData<P>);
+
+impl<P: Permission> Need<P> {
+    pub fn principal(&self) -> &Principal {
+        &self.0
+    }
+}
 
 fn authenticate(parts: &Parts, state: &AppState, scopes: &[&str]) -> Result<Principal, ApiError> {
     state
@@ -110,10 +144,32 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
-impl FromRequestParts<AppState> for Admin {
+impl<P: Permission> FromRequestParts<AppState> for Need<P> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        authenticate(parts, state, &["admin"]).map(Admin)
+        authenticate(parts, state, &[P::NAME]).map(|p| Need(p, std::marker::PhantomData))
+    }
+}
+
+/// The client's address: the TCP peer (trusted-proxy handling comes with the gateway).
+pub struct ClientAddr(pub Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientAddr(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|info| info.0.ip()),
+        ))
+    }
+}
+
+impl ClientAddr {
+    pub fn text(&self) -> Option<String> {
+        self.0.map(|ip| ip.to_string())
     }
 }

@@ -2,8 +2,10 @@
 
 use crate::AppState;
 use crate::clock::{millis_of, now_ms, time_of};
+use crate::engine::Principal;
+use crate::http::audit;
 use crate::http::error::ApiError;
-use crate::http::extract::{Admin, JsonBody, PathId, QueryParams};
+use crate::http::extract::{ClientAddr, JsonBody, KeysRead, KeysWrite, Need, PathId, QueryParams};
 use crate::mint::{self, KeySpec};
 use axum::Json;
 use axum::extract::State;
@@ -41,6 +43,7 @@ pub fn view(state: &AppState, record: &KeyRecord, now: UnixMillis) -> KeyView {
         state: record.state(now).as_str().into(),
         origin: record.origin.as_str().into(),
         global: record.global,
+        owner: record.owner,
         created_at: time_of(record.created_at),
         updated_at: time_of(record.updated_at),
         expires_at: record.expires_at.map(time_of),
@@ -51,9 +54,54 @@ pub fn view(state: &AppState, record: &KeyRecord, now: UnixMillis) -> KeyView {
     }
 }
 
+/// Loads a key the caller may see: everyone's for admins and instance keys, their own for
+/// users. Someone else's key answers 404, as if it did not exist.
+async fn visible_key(
+    state: &AppState,
+    principal: &Principal,
+    id: uuid::Uuid,
+) -> Result<KeyRecord, ApiError> {
+    let record = state
+        .store
+        .get_key(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("key"))?;
+    if principal.acts_for_everyone()
+        || (record.owner.is_some() && record.owner == principal.user_id())
+    {
+        Ok(record)
+    } else {
+        Err(ApiError::not_found("key"))
+    }
+}
+
+/// The owner of a new key: the named user (admins only), else the acting user.
+async fn owner_for(
+    state: &AppState,
+    principal: &Principal,
+    requested: Option<uuid::Uuid>,
+) -> Result<Option<uuid::Uuid>, ApiError> {
+    match requested {
+        None => Ok(principal.user_id()),
+        Some(id) if Some(id) == principal.user_id() => Ok(Some(id)),
+        Some(id) if principal.acts_for_everyone() => {
+            state
+                .store
+                .get_user(id)
+                .await?
+                .ok_or_else(|| ApiError::invalid("`user_id` names no user."))?;
+            Ok(Some(id))
+        }
+        Some(_) => Err(
+            ApiError::new(keygate_api::ErrorCode::InsufficientPermissions)
+                .message("Only administrators may create keys for other users."),
+        ),
+    }
+}
+
 /// Applies this write to the index now, so the writer's next request sees it. If the
 /// store cannot be read right now, the poller applies it shortly.
-async fn sync_after_write(state: &AppState) {
+pub async fn sync_after_write(state: &AppState) {
     if let Err(err) = state.feed.sync().await {
         tracing::warn!(error = %err, "change feed sync after a write failed; the poller will retry");
     }
@@ -70,10 +118,13 @@ async fn sync_after_write(state: &AppState) {
 )]
 pub async fn create_key(
     State(state): State<AppState>,
-    _admin: Admin,
+    caller: Need<KeysWrite>,
+    addr: ClientAddr,
     JsonBody(body): JsonBody<CreateKeyRequest>,
 ) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
     let now = now_ms();
+    let principal = caller.principal();
+    let owner = owner_for(&state, principal, body.user_id).await?;
     let spec = KeySpec {
         name: body.name,
         scopes: body.scopes,
@@ -83,10 +134,18 @@ pub async fn create_key(
         enabled: body.enabled.unwrap_or(true),
         global: false,
     };
-    let (key, record) = mint::mint(&spec, now)?;
-    state.store.insert_key(&record).await?;
+    let (key, mut record) = mint::mint(&spec, now)?;
+    record.owner = owner;
+    let keep = state.engine.settings().keys_per_user;
+    let entry = audit::entry(
+        principal,
+        &addr,
+        "key.create",
+        Some(format!("key:{}", record.id)),
+    );
+    let revoked = state.store.insert_key(&record, keep, &entry).await?;
     sync_after_write(&state).await;
-    tracing::info!(key_id = %record.id, start = %record.start, "key created");
+    tracing::info!(key_id = %record.id, start = %record.start, revoked_older = revoked.len(), "key created");
     Ok((
         StatusCode::CREATED,
         Json(CreatedKey {
@@ -107,9 +166,11 @@ pub async fn create_key(
 )]
 pub async fn import_key(
     State(state): State<AppState>,
-    _admin: Admin,
+    caller: Need<KeysWrite>,
+    addr: ClientAddr,
     JsonBody(body): JsonBody<ImportKeyRequest>,
 ) -> Result<(StatusCode, Json<KeyView>), ApiError> {
+    let principal = caller.principal();
     let now = now_ms();
     let spec = KeySpec {
         name: body.name,
@@ -120,8 +181,15 @@ pub async fn import_key(
         enabled: body.enabled.unwrap_or(true),
         global: false,
     };
-    let record = mint::adopt(&body.key, &spec, now)?;
-    state.store.insert_key(&record).await?;
+    let mut record = mint::adopt(&body.key, &spec, now)?;
+    record.owner = principal.user_id();
+    let entry = audit::entry(
+        principal,
+        &addr,
+        "key.import",
+        Some(format!("key:{}", record.id)),
+    );
+    state.store.insert_key(&record, None, &entry).await?;
     sync_after_write(&state).await;
     tracing::info!(key_id = %record.id, "key imported");
     Ok((StatusCode::CREATED, Json(view(&state, &record, now))))
@@ -137,6 +205,8 @@ pub struct ListParams {
     offset: Option<u64>,
     /// Only keys in this state: `active`, `disabled`, `expired`, `revoked`.
     state: Option<String>,
+    /// Only keys owned by this user (admins; users always see only their own).
+    user_id: Option<uuid::Uuid>,
 }
 
 #[utoipa::path(
@@ -146,9 +216,23 @@ pub struct ListParams {
 )]
 pub async fn list_keys(
     State(state): State<AppState>,
-    _admin: Admin,
+    caller: Need<KeysRead>,
     QueryParams(params): QueryParams<ListParams>,
 ) -> Result<Json<KeyList>, ApiError> {
+    let principal = caller.principal();
+    let owner = if principal.acts_for_everyone() {
+        params.user_id
+    } else {
+        match (params.user_id, principal.user_id()) {
+            (Some(asked), Some(me)) if asked != me => {
+                return Err(
+                    ApiError::new(keygate_api::ErrorCode::InsufficientPermissions)
+                        .message("Only administrators may list other users' keys."),
+                );
+            }
+            (_, me) => me,
+        }
+    };
     let limit = params.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(ApiError::invalid(format!(
@@ -163,7 +247,14 @@ pub async fn list_keys(
     };
     let offset = params.offset.unwrap_or(0);
     let now = now_ms();
-    let records = state.store.list_keys(KeyPage { limit, offset }).await?;
+    let records = state
+        .store
+        .list_keys(KeyPage {
+            limit,
+            offset,
+            owner,
+        })
+        .await?;
     let next_offset = (records.len() == limit as usize).then(|| offset + u64::from(limit));
     let keys = records
         .iter()
@@ -181,14 +272,10 @@ pub async fn list_keys(
 )]
 pub async fn get_key(
     State(state): State<AppState>,
-    _admin: Admin,
+    caller: Need<KeysRead>,
     PathId(id): PathId,
 ) -> Result<Json<KeyView>, ApiError> {
-    let record = state
-        .store
-        .get_key(id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("key"))?;
+    let record = visible_key(&state, caller.principal(), id).await?;
     Ok(Json(view(&state, &record, now_ms())))
 }
 
@@ -201,10 +288,12 @@ pub async fn get_key(
 )]
 pub async fn update_key(
     State(state): State<AppState>,
-    _admin: Admin,
+    caller: Need<KeysWrite>,
+    addr: ClientAddr,
     PathId(id): PathId,
     JsonBody(body): JsonBody<UpdateKeyRequest>,
 ) -> Result<Json<KeyView>, ApiError> {
+    visible_key(&state, caller.principal(), id).await?;
     if let Some(name) = &body.name {
         mint::validate_name(name)?;
     }
@@ -219,9 +308,15 @@ pub async fn update_key(
         expires_at: body.expires_at.map(|at| at.map(millis_of)),
     };
     let now = now_ms();
+    let entry = audit::entry(
+        caller.principal(),
+        &addr,
+        "key.update",
+        Some(format!("key:{id}")),
+    );
     let record = state
         .store
-        .update_key(id, &update, now)
+        .update_key(id, &update, &entry)
         .await?
         .ok_or_else(|| ApiError::not_found("key"))?;
     sync_after_write(&state).await;
@@ -237,13 +332,21 @@ pub async fn update_key(
 )]
 pub async fn revoke_key(
     State(state): State<AppState>,
-    _admin: Admin,
+    caller: Need<KeysWrite>,
+    addr: ClientAddr,
     PathId(id): PathId,
 ) -> Result<Json<KeyView>, ApiError> {
+    visible_key(&state, caller.principal(), id).await?;
     let now = now_ms();
+    let entry = audit::entry(
+        caller.principal(),
+        &addr,
+        "key.revoke",
+        Some(format!("key:{id}")),
+    );
     let record = state
         .store
-        .revoke_key(id, now)
+        .revoke_key(id, &entry)
         .await?
         .ok_or_else(|| ApiError::not_found("key"))?;
     sync_after_write(&state).await;
@@ -275,7 +378,8 @@ fn prefix_of(record: &KeyRecord) -> Option<String> {
 )]
 pub async fn rotate_key(
     State(state): State<AppState>,
-    _admin: Admin,
+    caller: Need<KeysWrite>,
+    addr: ClientAddr,
     PathId(id): PathId,
     JsonBody(body): JsonBody<RotateKeyRequest>,
 ) -> Result<Json<RotatedKey>, ApiError> {
@@ -305,11 +409,24 @@ pub async fn rotate_key(
         // The instance's global key stays global through a rotation.
         global: old.global,
     };
-    let (key, replacement) = mint::mint(&spec, now)?;
+    let (key, mut replacement) = mint::mint(&spec, now)?;
+    replacement.owner = old.owner;
     let grace_ms = i64::try_from(body.grace_seconds * 1000).unwrap_or(i64::MAX);
+    let mut entry = audit::entry(
+        caller.principal(),
+        &addr,
+        "key.rotate",
+        Some(format!("key:{id}")),
+    );
+    entry
+        .detail
+        .insert("replacement".into(), replacement.id.to_string().into());
+    entry
+        .detail
+        .insert("grace_seconds".into(), body.grace_seconds.into());
     let previous = state
         .store
-        .rotate_key(id, &replacement, now.saturating_add(grace_ms), now)
+        .rotate_key(id, &replacement, now.saturating_add(grace_ms), &entry)
         .await?
         .ok_or_else(|| ApiError::not_found("key"))?;
     sync_after_write(&state).await;

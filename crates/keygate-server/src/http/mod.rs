@@ -1,11 +1,14 @@
 //! The HTTP surface: routes, extractors, the error model and per-request context.
 
+pub mod audit;
+pub mod auth;
 pub mod context;
 pub mod docs;
 pub mod error;
 pub mod extract;
 pub mod keys;
 pub mod system;
+pub mod users;
 pub mod verify;
 
 use crate::AppState;

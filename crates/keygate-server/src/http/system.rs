@@ -2,13 +2,17 @@
 
 use crate::AppState;
 use crate::clock::now_ms;
+use crate::http::audit;
 use crate::http::error::ApiError;
-use crate::http::extract::{Admin, Caller, JsonBody};
+use crate::http::extract::{
+    Caller, ClientAddr, JsonBody, Need, QueryParams, SettingsRead, SettingsWrite,
+};
 use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use keygate_api::ErrorBody;
+use keygate_api::accounts::GlobalKeyView;
 use keygate_api::system::{ChangeFeedInfo, Health, KeyCounts, Settings, SettingsPatch, SystemInfo};
 use keygate_core::settings::InstanceSettings;
 use std::sync::atomic::Ordering;
@@ -17,6 +21,7 @@ fn settings_view(settings: &InstanceSettings) -> Settings {
     Settings {
         api_access_enabled: settings.api_access_enabled,
         query_param_enabled: settings.query_param_enabled,
+        keys_per_user: settings.keys_per_user,
     }
 }
 
@@ -33,7 +38,10 @@ pub fn warn_if_open(settings: &InstanceSettings) {
     responses((status = 200, description = "OK", body = Settings), (status = 401, description = "No valid credential", body = ErrorBody), (status = 403, description = "The credential may not do this", body = ErrorBody)),
     security(("api_key" = []), ("bearer" = []))
 )]
-pub async fn get_settings(State(state): State<AppState>, _admin: Admin) -> Json<Settings> {
+pub async fn get_settings(
+    State(state): State<AppState>,
+    _caller: Need<SettingsRead>,
+) -> Json<Settings> {
     Json(settings_view(&state.engine.settings()))
 }
 
@@ -45,7 +53,8 @@ pub async fn get_settings(State(state): State<AppState>, _admin: Admin) -> Json<
 )]
 pub async fn patch_settings(
     State(state): State<AppState>,
-    _admin: Admin,
+    caller: Need<SettingsWrite>,
+    addr: ClientAddr,
     JsonBody(patch): JsonBody<SettingsPatch>,
 ) -> Result<Json<Settings>, ApiError> {
     let mut settings = (*state.engine.settings()).clone();
@@ -55,7 +64,24 @@ pub async fn patch_settings(
     if let Some(on) = patch.query_param_enabled {
         settings.query_param_enabled = on;
     }
-    state.store.put_settings(&settings, now_ms()).await?;
+    if let Some(limit) = patch.keys_per_user {
+        if limit == Some(0) {
+            return Err(ApiError::invalid(
+                "`keys_per_user` must be at least 1, or null for unlimited.",
+            ));
+        }
+        settings.keys_per_user = limit;
+    }
+    let mut entry = audit::entry(
+        caller.principal(),
+        &addr,
+        "settings.update",
+        Some("settings".into()),
+    );
+    if let Ok(serde_json::Value::Object(changed)) = serde_json::to_value(&patch) {
+        entry.detail = changed;
+    }
+    state.store.put_settings(&settings, &entry).await?;
     if let Err(err) = state.feed.sync().await {
         tracing::warn!(error = %err, "change feed sync after a settings write failed");
     }
@@ -98,6 +124,125 @@ pub async fn system_info(State(state): State<AppState>, _caller: Caller) -> Json
         },
         flush_queue: state.engine.ledger.queued(),
     })
+}
+
+/// Where the recoverable copy of the global key is kept (see ARCHITECTURE.md, "Secrets").
+pub const GLOBAL_KEY_SECRET: &str = "global_key";
+
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct RevealParams {
+    /// `true` to get the whole key instead of its masked form.
+    reveal: Option<bool>,
+}
+
+fn global_key_view(
+    record: &keygate_core::KeyRecord,
+    key: Option<String>,
+    reveal: bool,
+) -> GlobalKeyView {
+    let masked = !reveal || key.is_none();
+    GlobalKeyView {
+        id: record.id,
+        start: record.start.clone(),
+        key: match key {
+            Some(key) if reveal => key,
+            _ => format!("{}…", record.start),
+        },
+        masked,
+    }
+}
+
+async fn current_global_key(state: &AppState) -> Result<keygate_core::KeyRecord, ApiError> {
+    // The index knows which key is the global one; the store has its latest state.
+    let id = state.engine.index().global_key().map(|k| k.record.id);
+    let id = id.ok_or_else(|| ApiError::not_found("global key"))?;
+    state
+        .store
+        .get_key(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("global key"))
+}
+
+#[utoipa::path(
+    get, path = "/api/v1/settings/api-key", tag = "settings", params(RevealParams),
+    responses(
+        (status = 200, description = "The global key, masked unless `reveal=true`", body = GlobalKeyView),
+        (status = 401, description = "No valid credential", body = ErrorBody),
+        (status = 403, description = "Needs settings:read", body = ErrorBody),
+    ),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn get_global_key(
+    State(state): State<AppState>,
+    caller: Need<SettingsRead>,
+    addr: ClientAddr,
+    QueryParams(params): QueryParams<RevealParams>,
+) -> Result<Json<GlobalKeyView>, ApiError> {
+    let record = current_global_key(&state).await?;
+    let reveal = params.reveal.unwrap_or(false);
+    let key = state.store.secret(GLOBAL_KEY_SECRET).await?;
+    // Keep the copy only if it still is the current global key.
+    let key = key.filter(|k| keygate_core::key_format::hash_key(k) == record.hash);
+    if reveal {
+        if key.is_none() {
+            return Err(ApiError::new(keygate_api::ErrorCode::Conflict)
+                .message("The global key cannot be shown: keygate keeps no copy of it.")
+                .hint("regenerate it with POST /api/v1/settings/api-key/regenerate"));
+        }
+        let entry = audit::entry(
+            caller.principal(),
+            &addr,
+            "key.reveal",
+            Some(format!("key:{}", record.id)),
+        );
+        state.store.append_audit(&entry).await?;
+    }
+    Ok(Json(global_key_view(&record, key, reveal)))
+}
+
+#[utoipa::path(
+    post, path = "/api/v1/settings/api-key/regenerate", tag = "settings",
+    responses(
+        (status = 200, description = "The new global key, shown in full; the old one stops at once", body = GlobalKeyView),
+        (status = 401, description = "No valid credential", body = ErrorBody),
+        (status = 403, description = "Needs settings:write", body = ErrorBody),
+    ),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn regenerate_global_key(
+    State(state): State<AppState>,
+    caller: Need<SettingsWrite>,
+    addr: ClientAddr,
+) -> Result<Json<GlobalKeyView>, ApiError> {
+    let old = current_global_key(&state).await?;
+    let now = now_ms();
+    let spec = crate::mint::KeySpec {
+        name: old.name.clone(),
+        scopes: old.scopes.clone(),
+        meta: old.meta.clone(),
+        enabled: true,
+        global: true,
+        ..Default::default()
+    };
+    let (key, replacement) = crate::mint::mint(&spec, now)?;
+    let entry = audit::entry(
+        caller.principal(),
+        &addr,
+        "key.regenerate",
+        Some(format!("key:{}", old.id)),
+    );
+    state
+        .store
+        .rotate_key(old.id, &replacement, now, &entry)
+        .await?;
+    state.store.put_secret(GLOBAL_KEY_SECRET, &key).await?;
+    if let Err(err) = state.feed.sync().await {
+        tracing::warn!(error = %err, "change feed sync after regenerating the global key failed");
+    }
+    tracing::info!(key_id = %replacement.id, "global key regenerated");
+    Ok(Json(global_key_view(&replacement, Some(key), true)))
 }
 
 #[utoipa::path(get, path = "/healthz", tag = "system", responses((status = 200, description = "OK", body = Health)))]

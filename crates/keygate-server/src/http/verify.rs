@@ -50,17 +50,29 @@ pub async fn verify_key(
 /// Who the request's credential belongs to: the simplest protected endpoint.
 pub async fn whoami(Caller(principal): Caller) -> Json<WhoAmI> {
     Json(match principal {
-        Principal::ApiKey(key) => WhoAmI {
+        Principal::ApiKey { key, owner } => WhoAmI {
             auth: "api_key".into(),
             key_id: Some(key.record.id),
             name: Some(key.record.name.clone()),
             scopes: key.record.scopes.clone(),
+            user_id: owner.map(|(id, _)| id),
+            role: owner.map(|(_, role)| role.as_str().into()),
+        },
+        Principal::User { id, name, role, .. } => WhoAmI {
+            auth: "jwt".into(),
+            key_id: None,
+            name: Some(name),
+            scopes: role.permissions().iter().map(|p| p.to_string()).collect(),
+            user_id: Some(id),
+            role: Some(role.as_str().into()),
         },
         Principal::Open => WhoAmI {
             auth: "none".into(),
             key_id: None,
             name: None,
             scopes: vec![],
+            user_id: None,
+            role: None,
         },
     })
 }
