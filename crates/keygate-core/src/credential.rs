@@ -134,20 +134,19 @@ where
     }
 }
 
-/// True for a value shaped like a JWT: three non-empty base64url segments.
+/// True for a value shaped like a JWT: three base64url segments, the first two non-empty
+/// (an unsigned `alg: none` token has an empty third one and must still be treated, and
+/// refused, as a token).
 pub fn looks_like_jwt(value: &str) -> bool {
-    let mut segments = 0;
-    for segment in value.split('.') {
-        segments += 1;
-        if segment.is_empty()
-            || !segment
+    let segments: Vec<&str> = value.split('.').collect();
+    segments.len() == 3
+        && !segments[0].is_empty()
+        && !segments[1].is_empty()
+        && segments.iter().all(|segment| {
+            segment
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            return false;
-        }
-    }
-    segments == 3
+        })
 }
 
 #[cfg(test)]
@@ -262,6 +261,8 @@ mod tests {
         assert!(looks_like_jwt("eyJh.eyJz.c2ln"));
         assert!(!looks_like_jwt("eyJh.eyJz"));
         assert!(!looks_like_jwt("a..b"));
+        assert!(looks_like_jwt("eyJh.eyJz."));
+        assert!(!looks_like_jwt(".eyJz.sig"));
         assert!(!looks_like_jwt("kg_abc"));
     }
 }

@@ -3,12 +3,32 @@
 
 use keygate_core::key_format;
 use keygate_server::config::ServerConfig;
+use keygate_server::passwords::Passwords;
 use keygate_server::{Server, bootstrap, clock};
 use keygate_store::{SqliteStore, Store};
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+#[path = "api/accounts.rs"]
+mod accounts;
+
+/// The `admin` user's password in every test server.
+const ADMIN_PASSWORD: &str = "admin-password-for-tests";
+
+/// Defaults with a fast feed poll and cheap password hashing (tests hash a lot).
+fn test_config() -> ServerConfig {
+    ServerConfig {
+        feed_poll_interval: Duration::from_millis(50),
+        password_cost: keygate_server::passwords::PasswordCost {
+            memory_kib: 1024,
+            iterations: 1,
+            parallelism: 1,
+        },
+        ..ServerConfig::default()
+    }
+}
 
 struct TestServer {
     base: String,
@@ -22,11 +42,7 @@ struct TestServer {
 
 impl TestServer {
     async fn start() -> Self {
-        Self::start_with(ServerConfig {
-            feed_poll_interval: Duration::from_millis(50),
-            ..ServerConfig::default()
-        })
-        .await
+        Self::start_with(test_config()).await
     }
 
     async fn start_with(config: ServerConfig) -> Self {
@@ -36,6 +52,10 @@ impl TestServer {
             .await
             .expect("bootstrap")
             .expect("first start creates the global key");
+        let passwords = Passwords::new(config.password_cost).expect("argon2 params");
+        bootstrap::ensure_admin_user(store.as_ref(), &passwords, Some(ADMIN_PASSWORD.into()))
+            .await
+            .expect("admin user");
         let server = Server::load(config, Arc::clone(&store) as Arc<dyn Store>)
             .await
             .expect("load");
@@ -1094,6 +1114,27 @@ async fn openapi_document_and_swagger_ui() {
             .contains("bearer")
     );
 
+    // Every documented operation is routed (none falls through to the 404/405 fallbacks).
+    for (path, item) in paths {
+        for method in item.as_object().expect("path item").keys() {
+            let concrete = path.replace("{id}", "01900000-0000-7000-8000-000000000000");
+            let method = Method::from_bytes(method.to_uppercase().as_bytes()).expect("method");
+            let response = server
+                .request(method.clone(), &concrete)
+                .send()
+                .await
+                .expect("send");
+            let status = response.status();
+            let (_, body) = read(response).await;
+            let fell_through = status == StatusCode::METHOD_NOT_ALLOWED
+                || body["error"]["message"] == "No such endpoint.";
+            assert!(
+                !fell_through,
+                "{method} {path} is documented but not routed: {status} {body}"
+            );
+        }
+    }
+
     // Swagger UI is served from the binary, no CDN.
     let html = server
         .request(Method::GET, "/api/docs/")
@@ -1215,7 +1256,7 @@ async fn usage_is_flushed_to_the_store_on_stop() {
     let mut server = TestServer::start_with(ServerConfig {
         // Long enough that only the shutdown flush can write the counts.
         flush_interval: Duration::from_secs(3600),
-        ..ServerConfig::default()
+        ..test_config()
     })
     .await;
     let (key, created) = server.create_key(json!({"name": "counted"})).await;

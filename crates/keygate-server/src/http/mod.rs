@@ -55,6 +55,29 @@ pub fn router(state: AppState) -> Router {
             get(system::get_settings).patch(system::patch_settings),
         )
         .route("/api/v1/systeminfo", get(system::system_info))
+        .route("/api/v1/settings/api-key", get(system::get_global_key))
+        .route(
+            "/api/v1/settings/api-key/regenerate",
+            post(system::regenerate_global_key),
+        )
+        .route(
+            "/api/v1/users",
+            get(users::list_users).post(users::create_user),
+        )
+        .route("/api/v1/users/me", get(users::get_me))
+        .route("/api/v1/users/me/password", post(users::change_my_password))
+        .route(
+            "/api/v1/users/{id}",
+            get(users::get_user)
+                .patch(users::update_user)
+                .delete(users::delete_user),
+        )
+        .route("/api/v1/permissions", get(users::permissions))
+        .route("/api/v1/auth/token", post(auth::token))
+        .route("/api/v1/auth/token/refresh", post(auth::refresh))
+        .route("/api/v1/auth/logout", post(auth::logout))
+        .route("/.well-known/jwks.json", get(auth::jwks))
+        .route("/api/v1/audit", get(audit::list_audit))
         .route("/healthz", get(system::healthz))
         .route("/readyz", get(system::readyz))
         .route("/metrics", get(system::metrics))
