@@ -161,21 +161,33 @@ async fn shutdown_signal() {
 async fn serve(args: ConfigArgs) -> Result<()> {
     let effective = args.resolve()?;
     init_logging(effective.log_format);
-    let store = Arc::new(open_store(&effective.data_dir).await?);
-    if let Some(key) = bootstrap::ensure_global_key(store.as_ref(), clock::now_ms()).await? {
-        print_first_start_banner(&key, &effective);
+    let config = effective.server_config();
+    // Read before anything is created, so a bad value stops a first start cleanly.
+    let admin_password = std::env::var("KEYGATE_ADMIN_PASSWORD")
+        .ok()
+        .filter(|p| !p.is_empty());
+    if let Some(given) = &admin_password {
+        keygate_server::passwords::validate_password(given)
+            .map_err(|m| anyhow::anyhow!("KEYGATE_ADMIN_PASSWORD {m}"))?;
     }
     let listener = tokio::net::TcpListener::bind(effective.listen)
         .await
         .with_context(|| format!("cannot listen on {}", effective.listen))?;
-    let address = listener.local_addr()?;
-    let server = Server::load(
-        effective.server_config(),
-        Arc::clone(&store) as Arc<dyn Store>,
-    )
-    .await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let store = Arc::new(open_store(&effective.data_dir).await?);
+    if let Some(key) = bootstrap::ensure_global_key(store.as_ref(), clock::now_ms()).await? {
+        print_global_key_banner(&key, &url);
+    }
+    let passwords = keygate_server::passwords::Passwords::new(config.password_cost)
+        .map_err(anyhow::Error::msg)?;
+    if let Some(password) =
+        bootstrap::ensure_admin_user(store.as_ref(), &passwords, admin_password).await?
+    {
+        print_admin_password_banner(&password, &url);
+    }
+    let server = Server::load(config, Arc::clone(&store) as Arc<dyn Store>).await?;
     println!(
-        "keygate listening on http://{address} (data in {})",
+        "keygate listening on {url} (data in {})",
         effective.data_dir.display()
     );
     server.serve(listener, shutdown_signal()).await?;
@@ -184,15 +196,24 @@ async fn serve(args: ConfigArgs) -> Result<()> {
     Ok(())
 }
 
-fn print_first_start_banner(key: &str, effective: &Effective) {
-    let url = format!("http://{}", effective.listen);
+fn print_global_key_banner(key: &str, url: &str) {
     println!(
         "\n================================================================\n\
          keygate: first start. The instance's global admin key is:\n\n    {key}\n\n\
-         It is shown this once and stored only as a hash. Keep it safe.\n\
-         Try it:\n    curl -H \"Authorization: Bearer {key}\" {url}/api/v1/whoami\n\
+         Keep it safe. Administrators can show it again or regenerate it\n\
+         (/api/v1/settings/api-key). Try it:\n    curl -H \"Authorization: Bearer {key}\" {url}/api/v1/whoami\n\
          Or:\n    export KEYGATE_URL={url} KEYGATE_API_KEY={key}\n    keygate keys list\n\
          ================================================================\n"
+    );
+}
+
+fn print_admin_password_banner(password: &str, url: &str) {
+    println!(
+        "keygate: created the user `admin` with the password\n\n    {password}\n\n\
+         It is shown this once (set KEYGATE_ADMIN_PASSWORD before the first start to choose it).\n\
+         Sign in:\n    curl -X POST -H 'Content-Type: application/json' \\\n      \
+         -d '{{\"username\":\"admin\",\"password\":\"<password>\"}}' {url}/api/v1/auth/token\n\
+         Forgot it? keygate admin reset-password admin\n"
     );
 }
 

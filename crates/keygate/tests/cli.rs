@@ -27,6 +27,8 @@ struct Running {
     base: String,
     /// The global key if this start printed one.
     first_key: Option<String>,
+    /// The generated `admin` password if this start printed one.
+    admin_password: Option<String>,
     stderr: Option<std::thread::JoinHandle<String>>,
 }
 
@@ -72,6 +74,8 @@ fn serve(data_dir: &Path, extra_env: &[(&str, &str)]) -> Running {
         }
     });
     let mut first_key = None;
+    let mut admin_password = None;
+    let mut password_next = false;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) else {
@@ -82,12 +86,19 @@ fn serve(data_dir: &Path, extra_env: &[(&str, &str)]) -> Running {
         if first_key.is_none() {
             first_key = find_key(&line);
         }
+        if line.contains("created the user `admin` with the password") {
+            password_next = true;
+        } else if password_next && !line.trim().is_empty() {
+            admin_password = Some(line.trim().to_string());
+            password_next = false;
+        }
         if let Some(rest) = line.strip_prefix("keygate listening on ") {
             let base = rest.split_whitespace().next().expect("url").to_string();
             return Running {
                 child,
                 base,
                 first_key,
+                admin_password,
                 stderr: Some(stderr),
             };
         }
@@ -503,4 +514,178 @@ async fn logs_never_contain_a_secret() {
     for secret in [admin.as_str(), key.as_str(), imported] {
         assert!(!log.contains(secret), "a secret appears in the log:\n{log}");
     }
+}
+
+async fn sign_in(base: &str, username: &str, password: &str) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{base}/api/v1/auth/token"))
+        .json(&json!({"username": username, "password": password}))
+        .send()
+        .await
+        .expect("send");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn admin_account_password_reset_audit_tail_and_quiet_logs() {
+    // A generated admin password is printed once at first start.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = serve(dir.path(), &[("KEYGATE_LOG", "debug")]);
+    let password = server
+        .admin_password
+        .clone()
+        .expect("first start prints the admin password");
+    let base = server.base.clone();
+    let (status, tokens) = sign_in(&base, "admin", &password).await;
+    assert_eq!(status, 200, "{tokens}");
+    let access = tokens["access"].as_str().expect("access").to_string();
+    let refresh = tokens["refresh"].as_str().expect("refresh").to_string();
+    let http = reqwest::Client::new();
+    let rotated: Value = http
+        .post(format!("{base}/api/v1/auth/token/refresh"))
+        .json(&json!({"refresh": refresh}))
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    let refresh2 = rotated["refresh"].as_str().expect("refresh").to_string();
+    assert_eq!(sign_in(&base, "admin", "a-wrong-password").await.0, 401);
+
+    // Locked out? reset-password works beside the running server and ends sign-ins.
+    let output = run_ok(
+        keygate()
+            .args(["admin", "reset-password", "admin"])
+            .arg("--data-dir")
+            .arg(dir.path()),
+    );
+    let new_password = String::from_utf8(output.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_string();
+    assert_eq!(new_password.len(), 24);
+    let refused = http
+        .post(format!("{base}/api/v1/auth/token/refresh"))
+        .json(&json!({"refresh": refresh2}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(refused.status().as_u16(), 401);
+    assert_eq!(sign_in(&base, "admin", &password).await.0, 401);
+    assert_eq!(sign_in(&base, "admin", &new_password).await.0, 200);
+    // From stdin, with a chosen password; unknown users are a clear error.
+    let mut child = keygate()
+        .args(["admin", "reset-password", "ADMIN", "--password-stdin"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    std::io::Write::write_all(
+        child.stdin.as_mut().expect("stdin"),
+        b"chosen-password-42\n",
+    )
+    .expect("write");
+    let output = child.wait_with_output().expect("wait");
+    assert!(output.status.success() && output.stdout.is_empty());
+    assert_eq!(sign_in(&base, "admin", "chosen-password-42").await.0, 200);
+    let unknown = keygate()
+        .args(["admin", "reset-password", "nobody"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .expect("run");
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("nobody"));
+
+    // keygate audit tail, with a JWT as the credential (a fresh one: the reset ended the old).
+    let (status, _) = get(&base, "/api/v1/whoami", &access).await;
+    assert_eq!(status, 401, "the reset ended this sign-in too");
+    let (_, tokens) = sign_in(&base, "admin", "chosen-password-42").await;
+    let access = tokens["access"].as_str().expect("access").to_string();
+    let output = run_ok(keygate().args([
+        "audit",
+        "tail",
+        "--limit",
+        "50",
+        "--url",
+        &base,
+        "--api-key",
+        &access,
+    ]));
+    let text = String::from_utf8_lossy(&output.stdout).to_string();
+    for action in [
+        "auth.login",
+        "auth.login_failed",
+        "user.password_reset",
+        "user.create",
+    ] {
+        assert!(
+            text.contains(action),
+            "{action} missing from audit tail:\n{text}"
+        );
+    }
+    let json_lines = run_ok(keygate().args([
+        "audit",
+        "tail",
+        "--json",
+        "--action",
+        "auth",
+        "--url",
+        &base,
+        "--api-key",
+        &access,
+    ]));
+    for line in String::from_utf8_lossy(&json_lines.stdout).lines() {
+        let entry: Value = serde_json::from_str(line).expect("one JSON entry per line");
+        assert!(
+            entry["action"]
+                .as_str()
+                .expect("action")
+                .starts_with("auth.")
+        );
+    }
+
+    let (exit, log) = server.terminate();
+    assert!(exit.success());
+    for secret in [
+        password.as_str(),
+        new_password.as_str(),
+        "chosen-password-42",
+        "a-wrong-password",
+        &access,
+        &refresh,
+        &refresh2,
+    ] {
+        assert!(!log.contains(secret), "a secret appears in the log");
+    }
+
+    // With KEYGATE_ADMIN_PASSWORD the first start uses it and prints none.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = serve(
+        dir.path(),
+        &[("KEYGATE_ADMIN_PASSWORD", "given-admin-password")],
+    );
+    assert_eq!(server.admin_password, None);
+    assert_eq!(
+        sign_in(&server.base, "admin", "given-admin-password")
+            .await
+            .0,
+        200
+    );
+    // A too-short one is refused at start, naming the variable.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let output = keygate()
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("KEYGATE_ADMIN_PASSWORD", "short")
+        .output()
+        .expect("run");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("KEYGATE_ADMIN_PASSWORD"));
 }
