@@ -235,7 +235,7 @@ pub trait Store: Send + Sync + 'static {
     /// Sets a password hash and revokes the user's token families. False if no such user.
     async fn set_password(&self, id: Uuid, password_hash: &str, audit: &AuditEntry)
     -> Result<bool>;
-    async fn record_login(&self, id: Uuid, audit: &AuditEntry) -> Result<()>;
+    async fn record_login(&self, id: Uuid, at: UnixMillis) -> Result<()>;
 
     /// Starts a token family with its first refresh token.
     async fn create_family(&self, first: &RefreshToken, audit: &AuditEntry) -> Result<()>;

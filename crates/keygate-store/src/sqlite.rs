@@ -698,15 +698,12 @@ impl Store for SqliteStore {
         Ok(true)
     }
 
-    async fn record_login(&self, id: Uuid, audit: &AuditEntry) -> Result<()> {
-        let mut tx = self.write_tx().await?;
+    async fn record_login(&self, id: Uuid, at: UnixMillis) -> Result<()> {
         sqlx::query("UPDATE users SET last_login_at = ? WHERE id = ?")
-            .bind(audit.at)
+            .bind(at)
             .bind(id.to_string())
-            .execute(&mut *tx)
+            .execute(&self.pool)
             .await?;
-        audit_tx(&mut tx, audit).await?;
-        tx.commit().await?;
         Ok(())
     }
 

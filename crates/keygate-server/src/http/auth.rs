@@ -135,16 +135,7 @@ pub async fn token(
     entry.actor = format!("user:{}", user.id);
     entry.credential = Some(format!("session:{family}"));
     state.store.create_family(&first, &entry).await?;
-    state
-        .store
-        .record_login(
-            user.id,
-            &AuditEntry {
-                action: "user.last_login".into(),
-                ..entry
-            },
-        )
-        .await?;
+    state.store.record_login(user.id, entry.at).await?;
     Ok(Json(response))
 }
 
