@@ -6,6 +6,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 pub type Meta = serde_json::Map<String, serde_json::Value>;
+pub use keygate_core::limit::{Limits, LimitsOverride, Overage, RateLimit};
 
 /// A key as the management API shows it: never the key, never its hash.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -26,6 +27,14 @@ pub struct KeyView {
     pub global: bool,
     /// The user who owns the key; `null` for keys of the instance itself.
     pub owner: Option<Uuid>,
+    /// The plan whose limits the key takes.
+    pub plan: Option<Uuid>,
+    /// The key's own limits, replacing its plan's field by field:
+    /// `{"rate_limits": [{"limit", "period_seconds", "burst"}], "monthly_quota", "overage"}`.
+    #[schema(value_type = Object)]
+    pub limits: LimitsOverride,
+    /// Requests counted against the monthly quota this month (this node's view).
+    pub quota_used: Option<u64>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
@@ -69,6 +78,13 @@ pub struct CreateKeyRequest {
     pub meta: Option<Meta>,
     #[serde(default)]
     pub enabled: Option<bool>,
+    /// A plan id: the key takes its limits.
+    #[serde(default)]
+    pub plan: Option<Uuid>,
+    /// The key's own limits, replacing the plan's field by field.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub limits: Option<LimitsOverride>,
 }
 
 /// Adopt a key string from another system; it is hashed like any other key.
@@ -110,6 +126,24 @@ pub struct UpdateKeyRequest {
     )]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub expires_at: Option<Option<OffsetDateTime>>,
+    /// A plan id, or `null` to take the key off its plan.
+    #[serde(
+        default,
+        deserialize_with = "uuid_or_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<Uuid>)]
+    pub plan: Option<Option<Uuid>>,
+    /// Replaces the key's own limits (`{}` removes them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub limits: Option<LimitsOverride>,
+}
+
+fn uuid_or_null<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Option<Uuid>>, D::Error> {
+    Option::<Uuid>::deserialize(deserializer).map(Some)
 }
 
 /// Tells `"field": null` (Some(None)) from an absent field (None).
@@ -177,6 +211,88 @@ pub struct VerifyResponse {
     pub hint: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub missing_scope: Option<String>,
+    /// For `RATE_LIMITED` and `QUOTA_EXCEEDED`: seconds until a retry can succeed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<u64>,
+    /// Each limit on the key after this request: `{"name","limit","window","remaining","reset"}`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub limits: Vec<LimitView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct LimitView {
+    /// `minute`, `hour`, `day`, `month`, or `<n>s`.
+    pub name: String,
+    pub limit: u64,
+    /// Window in seconds.
+    pub window: u64,
+    pub remaining: u64,
+    /// Seconds until the limit is fully available again.
+    pub reset: u64,
+}
+
+/// A plan: a name and the limits of the keys on it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PlanView {
+    pub id: Uuid,
+    pub name: String,
+    #[schema(value_type = Vec<Object>)]
+    pub rate_limits: Vec<RateLimit>,
+    pub monthly_quota: Option<u64>,
+    /// `block` (refuse with quota_exceeded) or `allow` (serve and count the overage).
+    #[schema(value_type = String)]
+    pub overage: Overage,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlanRequest {
+    pub name: String,
+    #[serde(default)]
+    #[schema(value_type = Vec<Object>)]
+    pub rate_limits: Vec<RateLimit>,
+    #[serde(default)]
+    pub monthly_quota: Option<u64>,
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub overage: Option<Overage>,
+}
+
+/// Only the fields present change.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlanPatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub rate_limits: Option<Vec<RateLimit>>,
+    /// A number, or `null` for no quota.
+    #[serde(
+        default,
+        deserialize_with = "u64_or_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<u64>)]
+    pub monthly_quota: Option<Option<u64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub overage: Option<Overage>,
+}
+
+fn u64_or_null<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Option<u64>>, D::Error> {
+    Option::<u64>::deserialize(deserializer).map(Some)
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PlanList {
+    pub plans: Vec<PlanView>,
 }
 
 /// Who the request's credential belongs to.

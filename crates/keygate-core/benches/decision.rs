@@ -39,6 +39,8 @@ fn index_of(size: u64) -> (KeyIndex, String) {
             origin: KeyOrigin::Generated,
             global: false,
             owner: None,
+            plan: None,
+            limits: Default::default(),
             created_at: NOW,
             updated_at: NOW,
             expires_at: Some(NOW * 2),

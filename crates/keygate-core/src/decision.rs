@@ -6,6 +6,7 @@
 use crate::credential::looks_like_jwt;
 use crate::index::{IndexedKey, KeyIndex};
 use crate::key_format::{self, FormatError, hash_key};
+use crate::limit::{LimitRefusal, LimitStatus};
 use crate::record::{KeyState, UnixMillis};
 use crate::scope;
 use crate::user::{self, Role};
@@ -95,6 +96,12 @@ pub struct Decision {
     pub hint: Option<String>,
     /// For `INSUFFICIENT_PERMISSIONS`: the first scope the key lacks.
     pub missing_scope: Option<String>,
+    /// The state of each limit that applies to the key (for `RateLimit` fields).
+    pub limits: Vec<LimitStatus>,
+    /// For `RATE_LIMITED` and `QUOTA_EXCEEDED`: when a retry can succeed.
+    pub retry_after_ms: Option<i64>,
+    /// The key's owner and their role, read under the same lock as the decision.
+    pub owner: Option<(uuid::Uuid, Role)>,
 }
 
 impl Decision {
@@ -108,6 +115,9 @@ impl Decision {
             key,
             hint,
             missing_scope: None,
+            limits: Vec::new(),
+            retry_after_ms: None,
+            owner: None,
         }
     }
 }
@@ -236,6 +246,9 @@ pub fn decide<S: AsRef<str>>(index: &KeyIndex, check: &Check<'_, S>) -> Decision
         });
     if let Some(missing) = missing {
         return Decision {
+            limits: Vec::new(),
+            retry_after_ms: None,
+            owner: None,
             code: DecisionCode::InsufficientPermissions,
             hint: Some(format!(
                 "use a key that holds the `{missing}` scope (or `*`)"
@@ -245,11 +258,47 @@ pub fn decide<S: AsRef<str>>(index: &KeyIndex, check: &Check<'_, S>) -> Decision
         };
     }
 
+    // Limits last: rate limits, then the monthly quota (a refused request spends neither).
+    let mut limits = Vec::new();
+    if let Some(key_limits) = &key.limits {
+        let admitted = key.usage.limiter().admit(key_limits, check.now);
+        match admitted {
+            Ok(statuses) => limits = statuses,
+            Err((refusal, statuses)) => {
+                let (code, wait, hint) = match refusal {
+                    LimitRefusal::RateLimited { retry_after_ms } => (
+                        DecisionCode::RateLimited,
+                        retry_after_ms,
+                        "slow down: this key's rate limit is reached; retry after the time in Retry-After",
+                    ),
+                    LimitRefusal::QuotaExceeded { retry_after_ms } => (
+                        DecisionCode::QuotaExceeded,
+                        retry_after_ms,
+                        "this key's monthly quota is used up; it renews at the start of next month (UTC)",
+                    ),
+                };
+                return Decision {
+                    code,
+                    hint: Some(hint.into()),
+                    missing_scope: None,
+                    limits: statuses,
+                    retry_after_ms: Some(wait),
+                    owner: None,
+                    key: Some(key),
+                };
+            }
+        }
+    }
+
+    let owner = key.record.owner.zip(owner.map(|o| o.role));
     Decision {
         code: DecisionCode::Valid,
         key: Some(key),
         hint: None,
         missing_scope: None,
+        limits,
+        retry_after_ms: None,
+        owner,
     }
 }
 
@@ -276,6 +325,8 @@ mod tests {
             origin: KeyOrigin::Generated,
             global: false,
             owner: None,
+            plan: None,
+            limits: Default::default(),
             created_at: NOW - 1000,
             updated_at: NOW - 1000,
             expires_at: None,
@@ -415,6 +466,8 @@ mod owner_tests {
             origin: KeyOrigin::Generated,
             global: false,
             owner,
+            plan: None,
+            limits: Default::default(),
             created_at: NOW,
             updated_at: NOW,
             expires_at: None,

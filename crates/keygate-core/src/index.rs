@@ -3,6 +3,7 @@
 //! the server; this type itself is a plain data structure.
 
 use crate::key_format::KeyHash;
+use crate::limit::Limits;
 use crate::record::{KeyOrigin, KeyRecord, KeyState, UnixMillis};
 use crate::usage::UsageCounter;
 use crate::user::OwnerState;
@@ -10,11 +11,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use uuid::Uuid;
 
-/// A key record with its live usage counter.
+/// A key record with its live state and the limits that apply to it.
 #[derive(Debug)]
 pub struct IndexedKey {
     pub record: KeyRecord,
     pub usage: Arc<UsageCounter>,
+    /// The plan's limits with the key's overrides applied; `None` when unlimited.
+    pub limits: Option<Arc<Limits>>,
 }
 
 impl IndexedKey {
@@ -47,6 +50,8 @@ pub struct KeyIndex {
     owners: HashMap<Uuid, OwnerState>,
     /// The id of the instance's global key (the latest one seen with the flag).
     global: Option<Uuid>,
+    /// Plans by id: their limits, resolved into each key's `limits` on upsert.
+    plans: HashMap<Uuid, Limits>,
 }
 
 impl KeyIndex {
@@ -71,8 +76,15 @@ impl KeyIndex {
             self.global = Some(record.id);
         }
         self.hash_of.insert(record.id, record.hash);
-        self.by_hash
-            .insert(record.hash, Arc::new(IndexedKey { record, usage }));
+        let limits = self.limits_for(&record);
+        self.by_hash.insert(
+            record.hash,
+            Arc::new(IndexedKey {
+                record,
+                usage,
+                limits,
+            }),
+        );
     }
 
     /// Removes a key (used when a record vanished from the store).
@@ -86,6 +98,29 @@ impl KeyIndex {
             self.imported -= 1;
         }
         Some(old)
+    }
+
+    fn limits_for(&self, record: &KeyRecord) -> Option<Arc<Limits>> {
+        let plan = record.plan.and_then(|id| self.plans.get(&id));
+        let limits = record.limits.apply(plan);
+        (!limits.is_empty()).then(|| Arc::new(limits))
+    }
+
+    /// Inserts, replaces or (with `None`) removes a plan, and re-resolves its keys' limits.
+    pub fn set_plan(&mut self, id: Uuid, limits: Option<Limits>) {
+        match limits {
+            Some(limits) => self.plans.insert(id, limits),
+            None => self.plans.remove(&id),
+        };
+        let affected: Vec<KeyRecord> = self
+            .by_hash
+            .values()
+            .filter(|k| k.record.plan == Some(id))
+            .map(|k| k.record.clone())
+            .collect();
+        for record in affected {
+            self.upsert(record);
+        }
     }
 
     /// Inserts or replaces what the hot path knows about a user.

@@ -8,6 +8,7 @@ pub mod credential;
 pub mod decision;
 pub mod index;
 pub mod key_format;
+pub mod limit;
 pub mod record;
 pub mod scope;
 pub mod settings;

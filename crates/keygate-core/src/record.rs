@@ -81,6 +81,10 @@ pub struct KeyRecord {
     pub global: bool,
     /// The user who owns the key; `None` for keys of the instance itself.
     pub owner: Option<Uuid>,
+    /// The plan whose limits the key takes.
+    pub plan: Option<Uuid>,
+    /// Limits of the key's own that replace its plan's, field by field.
+    pub limits: crate::limit::LimitsOverride,
     pub created_at: UnixMillis,
     pub updated_at: UnixMillis,
     pub expires_at: Option<UnixMillis>,

@@ -4,17 +4,21 @@
 //! flush also pushes it onto the ledger's queue, so a flush touches only keys that were
 //! used, never the whole index.
 
+use crate::limit::LimitState;
 use crate::record::UnixMillis;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use uuid::Uuid;
 
-/// Per-key counters not yet written to the store.
+/// Per-key live state: usage not yet written to the store, and the limiter.
 #[derive(Debug, Default)]
 pub struct UsageCounter {
     pending: AtomicU64,
     last_used_at: AtomicI64,
     queued: AtomicBool,
+    /// Rate-limit and quota state, under a per-key lock so concurrent requests with one
+    /// key are admitted exactly (no lost updates, no double counting).
+    pub limiter: Mutex<LimitState>,
 }
 
 impl UsageCounter {
@@ -23,7 +27,14 @@ impl UsageCounter {
             pending: AtomicU64::new(0),
             last_used_at: AtomicI64::new(last_used_at.unwrap_or(0)),
             queued: AtomicBool::new(false),
+            limiter: Mutex::new(LimitState::default()),
         }
+    }
+
+    pub fn limiter(&self) -> std::sync::MutexGuard<'_, LimitState> {
+        // The state is plain numbers; a panic while holding it leaves nothing half-done
+        // that matters more than refusing every request would.
+        self.limiter.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Uses counted since the last flush.
@@ -43,6 +54,8 @@ pub struct UsageDelta {
     pub key_id: Uuid,
     pub uses: u64,
     pub last_used_at: UnixMillis,
+    /// Quota use to add: (month as from `limit::month_of`, count).
+    pub quota: Option<(i32, u64)>,
 }
 
 /// The queue of keys with unflushed usage.
@@ -77,10 +90,12 @@ impl UsageLedger {
                 // re-queues the key, so it is flushed next time rather than lost.
                 counter.queued.store(false, Ordering::Release);
                 let uses = counter.pending.swap(0, Ordering::AcqRel);
-                (uses > 0).then(|| UsageDelta {
+                let quota = counter.limiter().take_unflushed();
+                (uses > 0 || quota.is_some()).then(|| UsageDelta {
                     key_id,
                     uses,
                     last_used_at: counter.last_used_at.load(Ordering::Relaxed),
+                    quota,
                 })
             })
             .collect()
@@ -95,6 +110,9 @@ impl UsageLedger {
         for delta in deltas {
             if let Some(counter) = counter_of(delta.key_id) {
                 counter.pending.fetch_add(delta.uses, Ordering::AcqRel);
+                if let Some((month, n)) = delta.quota {
+                    counter.limiter().restore_unflushed(month, n);
+                }
                 if !counter.queued.swap(true, Ordering::AcqRel) {
                     self.lock().push((delta.key_id, counter));
                 }
@@ -126,7 +144,8 @@ mod tests {
             vec![UsageDelta {
                 key_id: id,
                 uses: 3,
-                last_used_at: 30
+                last_used_at: 30,
+                quota: None
             }]
         );
         assert_eq!(ledger.queued(), 0);
@@ -150,7 +169,8 @@ mod tests {
             vec![UsageDelta {
                 key_id: id,
                 uses: 2,
-                last_used_at: 60
+                last_used_at: 60,
+                quota: None
             }]
         );
     }

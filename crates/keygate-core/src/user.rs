@@ -46,6 +46,8 @@ pub const USERS_WRITE: &str = "users:write";
 pub const SETTINGS_READ: &str = "settings:read";
 pub const SETTINGS_WRITE: &str = "settings:write";
 pub const AUDIT_READ: &str = "audit:read";
+pub const PLANS_READ: &str = "plans:read";
+pub const PLANS_WRITE: &str = "plans:write";
 
 /// Every permission keygate itself checks, with what it allows.
 pub const PERMISSIONS: &[(&str, &str)] = &[
@@ -62,6 +64,8 @@ pub const PERMISSIONS: &[(&str, &str)] = &[
         "Change instance settings and regenerate the global key.",
     ),
     (AUDIT_READ, "Read the audit log."),
+    (PLANS_READ, "List and show plans."),
+    (PLANS_WRITE, "Create and change plans."),
 ];
 
 const ALL_PERMISSIONS: &[&str] = &[
@@ -72,6 +76,8 @@ const ALL_PERMISSIONS: &[&str] = &[
     SETTINGS_READ,
     SETTINGS_WRITE,
     AUDIT_READ,
+    PLANS_READ,
+    PLANS_WRITE,
 ];
 
 /// The scope that stands for every keygate permission on a key (kept from the first

@@ -27,6 +27,8 @@ pub enum Principal {
     ApiKey {
         key: Arc<IndexedKey>,
         owner: Option<(Uuid, Role)>,
+        /// The key's limit states after this request (for `RateLimit` fields).
+        limits: Vec<keygate_core::limit::LimitStatus>,
     },
     /// A signed-in user, by JWT access token.
     User {
@@ -84,6 +86,9 @@ impl Principal {
 /// Everything the engine is built from at start-up, read in one pass over the store.
 pub struct Snapshot {
     pub keys: Vec<KeyRecord>,
+    pub plans: Vec<keygate_store::Plan>,
+    /// This month's quota use per key: (month, [(key, used)]).
+    pub quota_usage: (i32, Vec<(Uuid, u64)>),
     pub users: Vec<UserRecord>,
     pub settings: InstanceSettings,
     pub revoked_families: Vec<(String, UnixMillis)>,
@@ -120,6 +125,8 @@ impl Engine {
     ) -> Result<Self, String> {
         let Snapshot {
             keys,
+            plans,
+            quota_usage,
             users,
             settings,
             revoked_families,
@@ -127,7 +134,20 @@ impl Engine {
         } = snapshot;
         let api_key_header = HeaderName::try_from(config.api_key_header.as_str())
             .map_err(|_| format!("{:?} is not a valid header name", config.api_key_header))?;
-        let mut index = KeyIndex::from_records(keys);
+        // Plans first, so every key's limits resolve as it is inserted.
+        let mut index = KeyIndex::default();
+        for plan in plans {
+            index.set_plan(plan.id, Some(plan.limits));
+        }
+        for key in keys {
+            index.upsert(key);
+        }
+        let (month, used) = quota_usage;
+        for (key_id, used) in used {
+            if let Some(key) = index.get_by_id(key_id) {
+                *key.usage.limiter() = keygate_core::limit::LimitState::with_quota_use(month, used);
+            }
+        }
         for user in &users {
             index.upsert_owner(user.id, OwnerState::from(user));
         }
@@ -166,6 +186,14 @@ impl Engine {
         for record in records {
             index.upsert(record);
         }
+    }
+
+    /// Applies a plan change (`None`: the plan is gone) to every key on it.
+    pub fn apply_plan(&self, id: Uuid, limits: Option<keygate_core::limit::Limits>) {
+        self.index
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .set_plan(id, limits);
     }
 
     pub fn apply_users(&self, users: Vec<UserRecord>, removed: &[Uuid]) {
@@ -271,13 +299,11 @@ impl Engine {
             }
         };
         match decision.key.clone() {
-            Some(key) if decision.is_valid() => {
-                let owner = key
-                    .record
-                    .owner
-                    .and_then(|id| self.index().owner(id).map(|state| (id, state.role)));
-                Ok(Principal::ApiKey { key, owner })
-            }
+            Some(key) if decision.is_valid() => Ok(Principal::ApiKey {
+                key,
+                owner: decision.owner,
+                limits: decision.limits,
+            }),
             _ => Err(decision),
         }
     }
@@ -330,6 +356,9 @@ impl Engine {
                 || !keygate_core::user::is_keygate_permission(needed)
         }) {
             return Err(Decision {
+                limits: Vec::new(),
+                retry_after_ms: None,
+                owner: None,
                 code: DecisionCode::InsufficientPermissions,
                 key: None,
                 hint: Some(format!(
@@ -421,6 +450,9 @@ fn refusal(code: DecisionCode, hint: String) -> Decision {
         key: None,
         hint: Some(hint),
         missing_scope: None,
+        limits: Vec::new(),
+        retry_after_ms: None,
+        owner: None,
     }
 }
 

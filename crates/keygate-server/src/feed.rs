@@ -43,11 +43,13 @@ impl Feed {
             };
             let mut key_ids = HashSet::new();
             let mut user_ids = HashSet::new();
+            let mut plan_ids = HashSet::new();
             let mut settings_changed = false;
             let mut families_changed = false;
             for change in &changes {
                 let ids = match change.entity {
                     Entity::Key => &mut key_ids,
+                    Entity::Plan => &mut plan_ids,
                     Entity::User => &mut user_ids,
                     Entity::Settings => {
                         settings_changed = true;
@@ -74,6 +76,10 @@ impl Feed {
                 let found: HashSet<Uuid> = users.iter().map(|u| u.id).collect();
                 let removed: Vec<Uuid> = ids.into_iter().filter(|id| !found.contains(id)).collect();
                 self.engine.apply_users(users, &removed);
+            }
+            for id in plan_ids {
+                let plan = self.store.get_plan(id).await?;
+                self.engine.apply_plan(id, plan.map(|p| p.limits));
             }
             if families_changed {
                 self.engine

@@ -73,8 +73,11 @@ impl Server {
         metrics_handle();
         let now = clock::now_ms();
         let (keys, seq) = store.load_keys().await?;
+        let month = keygate_core::limit::month_of(now).0;
         let snapshot = engine::Snapshot {
             keys,
+            plans: store.load_plans().await?,
+            quota_usage: (month, store.quota_usage(month).await?),
             users: store.load_users().await?,
             settings: store.settings().await?,
             revoked_families: store.revoked_families(now).await?,

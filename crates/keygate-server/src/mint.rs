@@ -95,6 +95,8 @@ fn record(
         origin,
         global: spec.global,
         owner: None,
+        plan: None,
+        limits: Default::default(),
         created_at: now,
         updated_at: now,
         expires_at: spec.expires_at,

@@ -54,41 +54,42 @@ impl Throttle {
     }
 
     fn keys(username: &str, address: &str) -> [(String, bool); 2] {
-        [
-            (format!("u:{}", username.to_lowercase()), true),
-            (format!("a:{address}"), false),
-        ]
+        // Bounded keys: an over-long username cannot grow the map by much.
+        let user: String = username.chars().take(64).collect::<String>().to_lowercase();
+        [(format!("u:{user}"), true), (format!("a:{address}"), false)]
     }
 
-    /// `Err(retry_after)` when either the username or the address is locked out.
-    pub fn check(&self, username: &str, address: &str, now: Instant) -> Result<(), Duration> {
-        let windows = self.windows.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut wait = Duration::ZERO;
-        for (key, per_user) in Self::keys(username, address) {
-            let limit = if per_user {
-                self.config.max_failures_per_user
-            } else {
-                self.config.max_failures_per_address
-            };
-            if let Some(w) = windows.get(&key) {
-                let age = now.saturating_duration_since(w.started);
-                if age < self.config.window && w.failures >= limit {
-                    wait = wait.max(self.config.window - age);
-                }
-            }
+    fn limit(&self, per_user: bool) -> u32 {
+        if per_user {
+            self.config.max_failures_per_user
+        } else {
+            self.config.max_failures_per_address
         }
-        if wait.is_zero() { Ok(()) } else { Err(wait) }
     }
 
-    /// Counts a failure; returns how long to hold the answer back.
-    pub fn failure(&self, username: &str, address: &str, now: Instant) -> Duration {
+    /// Reserves an attempt: `Err(retry_after)` when the username or the address is locked
+    /// out, else counts the attempt now (before the password is checked), so parallel
+    /// guesses cannot all slip past the limit. A success gives the attempt back.
+    pub fn attempt(&self, username: &str, address: &str, now: Instant) -> Result<(), Duration> {
         let mut windows = self.windows.lock().unwrap_or_else(PoisonError::into_inner);
         if windows.len() > SWEEP_AT {
             let window = self.config.window;
             windows.retain(|_, w| now.saturating_duration_since(w.started) < window);
         }
-        let mut worst = 0;
-        for (key, _) in Self::keys(username, address) {
+        let keys = Self::keys(username, address);
+        let mut wait = Duration::ZERO;
+        for (key, per_user) in &keys {
+            if let Some(w) = windows.get(key) {
+                let age = now.saturating_duration_since(w.started);
+                if age < self.config.window && w.failures >= self.limit(*per_user) {
+                    wait = wait.max(self.config.window - age);
+                }
+            }
+        }
+        if !wait.is_zero() {
+            return Err(wait);
+        }
+        for (key, _) in keys {
             let entry = windows.entry(key).or_insert(Window {
                 started: now,
                 failures: 0,
@@ -100,16 +101,31 @@ impl Throttle {
                 };
             }
             entry.failures += 1;
-            worst = worst.max(entry.failures);
         }
+        Ok(())
+    }
+
+    /// After a failed attempt: how long to hold the answer back.
+    pub fn failure_delay(&self, username: &str, address: &str) -> Duration {
+        let windows = self.windows.lock().unwrap_or_else(PoisonError::into_inner);
+        let worst = Self::keys(username, address)
+            .iter()
+            .filter_map(|(key, _)| windows.get(key).map(|w| w.failures))
+            .max()
+            .unwrap_or(0);
         let over = worst.saturating_sub(self.config.free_failures);
         (self.config.delay_step * over).min(self.config.delay_max)
     }
 
-    /// A successful sign-in clears the username's failures (not the address's).
-    pub fn success(&self, username: &str) {
+    /// A successful sign-in clears the username's failures and gives the address its
+    /// attempt back.
+    pub fn success(&self, username: &str, address: &str) {
         let mut windows = self.windows.lock().unwrap_or_else(PoisonError::into_inner);
-        windows.remove(&format!("u:{}", username.to_lowercase()));
+        let [(user, _), (addr, _)] = Self::keys(username, address);
+        windows.remove(&user);
+        if let Some(w) = windows.get_mut(&addr) {
+            w.failures = w.failures.saturating_sub(1);
+        }
     }
 }
 
@@ -129,29 +145,49 @@ mod tests {
         };
         let throttle = Throttle::new(config);
         let t0 = Instant::now();
-        assert_eq!(throttle.failure("Ana", "1.2.3.4", t0), Duration::ZERO);
+        assert!(throttle.attempt("Ana", "1.2.3.4", t0).is_ok());
+        assert_eq!(throttle.failure_delay("Ana", "1.2.3.4"), Duration::ZERO);
+        assert!(throttle.attempt("ana", "1.2.3.4", t0).is_ok());
         assert_eq!(
-            throttle.failure("ana", "1.2.3.4", t0),
+            throttle.failure_delay("ana", "1.2.3.4"),
             Duration::from_millis(100)
         );
-        assert!(throttle.check("ana", "1.2.3.4", t0).is_ok());
+        assert!(throttle.attempt("ANA", "1.2.3.4", t0).is_ok());
         assert_eq!(
-            throttle.failure("ANA", "1.2.3.4", t0),
+            throttle.failure_delay("ana", "1.2.3.4"),
             Duration::from_millis(150)
         );
         let wait = throttle
-            .check("ana", "5.6.7.8", t0 + Duration::from_secs(10))
+            .attempt("ana", "5.6.7.8", t0 + Duration::from_secs(10))
             .expect_err("locked");
         assert_eq!(wait, Duration::from_secs(50));
         // Another user from the same address is not locked.
-        assert!(throttle.check("bo", "1.2.3.4", t0).is_ok());
+        assert!(throttle.attempt("bo", "1.2.3.4", t0).is_ok());
         // The window passes.
         assert!(
             throttle
-                .check("ana", "1.2.3.4", t0 + Duration::from_secs(61))
+                .attempt("ana", "1.2.3.4", t0 + Duration::from_secs(61))
                 .is_ok()
         );
-        throttle.success("ana");
-        assert!(throttle.check("ana", "1.2.3.4", t0).is_ok());
+        throttle.success("ana", "1.2.3.4");
+        assert!(
+            throttle
+                .attempt("ana", "1.2.3.4", t0 + Duration::from_secs(62))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn parallel_attempts_cannot_pass_the_limit() {
+        let throttle = Throttle::new(ThrottleConfig {
+            max_failures_per_user: 5,
+            ..ThrottleConfig::default()
+        });
+        let now = Instant::now();
+        // All attempts are reserved before any password check finishes.
+        let admitted = (0..50)
+            .filter(|_| throttle.attempt("ana", "9.9.9.9", now).is_ok())
+            .count();
+        assert_eq!(admitted, 5);
     }
 }

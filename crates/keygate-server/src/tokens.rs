@@ -198,7 +198,22 @@ impl TokenKeys {
 
     /// Verifies signature, algorithm, `exp`, `nbf`, `iss`, `aud` and `typ`.
     pub fn verify(&self, token: &str, typ: &str) -> Result<Claims, TokenError> {
+        self.verify_with(token, typ, true)
+    }
+
+    /// As [`TokenKeys::verify`] but accepting an expired token (for logout).
+    pub fn verify_allowing_expired(&self, token: &str, typ: &str) -> Result<Claims, TokenError> {
+        self.verify_with(token, typ, false)
+    }
+
+    fn verify_with(
+        &self,
+        token: &str,
+        typ: &str,
+        check_expiry: bool,
+    ) -> Result<Claims, TokenError> {
         let mut validation = Validation::new(self.algorithm);
+        validation.validate_exp = check_expiry;
         validation.leeway = self.config.leeway.as_secs();
         validation.validate_nbf = true;
         validation.set_issuer(&[&self.config.issuer]);

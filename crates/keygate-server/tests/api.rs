@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 #[path = "api/accounts.rs"]
 mod accounts;
+#[path = "api/limits.rs"]
+mod limits;
 
 /// The `admin` user's password in every test server.
 const ADMIN_PASSWORD: &str = "admin-password-for-tests";
@@ -46,11 +48,25 @@ impl TestServer {
     }
 
     async fn start_with(config: ServerConfig) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
+        Self::start_in(tempfile::tempdir().expect("temp dir"), None, config).await
+    }
+
+    /// Stops this server (flushing its counters) and starts a new one on the same data.
+    async fn restart(mut self) -> Self {
+        self.stop().await;
+        self.store.close().await;
+        let admin = self.admin.clone();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
+        Self::start_in(dir, Some(admin), test_config()).await
+    }
+
+    async fn start_in(dir: tempfile::TempDir, admin: Option<String>, config: ServerConfig) -> Self {
         let store = Arc::new(SqliteStore::open(dir.path()).await.expect("open store"));
-        let admin = bootstrap::ensure_global_key(store.as_ref(), clock::now_ms())
+        let created = bootstrap::ensure_global_key(store.as_ref(), clock::now_ms())
             .await
-            .expect("bootstrap")
+            .expect("bootstrap");
+        let admin = created
+            .or(admin)
             .expect("first start creates the global key");
         let passwords = Passwords::new(config.password_cost).expect("argon2 params");
         bootstrap::ensure_admin_user(store.as_ref(), &passwords, Some(ADMIN_PASSWORD.into()))
@@ -797,7 +813,7 @@ async fn bad_input_gets_a_clear_4xx() {
         (
             Method::POST,
             "/api/v1/keys",
-            Some("text/plain"),
+            Some("application/x-www-form-urlencoded"),
             br#"{"name": "x"}"#.to_vec(),
             415,
             "unsupported_media_type",
@@ -1087,6 +1103,8 @@ async fn openapi_document_and_swagger_ui() {
         ("/api/v1/auth/logout", &["post"]),
         ("/.well-known/jwks.json", &["get"]),
         ("/api/v1/audit", &["get"]),
+        ("/api/v1/plans", &["get", "post"]),
+        ("/api/v1/plans/{id}", &["get", "patch"]),
         ("/api/v1/systeminfo", &["get"]),
         ("/api/v1/openapi.json", &["get"]),
         ("/healthz", &["get"]),

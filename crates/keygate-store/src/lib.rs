@@ -8,6 +8,7 @@ mod sqlite;
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;
+use keygate_core::limit::{Limits, LimitsOverride};
 use keygate_core::settings::InstanceSettings;
 use keygate_core::usage::UsageDelta;
 use keygate_core::{KeyRecord, Role, UnixMillis, UserRecord};
@@ -42,6 +43,7 @@ pub enum Entity {
     User,
     /// A sign-in's token family (revocations matter to the hot path).
     Family,
+    Plan,
 }
 
 impl Entity {
@@ -51,6 +53,7 @@ impl Entity {
             Entity::Settings => "settings",
             Entity::User => "user",
             Entity::Family => "family",
+            Entity::Plan => "plan",
         }
     }
 
@@ -60,6 +63,7 @@ impl Entity {
             "settings" => Some(Entity::Settings),
             "user" => Some(Entity::User),
             "family" => Some(Entity::Family),
+            "plan" => Some(Entity::Plan),
             _ => None,
         }
     }
@@ -150,6 +154,19 @@ pub struct KeyUpdate {
     pub enabled: Option<bool>,
     /// `Some(None)` removes the expiry.
     pub expires_at: Option<Option<UnixMillis>>,
+    /// `Some(None)` takes the key off its plan.
+    pub plan: Option<Option<Uuid>>,
+    pub limits: Option<LimitsOverride>,
+}
+
+/// A plan: a name and the limits its keys take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub id: Uuid,
+    pub name: String,
+    pub limits: Limits,
+    pub created_at: UnixMillis,
+    pub updated_at: UnixMillis,
 }
 
 /// A page of the key list, newest first.
@@ -256,6 +273,15 @@ pub trait Store: Send + Sync + 'static {
 
     async fn append_audit(&self, entry: &AuditEntry) -> Result<()>;
     async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>>;
+
+    async fn load_plans(&self) -> Result<Vec<Plan>>;
+    async fn get_plan(&self, id: Uuid) -> Result<Option<Plan>>;
+    /// [`StoreError::Conflict`] if the name is taken.
+    async fn create_plan(&self, plan: &Plan, audit: &AuditEntry) -> Result<()>;
+    /// Replaces a plan's name and limits. [`StoreError::Conflict`] if the name is taken.
+    async fn update_plan(&self, plan: &Plan, audit: &AuditEntry) -> Result<bool>;
+    /// Quota use of every key in `month`, for the limiter at start-up.
+    async fn quota_usage(&self, month: i32) -> Result<Vec<(Uuid, u64)>>;
 
     async fn secret(&self, name: &str) -> Result<Option<String>>;
     /// Stores `value` unless the name is taken; returns the stored value either way.

@@ -5,7 +5,7 @@
 //! failing on a lock upgrade, and every write appends to `changes` in its transaction.
 
 use crate::{
-    AuditEntry, AuditFilter, AuditRecord, Change, Entity, KeyPage, KeyUpdate, RefreshOutcome,
+    AuditEntry, AuditFilter, AuditRecord, Change, Entity, KeyPage, KeyUpdate, Plan, RefreshOutcome,
     RefreshToken, Result, Store, StoreError, UserUpdate,
 };
 use async_trait::async_trait;
@@ -25,7 +25,8 @@ use uuid::Uuid;
 pub const DB_FILE: &str = "keygate.db";
 
 const KEY_COLUMNS: &str = "id, hash, start, name, scopes, meta, enabled, origin, global, \
-     created_at, updated_at, expires_at, revoked_at, rotated_to, last_used_at, usage_count, owner";
+     created_at, updated_at, expires_at, revoked_at, rotated_to, last_used_at, usage_count, owner, \
+     plan, limits";
 
 const USER_COLUMNS: &str =
     "id, username, email, role, disabled, created_at, updated_at, last_login_at";
@@ -121,6 +122,8 @@ fn key_from_row(row: &SqliteRow) -> Result<KeyRecord> {
     let rotated_to: Option<String> = row.try_get("rotated_to")?;
     let usage_count: i64 = row.try_get("usage_count")?;
     let owner: Option<String> = row.try_get("owner")?;
+    let plan: Option<String> = row.try_get("plan")?;
+    let limits: String = row.try_get("limits")?;
     Ok(KeyRecord {
         id,
         hash,
@@ -135,6 +138,11 @@ fn key_from_row(row: &SqliteRow) -> Result<KeyRecord> {
             .map(|s| Uuid::parse_str(&s))
             .transpose()
             .map_err(|e| corrupt("key owner", e))?,
+        plan: plan
+            .map(|s| Uuid::parse_str(&s))
+            .transpose()
+            .map_err(|e| corrupt("key plan", e))?,
+        limits: serde_json::from_str(&limits).map_err(|e| corrupt("key limits", e))?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
         expires_at: row.try_get("expires_at")?,
@@ -155,7 +163,7 @@ fn json(value: &impl serde::Serialize) -> String {
 
 async fn insert_key_tx(tx: &mut Transaction<'static, Sqlite>, r: &KeyRecord) -> Result<()> {
     let result = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO keys ({KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        "INSERT INTO keys ({KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     )))
     .bind(r.id.to_string())
     .bind(&r.hash[..])
@@ -174,6 +182,8 @@ async fn insert_key_tx(tx: &mut Transaction<'static, Sqlite>, r: &KeyRecord) -> 
     .bind(r.last_used_at)
     .bind(i64::try_from(r.usage_count).unwrap_or(i64::MAX))
     .bind(r.owner.map(|id| id.to_string()))
+    .bind(r.plan.map(|id| id.to_string()))
+    .bind(json(&r.limits))
     .execute(&mut **tx)
     .await;
     match result {
@@ -362,16 +372,24 @@ impl Store for SqliteStore {
         if let Some(expires_at) = update.expires_at {
             record.expires_at = expires_at;
         }
+        if let Some(plan) = update.plan {
+            record.plan = plan;
+        }
+        if let Some(limits) = &update.limits {
+            record.limits.clone_from(limits);
+        }
         record.updated_at = now;
         sqlx::query(
             "UPDATE keys SET name = ?, scopes = ?, meta = ?, enabled = ?, expires_at = ?, \
-             updated_at = ? WHERE id = ?",
+             plan = ?, limits = ?, updated_at = ? WHERE id = ?",
         )
         .bind(&record.name)
         .bind(json(&record.scopes))
         .bind(json(&record.meta))
         .bind(record.enabled)
         .bind(record.expires_at)
+        .bind(record.plan.map(|id| id.to_string()))
+        .bind(json(&record.limits))
         .bind(now)
         .bind(id.to_string())
         .execute(&mut *tx)
@@ -470,6 +488,17 @@ impl Store for SqliteStore {
             .bind(delta.key_id.to_string())
             .execute(&mut *tx)
             .await?;
+            if let Some((month, used)) = delta.quota {
+                sqlx::query(
+                    "INSERT INTO quota_usage (key_id, month, used) VALUES (?, ?, ?) \
+                     ON CONFLICT (key_id, month) DO UPDATE SET used = used + excluded.used",
+                )
+                .bind(delta.key_id.to_string())
+                .bind(month)
+                .bind(i64::try_from(used).unwrap_or(i64::MAX))
+                .execute(&mut *tx)
+                .await?;
+            }
         }
         tx.commit().await?;
         Ok(())
@@ -884,6 +913,93 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    async fn load_plans(&self) -> Result<Vec<Plan>> {
+        let rows = sqlx::query(
+            "SELECT id, name, limits, created_at, updated_at FROM plans ORDER BY created_at, id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(plan_from_row).collect()
+    }
+
+    async fn get_plan(&self, id: Uuid) -> Result<Option<Plan>> {
+        let row =
+            sqlx::query("SELECT id, name, limits, created_at, updated_at FROM plans WHERE id = ?")
+                .bind(id.to_string())
+                .fetch_optional(&self.pool)
+                .await?;
+        row.as_ref().map(plan_from_row).transpose()
+    }
+
+    async fn create_plan(&self, plan: &Plan, audit: &AuditEntry) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        let result = sqlx::query(
+            "INSERT INTO plans (id, name, limits, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(plan.id.to_string())
+        .bind(&plan.name)
+        .bind(json(&plan.limits))
+        .bind(plan.created_at)
+        .bind(plan.updated_at)
+        .execute(&mut *tx)
+        .await;
+        unique_to_conflict(result, "a plan with this name exists")?;
+        record_change(
+            &mut tx,
+            Entity::Plan,
+            &plan.id.to_string(),
+            "insert",
+            plan.created_at,
+        )
+        .await?;
+        audit_tx(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn update_plan(&self, plan: &Plan, audit: &AuditEntry) -> Result<bool> {
+        let mut tx = self.write_tx().await?;
+        let result =
+            sqlx::query("UPDATE plans SET name = ?, limits = ?, updated_at = ? WHERE id = ?")
+                .bind(&plan.name)
+                .bind(json(&plan.limits))
+                .bind(plan.updated_at)
+                .bind(plan.id.to_string())
+                .execute(&mut *tx)
+                .await;
+        if unique_to_conflict(result, "a plan with this name exists")?.rows_affected() == 0 {
+            return Ok(false);
+        }
+        record_change(
+            &mut tx,
+            Entity::Plan,
+            &plan.id.to_string(),
+            "update",
+            plan.updated_at,
+        )
+        .await?;
+        audit_tx(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn quota_usage(&self, month: i32) -> Result<Vec<(Uuid, u64)>> {
+        let rows = sqlx::query("SELECT key_id, used FROM quota_usage WHERE month = ?")
+            .bind(month)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let id: String = row.try_get("key_id")?;
+                let used: i64 = row.try_get("used")?;
+                Ok((
+                    Uuid::parse_str(&id).map_err(|e| corrupt("quota key", e))?,
+                    u64::try_from(used).unwrap_or(0),
+                ))
+            })
+            .collect()
+    }
+
     async fn secret(&self, name: &str) -> Result<Option<String>> {
         Ok(
             sqlx::query_scalar("SELECT value FROM secrets WHERE name = ?")
@@ -917,6 +1033,31 @@ impl Store for SqliteStore {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+}
+
+fn plan_from_row(row: &SqliteRow) -> Result<Plan> {
+    let id: String = row.try_get("id")?;
+    let limits: String = row.try_get("limits")?;
+    Ok(Plan {
+        id: Uuid::parse_str(&id).map_err(|e| corrupt("plan id", e))?,
+        name: row.try_get("name")?,
+        limits: serde_json::from_str(&limits).map_err(|e| corrupt("plan limits", e))?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+fn unique_to_conflict(
+    result: std::result::Result<sqlx::sqlite::SqliteQueryResult, sqlx::Error>,
+    message: &str,
+) -> Result<sqlx::sqlite::SqliteQueryResult> {
+    match result {
+        Ok(done) => Ok(done),
+        Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+            Err(StoreError::Conflict(message.into()))
+        }
+        Err(err) => Err(err.into()),
     }
 }
 

@@ -26,6 +26,8 @@ fn record(n: u8, at: i64) -> KeyRecord {
         origin: KeyOrigin::Generated,
         global: false,
         owner: None,
+        plan: None,
+        limits: Default::default(),
         created_at: at,
         updated_at: at,
         expires_at: None,
@@ -194,11 +196,13 @@ async fn conformance(store: &dyn Store) {
             key_id: c.id,
             uses: 3,
             last_used_at: 7000,
+            quota: None,
         },
         UsageDelta {
             key_id: Uuid::now_v7(),
             uses: 1,
             last_used_at: 1,
+            quota: None,
         },
     ];
     store.add_usage(&deltas).await.expect("usage");
@@ -207,6 +211,7 @@ async fn conformance(store: &dyn Store) {
             key_id: c.id,
             uses: 2,
             last_used_at: 6500,
+            quota: None,
         }])
         .await
         .expect("usage");
@@ -466,6 +471,74 @@ async fn accounts_conformance(store: &dyn Store) {
         .await
         .expect("tail");
     assert_eq!(tail.len(), 2);
+    // Plans, and quota use per month.
+    let plan = keygate_store::Plan {
+        id: Uuid::now_v7(),
+        name: "pro".into(),
+        limits: keygate_core::limit::Limits {
+            monthly_quota: Some(10),
+            ..Default::default()
+        },
+        created_at: 1,
+        updated_at: 1,
+    };
+    store
+        .create_plan(&plan, &audit(1, "plan.create"))
+        .await
+        .expect("plan");
+    assert!(matches!(
+        store
+            .create_plan(
+                &keygate_store::Plan {
+                    id: Uuid::now_v7(),
+                    ..plan.clone()
+                },
+                &audit(1, "plan.create")
+            )
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    let mut changed = plan.clone();
+    changed.limits.monthly_quota = Some(20);
+    assert!(
+        store
+            .update_plan(&changed, &audit(2, "plan.update"))
+            .await
+            .expect("update")
+    );
+    assert_eq!(store.get_plan(plan.id).await.expect("get"), Some(changed));
+    assert_eq!(store.load_plans().await.expect("plans").len(), 1);
+    let mut k3 = record(13, 400);
+    k3.plan = Some(plan.id);
+    k3.limits.monthly_quota = Some(5);
+    store
+        .insert_key(&k3, None, &audit(400, "key.create"))
+        .await
+        .expect("k3");
+    assert_eq!(
+        store
+            .get_key(k3.id)
+            .await
+            .expect("get")
+            .expect("key")
+            .limits
+            .monthly_quota,
+        Some(5)
+    );
+    let delta = |n| keygate_core::usage::UsageDelta {
+        key_id: k3.id,
+        uses: n,
+        last_used_at: 500,
+        quota: Some((24_000, n)),
+    };
+    store.add_usage(&[delta(3)]).await.expect("usage");
+    store.add_usage(&[delta(4)]).await.expect("usage");
+    assert_eq!(
+        store.quota_usage(24_000).await.expect("quota"),
+        vec![(k3.id, 7)]
+    );
+    assert!(store.quota_usage(24_001).await.expect("quota").is_empty());
+
     assert_eq!(store.secret("jwt").await.expect("secret"), None);
     assert_eq!(
         store.secret_or_insert("jwt", "one").await.expect("insert"),

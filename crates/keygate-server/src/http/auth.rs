@@ -73,7 +73,7 @@ pub async fn token(
     let address = addr.text().unwrap_or_default();
     if let Err(wait) = state
         .throttle
-        .check(&body.username, &address, Instant::now())
+        .attempt(&body.username, &address, Instant::now())
     {
         return Err(ApiError::new(ErrorCode::RateLimited)
             .message("Too many failed sign-ins.")
@@ -97,18 +97,19 @@ pub async fn token(
     let user: UserRecord = match (verified, found) {
         (true, Some((user, _))) if !user.disabled => user,
         (verified, found) => {
-            let delay = state
-                .throttle
-                .failure(&body.username, &address, Instant::now());
+            let delay = state.throttle.failure_delay(&body.username, &address);
             let mut entry = anonymous_entry(
                 &addr,
                 "auth.login_failed",
                 found.as_ref().map(|(u, _)| format!("user:{}", u.id)),
             );
-            entry.detail.insert(
-                "username".into(),
-                body.username.chars().take(64).collect::<String>().into(),
-            );
+            // Only a plausible username is recorded: a password typed into the wrong field
+            // must not end up in the log.
+            if keygate_core::user::validate_username(&body.username).is_ok() {
+                entry
+                    .detail
+                    .insert("username".into(), body.username.clone().into());
+            }
             let disabled = verified && found.as_ref().is_some_and(|(u, _)| u.disabled);
             entry.detail.insert(
                 "reason".into(),
@@ -128,7 +129,7 @@ pub async fn token(
             });
         }
     };
-    state.throttle.success(&user.username);
+    state.throttle.success(&body.username, &address);
     let family = Uuid::now_v7().simple().to_string();
     let (response, first) = issue_pair(&state, (user.id, &user.username, user.role), &family)?;
     let mut entry = anonymous_entry(&addr, "auth.login", Some(format!("user:{}", user.id)));
@@ -205,16 +206,16 @@ pub async fn logout(
     addr: ClientAddr,
     JsonBody(body): JsonBody<RefreshRequest>,
 ) -> Result<StatusCode, ApiError> {
-    let claims = match state
+    // An expired refresh token still names its sign-in, which may live on through a newer
+    // token: verify everything but the expiry, then end the sign-in.
+    let claims = state
         .engine
         .tokens
-        .verify(body.refresh.trim(), tokens::REFRESH)
-    {
-        Ok(claims) => claims,
-        // An expired refresh token ends nothing that is still alive.
-        Err(TokenError::Expired) => return Ok(StatusCode::NO_CONTENT),
-        Err(TokenError::Invalid(why)) => return Err(refused(why)),
-    };
+        .verify_allowing_expired(body.refresh.trim(), tokens::REFRESH)
+        .map_err(|err| match err {
+            TokenError::Expired => refused("the token has expired"),
+            TokenError::Invalid(why) => refused(why),
+        })?;
     let mut entry = anonymous_entry(&addr, "auth.logout", Some(format!("user:{}", claims.sub)));
     entry.actor = format!("user:{}", claims.sub);
     entry.credential = Some(format!("session:{}", claims.sid));

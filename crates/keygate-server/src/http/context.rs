@@ -5,12 +5,44 @@ use axum::extract::Request;
 use axum::http::{HeaderValue, Uri};
 use axum::middleware::Next;
 use axum::response::Response;
+use keygate_core::limit::LimitStatus;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Instant;
 
 tokio::task_local! {
     static REQUEST_ID: Arc<str>;
+    /// The limit states of the request's credential, set by the auth extractors and turned
+    /// into `RateLimit-Policy` / `RateLimit` response fields here.
+    static REQUEST_LIMITS: Arc<Mutex<Vec<LimitStatus>>>;
+}
+
+/// Records the credential's limit states for the response fields.
+pub fn set_request_limits(limits: &[LimitStatus]) {
+    if limits.is_empty() {
+        return;
+    }
+    let _ = REQUEST_LIMITS.try_with(|cell| {
+        *cell.lock().unwrap_or_else(PoisonError::into_inner) = limits.to_vec();
+    });
+}
+
+/// `RateLimit-Policy` and `RateLimit` (IETF draft-ietf-httpapi-ratelimit-headers-11).
+pub fn rate_limit_fields(limits: &[LimitStatus]) -> Option<(String, String)> {
+    if limits.is_empty() {
+        return None;
+    }
+    let policy = limits
+        .iter()
+        .map(|l| format!("\"{}\";q={};w={}", l.name, l.limit, l.window_seconds))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let state = limits
+        .iter()
+        .map(|l| format!("\"{}\";r={};t={}", l.name, l.remaining, l.reset_seconds))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Some((policy, state))
 }
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -76,9 +108,25 @@ pub async fn request_context(request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let uri = request.uri().clone();
     let started = Instant::now();
-    let mut response = REQUEST_ID.scope(Arc::clone(&id), next.run(request)).await;
+    let limits = Arc::new(Mutex::new(Vec::new()));
+    let mut response = REQUEST_ID
+        .scope(
+            Arc::clone(&id),
+            REQUEST_LIMITS.scope(Arc::clone(&limits), next.run(request)),
+        )
+        .await;
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
+    }
+    let limits = std::mem::take(&mut *limits.lock().unwrap_or_else(PoisonError::into_inner));
+    if let Some((policy, state)) = rate_limit_fields(&limits)
+        && let (Ok(policy), Ok(state)) = (
+            HeaderValue::from_str(&policy),
+            HeaderValue::from_str(&state),
+        )
+    {
+        response.headers_mut().insert("ratelimit-policy", policy);
+        response.headers_mut().insert("ratelimit", state);
     }
     let status = response.status().as_u16();
     let micros = started.elapsed().as_micros() as u64;

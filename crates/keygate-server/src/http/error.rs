@@ -67,6 +67,10 @@ impl From<Decision> for ApiError {
         let code = ErrorCode::from_decision(decision.code).unwrap_or(ErrorCode::InternalError);
         let mut error = ApiError::new(code);
         error.hint = decision.hint;
+        crate::http::context::set_request_limits(&decision.limits);
+        if let Some(ms) = decision.retry_after_ms {
+            error = error.retry_after(u64::try_from((ms + 999) / 1000).unwrap_or(1));
+        }
         if let Some(scope) = decision.missing_scope {
             error.message = Cow::Owned(format!("This key lacks the `{scope}` scope."));
             error.scope = Some(scope);

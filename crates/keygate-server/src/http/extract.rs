@@ -13,9 +13,9 @@ use keygate_api::ErrorCode;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
-/// A JSON request body. An empty body reads as `{}`. A body with no content type, or
-/// curl's default `application/x-www-form-urlencoded` (`curl -d` without `-H`), is read
-/// as JSON; any other non-JSON type is a 415.
+/// A JSON request body. An empty body reads as `{}`; a body with no content type is read
+/// as JSON. Any other type is a 415 — including the form and text types a browser may send
+/// cross-site without a preflight, so a web page cannot drive this API.
 pub struct JsonBody<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
@@ -29,7 +29,6 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
             .map(str::to_ascii_lowercase);
         if let Some(ct) = content_type.as_deref()
             && !ct.contains("json")
-            && !ct.starts_with("application/x-www-form-urlencoded")
         {
             return Err(ApiError::new(ErrorCode::UnsupportedMediaType)
                 .hint("send the body as JSON with `Content-Type: application/json`"));
@@ -117,6 +116,8 @@ permissions! {
     SettingsRead => keygate_core::user::SETTINGS_READ,
     SettingsWrite => keygate_core::user::SETTINGS_WRITE,
     AuditRead => keygate_core::user::AUDIT_READ,
+    PlansRead => keygate_core::user::PLANS_READ,
+    PlansWrite => keygate_core::user::PLANS_WRITE,
 }
 
 /// A caller holding permission `P` (through a key's scopes and its owner's role, or a
@@ -130,10 +131,14 @@ impl<P: Permission> Need<P> {
 }
 
 fn authenticate(parts: &Parts, state: &AppState, scopes: &[&str]) -> Result<Principal, ApiError> {
-    state
+    let principal = state
         .engine
         .authenticate(&parts.headers, parts.uri.query(), scopes, now_ms())
-        .map_err(ApiError::from)
+        .map_err(ApiError::from)?;
+    if let Principal::ApiKey { limits, .. } = &principal {
+        crate::http::context::set_request_limits(limits);
+    }
+    Ok(principal)
 }
 
 impl FromRequestParts<AppState> for Caller {

@@ -27,12 +27,22 @@ const MAX_PAGE: u32 = 1000;
 
 /// The management view of a record, with this node's unflushed usage added.
 pub fn view(state: &AppState, record: &KeyRecord, now: UnixMillis) -> KeyView {
-    let (pending, live_last_used) = state
+    let (pending, live_last_used, quota_used) = state
         .engine
         .index()
         .get_by_id(record.id)
-        .map(|k| (k.usage.pending(), k.usage.last_used_at()))
-        .unwrap_or((0, None));
+        .map(|k| {
+            let quota_used = k.limits.as_ref().and_then(|l| l.monthly_quota).map(|_| {
+                let limiter = k.usage.limiter();
+                if limiter.month == keygate_core::limit::month_of(now).0 {
+                    limiter.used
+                } else {
+                    0
+                }
+            });
+            (k.usage.pending(), k.usage.last_used_at(), quota_used)
+        })
+        .unwrap_or((0, None, None));
     KeyView {
         id: record.id,
         name: record.name.clone(),
@@ -44,6 +54,9 @@ pub fn view(state: &AppState, record: &KeyRecord, now: UnixMillis) -> KeyView {
         origin: record.origin.as_str().into(),
         global: record.global,
         owner: record.owner,
+        plan: record.plan,
+        limits: record.limits.clone(),
+        quota_used,
         created_at: time_of(record.created_at),
         updated_at: time_of(record.updated_at),
         expires_at: record.expires_at.map(time_of),
@@ -99,6 +112,52 @@ async fn owner_for(
     }
 }
 
+/// Refuses scopes the caller could not use itself: a key can only hand out what it holds
+/// (a wildcard only from an equal or wider one), a user only what their role allows.
+fn check_grantable(principal: &Principal, scopes: &[String]) -> Result<(), ApiError> {
+    use keygate_core::decision::{key_grants, owner_grants};
+    let refuse = |scope: &str| {
+        Err(
+            ApiError::new(keygate_api::ErrorCode::InsufficientPermissions).message(format!(
+                "The caller cannot grant the `{scope}` scope: it does not hold it."
+            )),
+        )
+    };
+    for scope in scopes {
+        let allowed = match principal {
+            Principal::ApiKey { key, owner, .. } => {
+                key_grants(&key.record.scopes, scope)
+                    && owner.is_none_or(|(_, role)| owner_grants(role, scope))
+            }
+            Principal::User { role, .. } => owner_grants(*role, scope),
+            Principal::Open => true,
+        };
+        if !allowed {
+            return refuse(scope);
+        }
+    }
+    Ok(())
+}
+
+/// Checks a key's plan and own limits.
+async fn check_limits(
+    state: &AppState,
+    plan: Option<uuid::Uuid>,
+    limits: Option<&keygate_core::limit::LimitsOverride>,
+) -> Result<(), ApiError> {
+    if let Some(plan) = plan {
+        state
+            .store
+            .get_plan(plan)
+            .await?
+            .ok_or_else(|| ApiError::invalid("`plan` names no plan."))?;
+    }
+    if let Some(rate_limits) = limits.and_then(|l| l.rate_limits.as_ref()) {
+        super::plans::validate_rate_limits(rate_limits)?;
+    }
+    Ok(())
+}
+
 /// Applies this write to the index now, so the writer's next request sees it. If the
 /// store cannot be read right now, the poller applies it shortly.
 pub async fn sync_after_write(state: &AppState) {
@@ -125,6 +184,8 @@ pub async fn create_key(
     let now = now_ms();
     let principal = caller.principal();
     let owner = owner_for(&state, principal, body.user_id).await?;
+    check_grantable(principal, &body.scopes)?;
+    check_limits(&state, body.plan, body.limits.as_ref()).await?;
     let spec = KeySpec {
         name: body.name,
         scopes: body.scopes,
@@ -136,6 +197,8 @@ pub async fn create_key(
     };
     let (key, mut record) = mint::mint(&spec, now)?;
     record.owner = owner;
+    record.plan = body.plan;
+    record.limits = body.limits.unwrap_or_default();
     let keep = state.engine.settings().keys_per_user;
     let entry = audit::entry(
         principal,
@@ -181,6 +244,7 @@ pub async fn import_key(
         enabled: body.enabled.unwrap_or(true),
         global: false,
     };
+    check_grantable(principal, &spec.scopes)?;
     let mut record = mint::adopt(&body.key, &spec, now)?;
     record.owner = principal.user_id();
     let entry = audit::entry(
@@ -189,7 +253,8 @@ pub async fn import_key(
         "key.import",
         Some(format!("key:{}", record.id)),
     );
-    state.store.insert_key(&record, None, &entry).await?;
+    let keep = state.engine.settings().keys_per_user;
+    state.store.insert_key(&record, keep, &entry).await?;
     sync_after_write(&state).await;
     tracing::info!(key_id = %record.id, "key imported");
     Ok((StatusCode::CREATED, Json(view(&state, &record, now))))
@@ -293,12 +358,36 @@ pub async fn update_key(
     PathId(id): PathId,
     JsonBody(body): JsonBody<UpdateKeyRequest>,
 ) -> Result<Json<KeyView>, ApiError> {
-    visible_key(&state, caller.principal(), id).await?;
+    let principal = caller.principal();
+    let current = visible_key(&state, principal, id).await?;
+    let now = now_ms();
     if let Some(name) = &body.name {
         mint::validate_name(name)?;
     }
     if let Some(scopes) = &body.scopes {
         mint::validate_scopes(scopes)?;
+        check_grantable(principal, scopes)?;
+    }
+    if let Some(expires_at) = body.expires_at {
+        if current.rotated_to.is_some() {
+            return Err(ApiError::new(keygate_api::ErrorCode::Conflict)
+                .message("A rotated key's expiry is fixed by its rotation.")
+                .hint("use the replacement key"));
+        }
+        // Administrators may expire a key at once; everyone else sets a future time.
+        if !principal.acts_for_everyone() {
+            mint::validate_expiry(expires_at.map(millis_of), now)?;
+        }
+    }
+    if body.plan.is_some() || body.limits.is_some() {
+        // Limits are the operator's business, not the key holder's.
+        if !principal.acts_for_everyone() {
+            return Err(
+                ApiError::new(keygate_api::ErrorCode::InsufficientPermissions)
+                    .message("Only administrators may change a key's plan or limits."),
+            );
+        }
+        check_limits(&state, body.plan.flatten(), body.limits.as_ref()).await?;
     }
     let update = KeyUpdate {
         name: body.name.map(|n| n.trim().to_string()),
@@ -306,8 +395,9 @@ pub async fn update_key(
         meta: body.meta,
         enabled: body.enabled,
         expires_at: body.expires_at.map(|at| at.map(millis_of)),
+        plan: body.plan,
+        limits: body.limits,
     };
-    let now = now_ms();
     let entry = audit::entry(
         caller.principal(),
         &addr,
@@ -389,11 +479,12 @@ pub async fn rotate_key(
         )));
     }
     let now = now_ms();
-    let old = state
-        .store
-        .get_key(id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("key"))?;
+    let old = visible_key(&state, caller.principal(), id).await?;
+    if old.global {
+        return Err(ApiError::new(keygate_api::ErrorCode::Conflict)
+            .message("The global key is replaced with POST /api/v1/settings/api-key/regenerate.")
+            .hint("regenerating needs the settings:write permission"));
+    }
     if old.state(now) == KeyState::Expired {
         return Err(ApiError::new(keygate_api::ErrorCode::Conflict)
             .message("An expired key cannot be rotated.")
@@ -411,6 +502,8 @@ pub async fn rotate_key(
     };
     let (key, mut replacement) = mint::mint(&spec, now)?;
     replacement.owner = old.owner;
+    replacement.plan = old.plan;
+    replacement.limits = old.limits.clone();
     let grace_ms = i64::try_from(body.grace_seconds * 1000).unwrap_or(i64::MAX);
     let mut entry = audit::entry(
         caller.principal(),

@@ -7,6 +7,7 @@ pub mod docs;
 pub mod error;
 pub mod extract;
 pub mod keys;
+pub mod plans;
 pub mod system;
 pub mod users;
 pub mod verify;
@@ -78,6 +79,14 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/auth/logout", post(auth::logout))
         .route("/.well-known/jwks.json", get(auth::jwks))
         .route("/api/v1/audit", get(audit::list_audit))
+        .route(
+            "/api/v1/plans",
+            get(plans::list_plans).post(plans::create_plan),
+        )
+        .route(
+            "/api/v1/plans/{id}",
+            get(plans::get_plan).patch(plans::update_plan),
+        )
         .route("/healthz", get(system::healthz))
         .route("/readyz", get(system::readyz))
         .route("/metrics", get(system::metrics))

@@ -8,7 +8,7 @@ use crate::http::extract::{Caller, JsonBody};
 use axum::Json;
 use axum::extract::State;
 use keygate_api::ErrorBody;
-use keygate_api::keys::{VerifyRequest, VerifyResponse, WhoAmI};
+use keygate_api::keys::{LimitView, VerifyRequest, VerifyResponse, WhoAmI};
 
 #[utoipa::path(
     post, path = "/api/v1/keys/verify", tag = "verify",
@@ -39,6 +39,20 @@ pub async fn verify_key(
         expires_at: key.and_then(|r| r.expires_at).map(time_of),
         hint: decision.hint.clone(),
         missing_scope: decision.missing_scope.clone(),
+        retry_after: decision
+            .retry_after_ms
+            .map(|ms| u64::try_from((ms + 999) / 1000).unwrap_or(1)),
+        limits: decision
+            .limits
+            .iter()
+            .map(|l| LimitView {
+                name: l.name.clone(),
+                limit: l.limit,
+                window: l.window_seconds,
+                remaining: l.remaining,
+                reset: l.reset_seconds,
+            })
+            .collect(),
     }))
 }
 
@@ -50,7 +64,7 @@ pub async fn verify_key(
 /// Who the request's credential belongs to: the simplest protected endpoint.
 pub async fn whoami(Caller(principal): Caller) -> Json<WhoAmI> {
     Json(match principal {
-        Principal::ApiKey { key, owner } => WhoAmI {
+        Principal::ApiKey { key, owner, .. } => WhoAmI {
             auth: "api_key".into(),
             key_id: Some(key.record.id),
             name: Some(key.record.name.clone()),

@@ -17,7 +17,7 @@ impl TestServer {
         read(response).await
     }
 
-    async fn tokens(&self, username: &str, password: &str) -> (String, String) {
+    pub(super) async fn tokens(&self, username: &str, password: &str) -> (String, String) {
         let (status, body) = self.login(username, password).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         assert_eq!(body["token_type"], "Bearer");
@@ -28,7 +28,7 @@ impl TestServer {
         )
     }
 
-    async fn call(
+    pub(super) async fn call(
         &self,
         method: Method,
         path: &str,
@@ -54,7 +54,7 @@ impl TestServer {
     }
 
     /// Creates a user (as the global key) and returns its id.
-    async fn add_user(&self, username: &str, role: &str) -> String {
+    pub(super) async fn add_user(&self, username: &str, role: &str) -> String {
         let (status, user) = self
             .admin_json(
                 Method::POST,
@@ -1045,4 +1045,168 @@ async fn the_audit_log_records_who_did_what_and_never_a_secret() {
     ] {
         assert!(!text.contains(secret), "a secret is in the audit log");
     }
+}
+
+#[tokio::test]
+async fn nobody_hands_out_more_than_they_hold() {
+    let server = TestServer::start().await;
+    let (writer, _) = server
+        .create_key(json!({"name": "writer", "scopes": ["keys:write", "keys:read", "files:*"]}))
+        .await;
+    // A key may create keys with what it holds, not more.
+    let (status, _) = server
+        .call(
+            Method::POST,
+            "/api/v1/keys",
+            &writer,
+            Some(json!({"name": "ok", "scopes": ["files:read", "files:*"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    for scopes in [
+        json!(["admin"]),
+        json!(["*"]),
+        json!(["users:write"]),
+        json!(["other:read"]),
+    ] {
+        let (status, body) = server
+            .call(
+                Method::POST,
+                "/api/v1/keys",
+                &writer,
+                Some(json!({"name": "no", "scopes": scopes})),
+            )
+            .await;
+        assert_error(status, &body, 403, "insufficient_permissions", &writer);
+    }
+    let writer_id = server.whoami(&writer).await.1["key_id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let (status, _) = server
+        .call(
+            Method::PATCH,
+            &format!("/api/v1/keys/{writer_id}"),
+            &writer,
+            Some(json!({"scopes": ["*"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    // The global key is replaced only through the settings endpoint.
+    let global_id = server.whoami(&server.admin).await.1["key_id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let (status, body) = server
+        .call(
+            Method::POST,
+            &format!("/api/v1/keys/{global_id}/rotate"),
+            &writer,
+            Some(json!({})),
+        )
+        .await;
+    assert_error(status, &body, 409, "conflict", "");
+    // A user: not someone else's key, not the global key, not keygate permissions beyond the role.
+    server.add_user("ivy", "user").await;
+    let (jwt, _) = server.tokens("ivy", "ivy-password-123").await;
+    let (status, _) = server
+        .call(
+            Method::POST,
+            &format!("/api/v1/keys/{global_id}/rotate"),
+            &jwt,
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = server
+        .call(
+            Method::POST,
+            "/api/v1/keys",
+            &jwt,
+            Some(json!({"name": "x", "scopes": ["users:write"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, mine) = server
+        .call(
+            Method::POST,
+            "/api/v1/keys",
+            &jwt,
+            Some(json!({"name": "mine", "scopes": ["*"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let mine_path = format!("/api/v1/keys/{}", mine["id"].as_str().expect("id"));
+    let (status, _) = server
+        .call(
+            Method::PATCH,
+            &mine_path,
+            &jwt,
+            Some(json!({"limits": {"monthly_quota": 1000000}})),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "limits are the operator's business"
+    );
+    let (status, _) = server
+        .call(
+            Method::PATCH,
+            &mine_path,
+            &jwt,
+            Some(json!({"expires_at": "2001-01-01T00:00:00Z"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // A rotated key's expiry cannot be reopened.
+    let (status, rotated) = server
+        .call(
+            Method::POST,
+            &format!("{mine_path}/rotate"),
+            &jwt,
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{rotated}");
+    let (status, body) = server
+        .admin_json(Method::PATCH, &mine_path, json!({"expires_at": null}))
+        .await;
+    assert_error(status, &body, 409, "conflict", "");
+}
+
+#[tokio::test]
+async fn logout_with_an_expired_refresh_token_still_ends_the_sign_in() {
+    let server = TestServer::start().await;
+    let (access, refresh) = server.tokens("admin", ADMIN_PASSWORD).await;
+    let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(refresh.split('.').nth(1).expect("payload"))
+        .expect("b64");
+    let mut claims: Value = serde_json::from_slice(&payload).expect("claims");
+    claims["exp"] = json!(clock::now_ms() as u64 / 1000 - 7200);
+    let secret = server
+        .store
+        .secret("jwt.hs256")
+        .await
+        .expect("secret")
+        .expect("secret");
+    let secret = base64::engine::general_purpose::STANDARD
+        .decode(secret)
+        .expect("b64");
+    let expired = forge(
+        &claims,
+        Algorithm::HS256,
+        &EncodingKey::from_secret(&secret),
+    );
+    let response = server
+        .request(Method::POST, "/api/v1/auth/logout")
+        .json(&json!({"refresh": expired}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    let (status, body) = server
+        .call(Method::GET, "/api/v1/whoami", &access, None)
+        .await;
+    assert_error(status, &body, 401, "invalid_token", &access);
 }

@@ -1,0 +1,431 @@
+//! Rate limits (GCRA) and monthly quotas: the pure math and the per-key state the hot path
+//! updates under a short per-key lock.
+//!
+//! GCRA keeps one number per limit, the theoretical arrival time (TAT). With emission
+//! interval `T = period / limit` and burst `b`, a request at `now` is allowed when
+//! `TAT - now <= T * (b - 1)`; it then moves the TAT to `max(TAT, now) + T`.
+
+use crate::record::UnixMillis;
+use serde::{Deserialize, Serialize};
+
+/// One rate limit: `limit` requests per `period_seconds`, with up to `burst` at once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub limit: u32,
+    pub period_seconds: u64,
+    /// Requests allowed back to back; defaults to `limit`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+}
+
+impl RateLimit {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.limit == 0 {
+            return Err("`limit` must be at least 1".into());
+        }
+        if self.period_seconds == 0 || self.period_seconds > 366 * 24 * 3600 {
+            return Err("`period_seconds` must be between 1 and 31622400 (a leap year)".into());
+        }
+        if self.burst == Some(0) {
+            return Err("`burst` must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    fn interval_ms(&self) -> f64 {
+        (self.period_seconds as f64 * 1000.0) / f64::from(self.limit)
+    }
+
+    fn burst(&self) -> u32 {
+        self.burst.unwrap_or(self.limit)
+    }
+
+    /// The name used in `RateLimit-Policy` (`"minute"`, `"hour"`, `"60s"`...).
+    pub fn policy_name(&self) -> String {
+        match self.period_seconds {
+            1 => "second".into(),
+            60 => "minute".into(),
+            3600 => "hour".into(),
+            86_400 => "day".into(),
+            s => format!("{s}s"),
+        }
+    }
+}
+
+/// What to do when a monthly quota is used up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Overage {
+    /// Refuse with `QUOTA_EXCEEDED` until the next month.
+    #[default]
+    Block,
+    /// Keep serving; the overage is counted for billing.
+    Allow,
+}
+
+/// The limits that apply to a key (its plan's, or its own overrides).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Limits {
+    #[serde(default)]
+    pub rate_limits: Vec<RateLimit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monthly_quota: Option<u64>,
+    #[serde(default)]
+    pub overage: Overage,
+}
+
+impl Limits {
+    pub fn is_empty(&self) -> bool {
+        self.rate_limits.is_empty() && self.monthly_quota.is_none()
+    }
+}
+
+/// A key's own limits, each replacing its plan's when present.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsOverride {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limits: Option<Vec<RateLimit>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monthly_quota: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overage: Option<Overage>,
+}
+
+impl LimitsOverride {
+    pub fn is_empty(&self) -> bool {
+        self.rate_limits.is_none() && self.monthly_quota.is_none() && self.overage.is_none()
+    }
+
+    /// The plan's limits with this override applied.
+    pub fn apply(&self, plan: Option<&Limits>) -> Limits {
+        let base = plan.cloned().unwrap_or_default();
+        Limits {
+            rate_limits: self.rate_limits.clone().unwrap_or(base.rate_limits),
+            monthly_quota: self.monthly_quota.or(base.monthly_quota),
+            overage: self.overage.unwrap_or(base.overage),
+        }
+    }
+}
+
+/// The calendar month (UTC) containing `at`, as months since year 0, and when it ends.
+pub fn month_of(at: UnixMillis) -> (i32, UnixMillis) {
+    let date = time::OffsetDateTime::from_unix_timestamp(at.div_euclid(1000))
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let index = date.year() * 12 + i32::from(u8::from(date.month())) - 1;
+    (index, month_start(index + 1))
+}
+
+/// The first instant of month `index` (months since year 0), in Unix milliseconds.
+pub fn month_start(index: i32) -> UnixMillis {
+    let year = index.div_euclid(12);
+    let month = u8::try_from(index.rem_euclid(12) + 1).unwrap_or(1);
+    let month = time::Month::try_from(month).unwrap_or(time::Month::January);
+    time::Date::from_calendar_date(year, month, 1)
+        .map(|d| d.midnight().assume_utc().unix_timestamp() * 1000)
+        .unwrap_or(0)
+}
+
+/// The state of one limit after a decision, for the `RateLimit` response fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitStatus {
+    pub name: String,
+    pub limit: u64,
+    pub window_seconds: u64,
+    pub remaining: u64,
+    /// Seconds until the limit is fully available again (rate) or the month ends (quota).
+    pub reset_seconds: u64,
+}
+
+/// Why a request was refused by a limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LimitRefusal {
+    RateLimited { retry_after_ms: i64 },
+    QuotaExceeded { retry_after_ms: i64 },
+}
+
+/// Per-key limiter state: one TAT per rate limit, and this month's quota use.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct LimitState {
+    tats: Vec<UnixMillis>,
+    /// The month `used` counts, as from [`month_of`].
+    pub month: i32,
+    /// Requests counted against the quota this month (including overage).
+    pub used: u64,
+    /// Part of `used` not yet written to the store.
+    pub unflushed: u64,
+}
+
+fn ceil_secs(ms: i64) -> u64 {
+    u64::try_from((ms.max(0) + 999) / 1000).unwrap_or(0)
+}
+
+impl LimitState {
+    /// Seeds this month's use from the store (at start-up).
+    pub fn with_quota_use(month: i32, used: u64) -> Self {
+        Self {
+            month,
+            used,
+            ..Self::default()
+        }
+    }
+
+    /// Checks every limit at `now`; if all allow, consumes one request from each and
+    /// counts it against the quota. On refusal nothing is consumed.
+    pub fn admit(
+        &mut self,
+        limits: &Limits,
+        now: UnixMillis,
+    ) -> Result<Vec<LimitStatus>, (LimitRefusal, Vec<LimitStatus>)> {
+        if self.tats.len() != limits.rate_limits.len() {
+            // The limits changed (plan edit): start the new ones fresh.
+            self.tats = vec![i64::MIN; limits.rate_limits.len()];
+        }
+        let (month, month_end) = month_of(now);
+        if month != self.month {
+            self.month = month;
+            self.used = 0;
+        }
+        // Rate limits first: a request refused here does not spend quota.
+        let mut statuses = Vec::with_capacity(limits.rate_limits.len() + 1);
+        let mut denied: Option<i64> = None;
+        let mut next_tats = Vec::with_capacity(self.tats.len());
+        for (limit, tat) in limits.rate_limits.iter().zip(&self.tats) {
+            let t = limit.interval_ms();
+            let tolerance = t * f64::from(limit.burst() - 1);
+            let tat = (*tat).max(now) as f64;
+            let ahead = tat - now as f64;
+            let status = |ahead_after: f64| LimitStatus {
+                name: limit.policy_name(),
+                limit: u64::from(limit.limit),
+                window_seconds: limit.period_seconds,
+                remaining: ((tolerance + t - ahead_after) / t).floor().max(0.0) as u64,
+                reset_seconds: ceil_secs(ahead_after.ceil() as i64),
+            };
+            if ahead > tolerance {
+                let wait = (ahead - tolerance).ceil() as i64;
+                denied = Some(denied.map_or(wait, |w| w.max(wait)));
+                statuses.push(LimitStatus {
+                    remaining: 0,
+                    ..status(ahead)
+                });
+                next_tats.push(tat as i64);
+            } else {
+                statuses.push(status(ahead + t));
+                next_tats.push((tat + t).ceil() as i64);
+            }
+        }
+        let quota_status = |used: u64, quota: u64| LimitStatus {
+            name: "month".into(),
+            limit: quota,
+            window_seconds: 2_592_000,
+            remaining: quota.saturating_sub(used),
+            reset_seconds: ceil_secs(month_end - now),
+        };
+        if let Some(wait) = denied {
+            if let Some(quota) = limits.monthly_quota {
+                statuses.push(quota_status(self.used, quota));
+            }
+            return Err((
+                LimitRefusal::RateLimited {
+                    retry_after_ms: wait,
+                },
+                statuses,
+            ));
+        }
+        if let Some(quota) = limits.monthly_quota
+            && self.used >= quota
+            && limits.overage == Overage::Block
+        {
+            statuses.push(quota_status(self.used, quota));
+            return Err((
+                LimitRefusal::QuotaExceeded {
+                    retry_after_ms: month_end - now,
+                },
+                statuses,
+            ));
+        }
+        self.tats = next_tats;
+        if let Some(quota) = limits.monthly_quota {
+            self.used += 1;
+            self.unflushed += 1;
+            statuses.push(quota_status(self.used, quota));
+        }
+        Ok(statuses)
+    }
+
+    /// Takes the quota use not yet written (month, count).
+    pub fn take_unflushed(&mut self) -> Option<(i32, u64)> {
+        let n = std::mem::take(&mut self.unflushed);
+        (n > 0).then_some((self.month, n))
+    }
+
+    pub fn restore_unflushed(&mut self, month: i32, n: u64) {
+        if month == self.month {
+            self.unflushed += n;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn per_minute(limit: u32) -> Limits {
+        Limits {
+            rate_limits: vec![RateLimit {
+                limit,
+                period_seconds: 60,
+                burst: None,
+            }],
+            ..Limits::default()
+        }
+    }
+
+    #[test]
+    fn ten_per_minute_refuses_the_eleventh_with_the_right_wait() {
+        let mut state = LimitState::default();
+        let limits = per_minute(10);
+        let now = 1_800_000_000_000;
+        for i in 0..10 {
+            let statuses = state.admit(&limits, now).expect("allowed");
+            assert_eq!(statuses[0].remaining, 9 - i);
+        }
+        let (refusal, statuses) = state.admit(&limits, now).expect_err("11th refused");
+        assert_eq!(
+            refusal,
+            LimitRefusal::RateLimited {
+                retry_after_ms: 6000
+            }
+        );
+        assert_eq!(statuses[0].remaining, 0);
+        // After the emission interval one more fits.
+        assert!(state.admit(&limits, now + 6000).is_ok());
+        assert!(state.admit(&limits, now + 6000).is_err());
+        // After a full period the whole burst is back.
+        for _ in 0..10 {
+            assert!(state.admit(&limits, now + 6000 + 60_000).is_ok());
+        }
+    }
+
+    #[test]
+    fn burst_and_several_limits() {
+        let limits = Limits {
+            rate_limits: vec![
+                RateLimit {
+                    limit: 60,
+                    period_seconds: 60,
+                    burst: Some(2),
+                },
+                RateLimit {
+                    limit: 3,
+                    period_seconds: 3600,
+                    burst: None,
+                },
+            ],
+            ..Limits::default()
+        };
+        let mut state = LimitState::default();
+        let now = 1_800_000_000_000;
+        assert!(state.admit(&limits, now).is_ok());
+        assert!(state.admit(&limits, now).is_ok());
+        // Burst of 2 used: the per-second pacing refuses; the hourly limit was not spent.
+        assert_eq!(
+            state.admit(&limits, now).expect_err("burst").0,
+            LimitRefusal::RateLimited {
+                retry_after_ms: 1000
+            }
+        );
+        assert!(state.admit(&limits, now + 1000).is_ok());
+        // The hourly limit (3) is the one that refuses now, for about 20 minutes.
+        let (refusal, _) = state.admit(&limits, now + 5000).expect_err("hourly");
+        assert!(
+            matches!(refusal, LimitRefusal::RateLimited { retry_after_ms } if retry_after_ms > 1_190_000)
+        );
+    }
+
+    #[test]
+    fn quota_blocks_or_counts_overage_and_resets_monthly() {
+        let jan = month_start(2030 * 12);
+        let feb = month_start(2030 * 12 + 1);
+        assert_eq!(month_of(jan), (2030 * 12, feb));
+        assert_eq!(month_of(feb - 1).0, 2030 * 12);
+        let mut limits = Limits {
+            monthly_quota: Some(2),
+            ..Limits::default()
+        };
+        let mut state = LimitState::default();
+        assert!(state.admit(&limits, jan).is_ok());
+        assert!(state.admit(&limits, jan).is_ok());
+        let (refusal, statuses) = state.admit(&limits, jan + 1000).expect_err("quota");
+        assert_eq!(
+            refusal,
+            LimitRefusal::QuotaExceeded {
+                retry_after_ms: feb - jan - 1000
+            }
+        );
+        assert_eq!(statuses[0].remaining, 0);
+        limits.overage = Overage::Allow;
+        assert!(state.admit(&limits, jan + 2000).is_ok());
+        assert_eq!(state.used, 3);
+        assert_eq!(state.take_unflushed(), Some((2030 * 12, 3)));
+        // A new month starts from zero.
+        limits.overage = Overage::Block;
+        assert!(state.admit(&limits, feb).is_ok());
+        assert_eq!(state.used, 1);
+    }
+
+    #[test]
+    fn a_rate_limited_request_does_not_spend_quota() {
+        let limits = Limits {
+            monthly_quota: Some(100),
+            ..per_minute(1)
+        };
+        let mut state = LimitState::default();
+        let now = 1_800_000_000_000;
+        assert!(state.admit(&limits, now).is_ok());
+        assert!(state.admit(&limits, now).is_err());
+        assert_eq!(state.used, 1);
+    }
+
+    #[test]
+    fn validation() {
+        assert!(
+            RateLimit {
+                limit: 0,
+                period_seconds: 60,
+                burst: None
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(
+            RateLimit {
+                limit: 1,
+                period_seconds: 0,
+                burst: None
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(
+            RateLimit {
+                limit: 1,
+                period_seconds: 60,
+                burst: Some(0)
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(
+            RateLimit {
+                limit: 1,
+                period_seconds: 60,
+                burst: Some(5)
+            }
+            .validate()
+            .is_ok()
+        );
+    }
+}

@@ -1,0 +1,250 @@
+//! Plans, rate limits (GCRA), monthly quotas and the RateLimit response fields.
+
+use super::*;
+
+impl TestServer {
+    async fn plan(&self, body: Value) -> String {
+        let (status, plan) = self.admin_json(Method::POST, "/api/v1/plans", body).await;
+        assert_eq!(status, StatusCode::CREATED, "{plan}");
+        plan["id"].as_str().expect("id").to_string()
+    }
+
+    async fn whoami_response(&self, key: &str) -> reqwest::Response {
+        self.request(Method::GET, "/api/v1/whoami")
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("send")
+    }
+}
+
+fn header(response: &reqwest::Response, name: &str) -> String {
+    response
+        .headers()
+        .get(name)
+        .map(|v| v.to_str().expect("ascii").to_string())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn plans_are_managed_and_validated() {
+    let server = TestServer::start().await;
+    let id = server
+        .plan(json!({"name": "free", "rate_limits": [{"limit": 10, "period_seconds": 60}, {"limit": 1000, "period_seconds": 86400}], "monthly_quota": 1000, "overage": "block"}))
+        .await;
+    let (status, plan) = server.admin_get(&format!("/api/v1/plans/{id}")).await;
+    assert_eq!(
+        (
+            status,
+            plan["monthly_quota"].as_u64(),
+            plan["overage"].as_str()
+        ),
+        (StatusCode::OK, Some(1000), Some("block"))
+    );
+    assert_eq!(plan["rate_limits"].as_array().expect("limits").len(), 2);
+    let (_, list) = server.admin_get("/api/v1/plans").await;
+    assert_eq!(list["plans"].as_array().expect("plans").len(), 1);
+    let cases = [
+        json!({"name": "free"}),
+        json!({"name": "x", "rate_limits": [{"limit": 0, "period_seconds": 60}]}),
+        json!({"name": "x", "rate_limits": [{"limit": 1, "period_seconds": 0}]}),
+        json!({"name": "x", "overage": "sometimes"}),
+        json!({"name": ""}),
+        json!({"name": "x", "rate_limits": [{"limit": 1, "period_seconds": 60, "colour": 1}]}),
+    ];
+    for body in cases {
+        let (status, error) = server
+            .admin_json(Method::POST, "/api/v1/plans", body.clone())
+            .await;
+        assert!(
+            status == StatusCode::BAD_REQUEST || status == StatusCode::CONFLICT,
+            "{body}: {status} {error}"
+        );
+    }
+    let (status, patched) = server
+        .admin_json(
+            Method::PATCH,
+            &format!("/api/v1/plans/{id}"),
+            json!({"monthly_quota": null, "overage": "allow"}),
+        )
+        .await;
+    assert_eq!(
+        (
+            status,
+            &patched["monthly_quota"],
+            patched["overage"].as_str()
+        ),
+        (StatusCode::OK, &Value::Null, Some("allow"))
+    );
+    // A key on an unknown plan is refused; users may not manage plans.
+    let (status, body) = server
+        .admin_json(
+            Method::POST,
+            "/api/v1/keys",
+            json!({"name": "k", "plan": "01900000-0000-7000-8000-000000000000"}),
+        )
+        .await;
+    assert_error(status, &body, 400, "invalid_request", "");
+    server.add_user("pat", "user").await;
+    let (jwt, _) = server.tokens("pat", "pat-password-123").await;
+    let (status, body) = server.call(Method::GET, "/api/v1/plans", &jwt, None).await;
+    assert_error(status, &body, 403, "insufficient_permissions", "");
+}
+
+#[tokio::test]
+async fn the_eleventh_request_in_a_minute_is_refused_with_the_right_wait() {
+    let server = TestServer::start().await;
+    let plan = server.plan(json!({"name": "free", "rate_limits": [{"limit": 10, "period_seconds": 60}], "monthly_quota": 1000})).await;
+    let (key, _) = server
+        .create_key(json!({"name": "metered", "plan": plan}))
+        .await;
+    for i in 0..10 {
+        let response = server.whoami_response(&key).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            header(&response, "ratelimit-policy"),
+            r#""minute";q=10;w=60, "month";q=1000;w=2592000"#
+        );
+        let state = header(&response, "ratelimit");
+        assert!(
+            state.starts_with(&format!(r#""minute";r={};t="#, 9 - i)),
+            "{state}"
+        );
+        assert!(
+            state.contains(&format!(r#""month";r={};"#, 999 - i)),
+            "{state}"
+        );
+    }
+    let response = server.whoami_response(&key).await;
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(header(&response, "retry-after"), "6");
+    assert!(header(&response, "ratelimit").starts_with(r#""minute";r=0;"#));
+    let (status, body) = read(response).await;
+    assert_error(status, &body, 429, "rate_limited", &key);
+    // The refused request did not spend quota.
+    let (_, shown) = server.admin_get("/api/v1/keys?limit=10").await;
+    let metered = shown["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .find(|k| k["name"] == "metered")
+        .expect("key")
+        .clone();
+    assert_eq!(metered["quota_used"], 10);
+    // The verify API reports the same.
+    let verdict = server.verify(json!({"key": key})).await;
+    assert_eq!(
+        (verdict["code"].as_str(), verdict["retry_after"].as_u64()),
+        (Some("RATE_LIMITED"), Some(6))
+    );
+    assert_eq!(verdict["limits"][0]["name"], "minute");
+}
+
+#[tokio::test]
+async fn monthly_quota_blocks_or_counts_overage() {
+    let server = TestServer::start().await;
+    let block = server
+        .plan(json!({"name": "block", "monthly_quota": 3, "overage": "block"}))
+        .await;
+    let allow = server
+        .plan(json!({"name": "allow", "monthly_quota": 3, "overage": "allow"}))
+        .await;
+    let (blocked, _) = server.create_key(json!({"name": "b", "plan": block})).await;
+    let (allowed, created) = server.create_key(json!({"name": "a", "plan": allow})).await;
+    for _ in 0..3 {
+        assert_eq!(server.whoami(&blocked).await.0, StatusCode::OK);
+    }
+    let response = server.whoami_response(&blocked).await;
+    let retry: u64 = header(&response, "retry-after").parse().expect("seconds");
+    assert!(
+        retry > 0 && retry <= 31 * 86_400,
+        "to the start of next month: {retry}"
+    );
+    let (status, body) = read(response).await;
+    assert_error(status, &body, 429, "quota_exceeded", &blocked);
+    for _ in 0..5 {
+        assert_eq!(server.whoami(&allowed).await.0, StatusCode::OK);
+    }
+    let (_, shown) = server
+        .admin_get(&format!(
+            "/api/v1/keys/{}",
+            created["id"].as_str().expect("id")
+        ))
+        .await;
+    assert_eq!(shown["quota_used"], 5, "the overage is counted for billing");
+    // A key's own limits replace its plan's: here, a bigger quota.
+    let id = server.whoami(&blocked).await.1;
+    assert_eq!(id["error"]["code"], "quota_exceeded");
+    let (_, list) = server.admin_get("/api/v1/keys?limit=10").await;
+    let b_id = list["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .find(|k| k["name"] == "b")
+        .expect("b")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let (status, _) = server
+        .admin_json(
+            Method::PATCH,
+            &format!("/api/v1/keys/{b_id}"),
+            json!({"limits": {"monthly_quota": 10}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(server.whoami(&blocked).await.0, StatusCode::OK);
+    // Changing the plan reaches its keys at once.
+    server
+        .admin_json(
+            Method::PATCH,
+            &format!("/api/v1/plans/{allow}"),
+            json!({"overage": "block"}),
+        )
+        .await;
+    assert_eq!(
+        server.whoami(&allowed).await.1["error"]["code"],
+        "quota_exceeded"
+    );
+}
+
+#[tokio::test]
+async fn limits_are_exact_under_concurrency_and_survive_a_restart() {
+    let server = TestServer::start().await;
+    let plan = server
+        .plan(json!({"name": "fifty", "monthly_quota": 50}))
+        .await;
+    let (key, _) = server
+        .create_key(json!({"name": "busy", "plan": plan}))
+        .await;
+    // Eight clients, ten requests each, at once: exactly fifty are served.
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let requests: Vec<_> = (0..10)
+                .map(|_| {
+                    server
+                        .request(Method::GET, "/api/v1/whoami")
+                        .bearer_auth(&key)
+                })
+                .collect();
+            tokio::spawn(async move {
+                let mut served = 0;
+                for request in requests {
+                    if request.send().await.expect("send").status() == StatusCode::OK {
+                        served += 1;
+                    }
+                }
+                served
+            })
+        })
+        .collect();
+    let mut served = 0;
+    for client in clients {
+        served += client.await.expect("client");
+    }
+    assert_eq!(served, 50);
+    // The month's use is not forgotten across a restart.
+    let server = server.restart().await;
+    let (status, body) = server.whoami(&key).await;
+    assert_error(status, &body, 429, "quota_exceeded", &key);
+}
