@@ -125,6 +125,62 @@ fn bench(c: &mut Criterion) {
         );
     }
     group.finish();
+
+    // The limiter's cost: the same key with and without two rate limits and a quota (set
+    // high enough never to refuse), in one run so the ratio is fair.
+    let mut group = c.benchmark_group("limiter");
+    let (mut index, valid) = index_of(1_000);
+    let plan = uuid::Uuid::from_u64_pair(7, 7);
+    index.set_plan(
+        plan,
+        Some(keygate_core::limit::Limits {
+            rate_limits: vec![
+                keygate_core::limit::RateLimit {
+                    limit: u32::MAX,
+                    period_seconds: 1,
+                    burst: None,
+                },
+                keygate_core::limit::RateLimit {
+                    limit: u32::MAX,
+                    period_seconds: 86_400,
+                    burst: None,
+                },
+            ],
+            monthly_quota: Some(u64::MAX),
+            overage: keygate_core::limit::Overage::Block,
+        }),
+    );
+    let unlimited = index
+        .get_by_hash(&key_format::hash_key(&valid))
+        .expect("probe")
+        .record
+        .clone();
+    let mut limited = unlimited.clone();
+    limited.id = Uuid::from_u64_pair(8, 8);
+    limited.plan = Some(plan);
+    let limited_key = key_format::format_key("kg", &secret(u64::MAX)).expect("key");
+    limited.hash = key_format::hash_key(&limited_key);
+    index.upsert(limited);
+    for (name, key) in [
+        ("without_limits", &valid),
+        ("with_two_limits_and_quota", &limited_key),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                decide(
+                    &index,
+                    &Check {
+                        credential: black_box(key),
+                        trimmed: false,
+                        required_scopes: &[] as &[&str],
+                        now: NOW,
+                    },
+                )
+                .code
+            })
+        });
+    }
+    group.finish();
 }
 
 criterion_group!(benches, bench);

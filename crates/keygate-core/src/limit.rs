@@ -7,6 +7,7 @@
 
 use crate::record::UnixMillis;
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 
 /// One rate limit: `limit` requests per `period_seconds`, with up to `burst` at once.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,14 +42,14 @@ impl RateLimit {
         self.burst.unwrap_or(self.limit)
     }
 
-    /// The name used in `RateLimit-Policy` (`"minute"`, `"hour"`, `"60s"`...).
-    pub fn policy_name(&self) -> String {
+    /// The name used in `RateLimit-Policy` (`"minute"`, `"hour"`, `"90s"`...).
+    pub fn policy_name(&self) -> Cow<'static, str> {
         match self.period_seconds {
-            1 => "second".into(),
-            60 => "minute".into(),
-            3600 => "hour".into(),
-            86_400 => "day".into(),
-            s => format!("{s}s"),
+            1 => Cow::Borrowed("second"),
+            60 => Cow::Borrowed("minute"),
+            3600 => Cow::Borrowed("hour"),
+            86_400 => Cow::Borrowed("day"),
+            s => Cow::Owned(format!("{s}s")),
         }
     }
 }
@@ -130,7 +131,7 @@ pub fn month_start(index: i32) -> UnixMillis {
 /// The state of one limit after a decision, for the `RateLimit` response fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LimitStatus {
-    pub name: String,
+    pub name: Cow<'static, str>,
     pub limit: u64,
     pub window_seconds: u64,
     pub remaining: u64,
@@ -149,6 +150,9 @@ pub enum LimitRefusal {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct LimitState {
     tats: Vec<UnixMillis>,
+    /// Bounds of `month`, cached so the calendar is consulted once a month.
+    month_start: UnixMillis,
+    month_end: UnixMillis,
     /// The month `used` counts, as from [`month_of`].
     pub month: i32,
     /// Requests counted against the quota this month (including overage).
@@ -182,77 +186,76 @@ impl LimitState {
             // The limits changed (plan edit): start the new ones fresh.
             self.tats = vec![i64::MIN; limits.rate_limits.len()];
         }
-        let (month, month_end) = month_of(now);
-        if month != self.month {
-            self.month = month;
-            self.used = 0;
+        if now < self.month_start || now >= self.month_end {
+            let (month, month_end) = month_of(now);
+            if month != self.month {
+                self.month = month;
+                self.used = 0;
+            }
+            self.month_start = month_start(month);
+            self.month_end = month_end;
         }
-        // Rate limits first: a request refused here does not spend quota.
-        let mut statuses = Vec::with_capacity(limits.rate_limits.len() + 1);
+        // Rate limits first: a request refused here does not spend quota. The first pass
+        // only reads, so a refusal by any limit consumes none of them.
         let mut denied: Option<i64> = None;
-        let mut next_tats = Vec::with_capacity(self.tats.len());
         for (limit, tat) in limits.rate_limits.iter().zip(&self.tats) {
-            let t = limit.interval_ms();
-            let tolerance = t * f64::from(limit.burst() - 1);
-            let tat = (*tat).max(now) as f64;
-            let ahead = tat - now as f64;
-            let status = |ahead_after: f64| LimitStatus {
-                name: limit.policy_name(),
-                limit: u64::from(limit.limit),
-                window_seconds: limit.period_seconds,
-                remaining: ((tolerance + t - ahead_after) / t).floor().max(0.0) as u64,
-                reset_seconds: ceil_secs(ahead_after.ceil() as i64),
-            };
+            let ahead = (*tat).max(now) as f64 - now as f64;
+            let tolerance = limit.interval_ms() * f64::from(limit.burst() - 1);
             if ahead > tolerance {
                 let wait = (ahead - tolerance).ceil() as i64;
                 denied = Some(denied.map_or(wait, |w| w.max(wait)));
-                statuses.push(LimitStatus {
-                    remaining: 0,
-                    ..status(ahead)
-                });
-                next_tats.push(tat as i64);
-            } else {
-                statuses.push(status(ahead + t));
-                next_tats.push((tat + t).ceil() as i64);
             }
         }
-        let quota_status = |used: u64, quota: u64| LimitStatus {
-            name: "month".into(),
-            limit: quota,
-            window_seconds: 2_592_000,
-            remaining: quota.saturating_sub(used),
-            reset_seconds: ceil_secs(month_end - now),
-        };
-        if let Some(wait) = denied {
-            if let Some(quota) = limits.monthly_quota {
-                statuses.push(quota_status(self.used, quota));
+        let quota_refused = denied.is_none()
+            && limits.monthly_quota.is_some_and(|quota| self.used >= quota)
+            && limits.overage == Overage::Block;
+        let admitted = denied.is_none() && !quota_refused;
+        let mut statuses = Vec::with_capacity(limits.rate_limits.len() + 1);
+        for (limit, tat) in limits.rate_limits.iter().zip(self.tats.iter_mut()) {
+            let t = limit.interval_ms();
+            let tolerance = t * f64::from(limit.burst() - 1);
+            let start = (*tat).max(now) as f64;
+            let after = if admitted { start + t } else { start };
+            if admitted {
+                *tat = after.ceil() as i64;
             }
-            return Err((
+            let ahead = after - now as f64;
+            statuses.push(LimitStatus {
+                name: limit.policy_name(),
+                limit: u64::from(limit.limit),
+                window_seconds: limit.period_seconds,
+                remaining: ((tolerance + t - ahead) / t).floor().max(0.0) as u64,
+                reset_seconds: ceil_secs(ahead.ceil() as i64),
+            });
+        }
+        if let Some(quota) = limits.monthly_quota {
+            if admitted {
+                self.used += 1;
+                self.unflushed += 1;
+            }
+            statuses.push(LimitStatus {
+                name: Cow::Borrowed("month"),
+                limit: quota,
+                window_seconds: 2_592_000,
+                remaining: quota.saturating_sub(self.used),
+                reset_seconds: ceil_secs(self.month_end - now),
+            });
+        }
+        match denied {
+            Some(wait) => Err((
                 LimitRefusal::RateLimited {
                     retry_after_ms: wait,
                 },
                 statuses,
-            ));
-        }
-        if let Some(quota) = limits.monthly_quota
-            && self.used >= quota
-            && limits.overage == Overage::Block
-        {
-            statuses.push(quota_status(self.used, quota));
-            return Err((
+            )),
+            None if quota_refused => Err((
                 LimitRefusal::QuotaExceeded {
-                    retry_after_ms: month_end - now,
+                    retry_after_ms: self.month_end - now,
                 },
                 statuses,
-            ));
+            )),
+            None => Ok(statuses),
         }
-        self.tats = next_tats;
-        if let Some(quota) = limits.monthly_quota {
-            self.used += 1;
-            self.unflushed += 1;
-            statuses.push(quota_status(self.used, quota));
-        }
-        Ok(statuses)
     }
 
     /// Takes the quota use not yet written (month, count).

@@ -46,7 +46,7 @@ pub async fn verify_key(
             .limits
             .iter()
             .map(|l| LimitView {
-                name: l.name.clone(),
+                name: l.name.to_string(),
                 limit: l.limit,
                 window: l.window_seconds,
                 remaining: l.remaining,
