@@ -35,6 +35,9 @@ pub struct KeyView {
     pub limits: LimitsOverride,
     /// Requests counted against the monthly quota this month (this node's view).
     pub quota_used: Option<u64>,
+    /// Client networks the key may be used from (empty: anywhere).
+    #[schema(value_type = Vec<String>)]
+    pub allowed_cidrs: Vec<ipnet::IpNet>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
@@ -85,6 +88,10 @@ pub struct CreateKeyRequest {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub limits: Option<LimitsOverride>,
+    /// Client networks the key may be used from, e.g. `["10.0.0.0/8"]` (default: anywhere).
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<String>>)]
+    pub allowed_cidrs: Option<Vec<ipnet::IpNet>>,
 }
 
 /// Adopt a key string from another system; it is hashed like any other key.
@@ -138,6 +145,10 @@ pub struct UpdateKeyRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub limits: Option<LimitsOverride>,
+    /// Replaces the key's network allowlist (`[]`: anywhere).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<String>>)]
+    pub allowed_cidrs: Option<Vec<ipnet::IpNet>>,
 }
 
 fn uuid_or_null<'de, D: Deserializer<'de>>(
@@ -192,6 +203,10 @@ pub struct VerifyRequest {
     /// Scopes the key must hold.
     #[serde(default)]
     pub scopes: Vec<String>,
+    /// The address of the client that presented the key, for keys with an IP allowlist.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub ip: Option<std::net::IpAddr>,
 }
 
 /// The verify API's answer: always 200 for a well-formed request; `valid` says the rest.

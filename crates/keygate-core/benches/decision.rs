@@ -41,6 +41,7 @@ fn index_of(size: u64) -> (KeyIndex, String) {
             owner: None,
             plan: None,
             limits: Default::default(),
+            allowed_cidrs: Vec::new(),
             created_at: NOW,
             updated_at: NOW,
             expires_at: Some(NOW * 2),
@@ -80,6 +81,7 @@ fn bench(c: &mut Criterion) {
                             trimmed: false,
                             required_scopes: &scopes,
                             now: NOW,
+                            client_ip: None,
                         },
                     );
                     if let Some(k) = &decision.key {
@@ -100,6 +102,7 @@ fn bench(c: &mut Criterion) {
                         trimmed: false,
                         required_scopes: &[] as &[&str],
                         now: NOW,
+                        client_ip: None,
                     },
                 )
                 .code
@@ -117,6 +120,7 @@ fn bench(c: &mut Criterion) {
                             trimmed: false,
                             required_scopes: &[] as &[&str],
                             now: NOW,
+                            client_ip: None,
                         },
                     )
                     .code
@@ -174,6 +178,7 @@ fn bench(c: &mut Criterion) {
                         trimmed: false,
                         required_scopes: &[] as &[&str],
                         now: NOW,
+                        client_ip: None,
                     },
                 )
                 .code

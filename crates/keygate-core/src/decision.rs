@@ -85,6 +85,8 @@ pub struct Check<'a, S: AsRef<str>> {
     pub trimmed: bool,
     pub required_scopes: &'a [S],
     pub now: UnixMillis,
+    /// The client's address, for keys with an IP allowlist (`None`: unknown).
+    pub client_ip: Option<std::net::IpAddr>,
 }
 
 /// The outcome, with the key when one was found (also on refusals such as `REVOKED`).
@@ -235,6 +237,23 @@ pub fn decide<S: AsRef<str>>(index: &KeyIndex, check: &Check<'_, S>) -> Decision
         },
     };
 
+    // IP allowlist.
+    if !key.record.allowed_cidrs.is_empty()
+        && !check
+            .client_ip
+            .is_some_and(|ip| key.record.allowed_cidrs.iter().any(|net| net.contains(&ip)))
+    {
+        let hint = match check.client_ip {
+            Some(ip) => {
+                format!("this key may not be used from {ip}; it is limited to certain networks")
+            }
+            None => {
+                "this key is limited to certain networks and the client address is unknown".into()
+            }
+        };
+        return Decision::refuse(DecisionCode::IpNotAllowed, Some(key), Some(hint));
+    }
+
     // Scopes: the key's own, intersected with the owner's role for keygate's permissions.
     let missing = check
         .required_scopes
@@ -327,6 +346,7 @@ mod tests {
             owner: None,
             plan: None,
             limits: Default::default(),
+            allowed_cidrs: Vec::new(),
             created_at: NOW - 1000,
             updated_at: NOW - 1000,
             expires_at: None,
@@ -351,6 +371,7 @@ mod tests {
                 trimmed: false,
                 required_scopes: scopes,
                 now: NOW,
+                client_ip: None,
             },
         )
     }
@@ -428,6 +449,7 @@ mod tests {
                 trimmed: true,
                 required_scopes: &[] as &[&str],
                 now: NOW,
+                client_ip: None,
             },
         );
         assert!(trimmed.hint.expect("hint").contains("whitespace"));
@@ -468,6 +490,7 @@ mod owner_tests {
             owner,
             plan: None,
             limits: Default::default(),
+            allowed_cidrs: Vec::new(),
             created_at: NOW,
             updated_at: NOW,
             expires_at: None,
@@ -539,9 +562,63 @@ mod owner_tests {
                     trimmed: false,
                     required_scopes: &[needed],
                     now: NOW,
+                    client_ip: None,
                 },
             );
             assert_eq!(got.code, want, "{needed}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod ip_tests {
+    use super::*;
+    use crate::record::{KeyOrigin, KeyRecord};
+
+    #[test]
+    fn allowlisted_networks_only() {
+        let key = key_format::format_key("kg", &[3; 32]).expect("key");
+        let record = KeyRecord {
+            id: uuid::Uuid::from_u64_pair(3, 3),
+            hash: hash_key(&key),
+            start: key[..7].into(),
+            name: "ip".into(),
+            scopes: vec![],
+            meta: Default::default(),
+            enabled: true,
+            origin: KeyOrigin::Generated,
+            global: false,
+            owner: None,
+            plan: None,
+            limits: Default::default(),
+            allowed_cidrs: vec![
+                "10.0.0.0/8".parse().expect("net"),
+                "2001:db8::/32".parse().expect("net"),
+            ],
+            created_at: 0,
+            updated_at: 0,
+            expires_at: None,
+            revoked_at: None,
+            rotated_to: None,
+            last_used_at: None,
+            usage_count: 0,
+        };
+        let index = KeyIndex::from_records([record]);
+        let cases = [
+            (Some("10.1.2.3"), DecisionCode::Valid),
+            (Some("2001:db8::1"), DecisionCode::Valid),
+            (Some("192.168.1.1"), DecisionCode::IpNotAllowed),
+            (None, DecisionCode::IpNotAllowed),
+        ];
+        for (ip, want) in cases {
+            let check = Check {
+                credential: &key,
+                trimmed: false,
+                required_scopes: &[] as &[&str],
+                now: 1,
+                client_ip: ip.map(|i| i.parse().expect("ip")),
+            };
+            assert_eq!(decide(&index, &check).code, want, "{ip:?}");
         }
     }
 }

@@ -85,6 +85,8 @@ pub struct KeyRecord {
     pub plan: Option<Uuid>,
     /// Limits of the key's own that replace its plan's, field by field.
     pub limits: crate::limit::LimitsOverride,
+    /// When not empty, the only client networks the key may be used from.
+    pub allowed_cidrs: Vec<ipnet::IpNet>,
     pub created_at: UnixMillis,
     pub updated_at: UnixMillis,
     pub expires_at: Option<UnixMillis>,

@@ -21,6 +21,10 @@ pub struct ServerConfig {
     pub feed_poll_interval: Duration,
     /// Change-feed entries older than this are pruned.
     pub feed_retention: Duration,
+    /// Proxies whose forwarded-for header is believed; the TCP peer otherwise.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The header naming the client behind a trusted proxy.
+    pub client_ip_header: String,
     pub tokens: TokenConfig,
     pub password_cost: PasswordCost,
     pub throttle: ThrottleConfig,
@@ -35,9 +39,75 @@ impl Default for ServerConfig {
             flush_interval: Duration::from_secs(5),
             feed_poll_interval: Duration::from_millis(250),
             feed_retention: Duration::from_secs(24 * 3600),
+            trusted_proxies: Vec::new(),
+            client_ip_header: "x-forwarded-for".into(),
             tokens: TokenConfig::default(),
             password_cost: PasswordCost::default(),
             throttle: ThrottleConfig::default(),
         }
+    }
+}
+
+impl ServerConfig {
+    /// The client's address: the TCP peer, or — when the peer is a trusted proxy — the
+    /// right-most address in the forwarded-for header that is not itself a trusted proxy.
+    pub fn client_ip(
+        &self,
+        peer: Option<std::net::IpAddr>,
+        headers: &axum::http::HeaderMap,
+    ) -> Option<std::net::IpAddr> {
+        let peer = peer?;
+        let trusted =
+            |ip: &std::net::IpAddr| self.trusted_proxies.iter().any(|net| net.contains(ip));
+        if !trusted(&peer) {
+            return Some(peer);
+        }
+        let chain: Vec<std::net::IpAddr> = headers
+            .get_all(self.client_ip_header.as_str())
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|part| part.trim().parse().ok())
+            .collect();
+        chain
+            .iter()
+            .rev()
+            .find(|ip| !trusted(ip))
+            .or(chain.first())
+            .copied()
+            .or(Some(peer))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_address_behind_trusted_proxies() {
+        let config = ServerConfig {
+            trusted_proxies: vec!["10.0.0.0/8".parse().expect("net")],
+            ..ServerConfig::default()
+        };
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert(
+            "x-forwarded-for",
+            "203.0.113.9, 198.51.100.7, 10.0.0.2"
+                .parse()
+                .expect("value"),
+        );
+        let ip = |s: &str| Some(s.parse().expect("ip"));
+        // From a trusted proxy: the right-most untrusted hop (earlier ones can be forged).
+        assert_eq!(
+            config.client_ip(ip("10.0.0.1"), &headers),
+            ip("198.51.100.7")
+        );
+        // From anyone else the header is ignored.
+        assert_eq!(config.client_ip(ip("192.0.2.1"), &headers), ip("192.0.2.1"));
+        // No header: the peer.
+        assert_eq!(
+            config.client_ip(ip("10.0.0.1"), &axum::http::HeaderMap::new()),
+            ip("10.0.0.1")
+        );
     }
 }

@@ -235,6 +235,7 @@ impl Engine {
         headers: &HeaderMap,
         query: Option<&str>,
         required_scopes: &[&str],
+        client_ip: Option<std::net::IpAddr>,
         now: UnixMillis,
     ) -> Result<Principal, Decision> {
         let settings = self.settings();
@@ -278,9 +279,13 @@ impl Engine {
                 });
                 return outcome;
             }
-            Extraction::Found(presented) => {
-                self.decide_and_count(presented.value, presented.trimmed, required_scopes, now)
-            }
+            Extraction::Found(presented) => self.decide_and_count(
+                presented.value,
+                presented.trimmed,
+                required_scopes,
+                client_ip,
+                now,
+            ),
             Extraction::Missing { hint } => {
                 let hint = hint.unwrap_or_else(|| self.missing_hint(&settings, query));
                 count_outcome(DecisionCode::Missing);
@@ -377,13 +382,19 @@ impl Engine {
     }
 
     /// Verifies a key given directly (the verify API). Counts a valid use.
-    pub fn verify<S: AsRef<str>>(&self, key: &str, scopes: &[S], now: UnixMillis) -> Decision {
+    pub fn verify<S: AsRef<str>>(
+        &self,
+        key: &str,
+        scopes: &[S],
+        client_ip: Option<std::net::IpAddr>,
+        now: UnixMillis,
+    ) -> Decision {
         let (key, trimmed) = credential::trim_credential(key);
         if key.is_empty() {
             count_outcome(DecisionCode::Missing);
             return refusal(DecisionCode::Missing, "the `key` field is empty".into());
         }
-        self.decide_and_count(key, trimmed, scopes, now)
+        self.decide_and_count(key, trimmed, scopes, client_ip, now)
     }
 
     fn decide_and_count<S: AsRef<str>>(
@@ -391,6 +402,7 @@ impl Engine {
         credential: &str,
         trimmed: bool,
         required_scopes: &[S],
+        client_ip: Option<std::net::IpAddr>,
         now: UnixMillis,
     ) -> Decision {
         if trimmed {
@@ -405,6 +417,7 @@ impl Engine {
                     trimmed,
                     required_scopes,
                     now,
+                    client_ip,
                 },
             )
         };

@@ -97,6 +97,7 @@ fn record(
         owner: None,
         plan: None,
         limits: Default::default(),
+        allowed_cidrs: Vec::new(),
         created_at: now,
         updated_at: now,
         expires_at: spec.expires_at,

@@ -157,6 +157,7 @@ pub struct KeyUpdate {
     /// `Some(None)` takes the key off its plan.
     pub plan: Option<Option<Uuid>>,
     pub limits: Option<LimitsOverride>,
+    pub allowed_cidrs: Option<Vec<ipnet::IpNet>>,
 }
 
 /// A plan: a name and the limits its keys take.

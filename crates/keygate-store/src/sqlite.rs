@@ -26,7 +26,7 @@ pub const DB_FILE: &str = "keygate.db";
 
 const KEY_COLUMNS: &str = "id, hash, start, name, scopes, meta, enabled, origin, global, \
      created_at, updated_at, expires_at, revoked_at, rotated_to, last_used_at, usage_count, owner, \
-     plan, limits";
+     plan, limits, allowed_cidrs";
 
 const USER_COLUMNS: &str =
     "id, username, email, role, disabled, created_at, updated_at, last_login_at";
@@ -124,6 +124,7 @@ fn key_from_row(row: &SqliteRow) -> Result<KeyRecord> {
     let owner: Option<String> = row.try_get("owner")?;
     let plan: Option<String> = row.try_get("plan")?;
     let limits: String = row.try_get("limits")?;
+    let allowed_cidrs: String = row.try_get("allowed_cidrs")?;
     Ok(KeyRecord {
         id,
         hash,
@@ -143,6 +144,8 @@ fn key_from_row(row: &SqliteRow) -> Result<KeyRecord> {
             .transpose()
             .map_err(|e| corrupt("key plan", e))?,
         limits: serde_json::from_str(&limits).map_err(|e| corrupt("key limits", e))?,
+        allowed_cidrs: serde_json::from_str(&allowed_cidrs)
+            .map_err(|e| corrupt("key networks", e))?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
         expires_at: row.try_get("expires_at")?,
@@ -163,7 +166,7 @@ fn json(value: &impl serde::Serialize) -> String {
 
 async fn insert_key_tx(tx: &mut Transaction<'static, Sqlite>, r: &KeyRecord) -> Result<()> {
     let result = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO keys ({KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        "INSERT INTO keys ({KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     )))
     .bind(r.id.to_string())
     .bind(&r.hash[..])
@@ -184,6 +187,7 @@ async fn insert_key_tx(tx: &mut Transaction<'static, Sqlite>, r: &KeyRecord) -> 
     .bind(r.owner.map(|id| id.to_string()))
     .bind(r.plan.map(|id| id.to_string()))
     .bind(json(&r.limits))
+    .bind(json(&r.allowed_cidrs))
     .execute(&mut **tx)
     .await;
     match result {
@@ -378,10 +382,13 @@ impl Store for SqliteStore {
         if let Some(limits) = &update.limits {
             record.limits.clone_from(limits);
         }
+        if let Some(cidrs) = &update.allowed_cidrs {
+            record.allowed_cidrs.clone_from(cidrs);
+        }
         record.updated_at = now;
         sqlx::query(
             "UPDATE keys SET name = ?, scopes = ?, meta = ?, enabled = ?, expires_at = ?, \
-             plan = ?, limits = ?, updated_at = ? WHERE id = ?",
+             plan = ?, limits = ?, allowed_cidrs = ?, updated_at = ? WHERE id = ?",
         )
         .bind(&record.name)
         .bind(json(&record.scopes))
@@ -390,6 +397,7 @@ impl Store for SqliteStore {
         .bind(record.expires_at)
         .bind(record.plan.map(|id| id.to_string()))
         .bind(json(&record.limits))
+        .bind(json(&record.allowed_cidrs))
         .bind(now)
         .bind(id.to_string())
         .execute(&mut *tx)

@@ -28,6 +28,7 @@ fn record(n: u8, at: i64) -> KeyRecord {
         owner: None,
         plan: None,
         limits: Default::default(),
+        allowed_cidrs: vec!["10.0.0.0/8".parse().expect("net")],
         created_at: at,
         updated_at: at,
         expires_at: None,

@@ -31,6 +31,8 @@ pub struct FileConfig {
     pub password_memory_kib: Option<u32>,
     pub password_iterations: Option<u32>,
     pub login_max_failures: Option<u32>,
+    pub trusted_proxies: Option<Vec<String>>,
+    pub client_ip_header: Option<String>,
 }
 
 /// The same settings from flags or the environment (already merged by clap).
@@ -83,6 +85,17 @@ pub struct Overrides {
     /// Failed sign-ins per username within 15 minutes before 429.
     #[arg(long, env = "KEYGATE_LOGIN_MAX_FAILURES", value_name = "N")]
     pub login_max_failures: Option<u32>,
+    /// Proxies (CIDRs, comma-separated) whose forwarded-for header names the client.
+    #[arg(
+        long,
+        env = "KEYGATE_TRUSTED_PROXIES",
+        value_name = "CIDRS",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Option<Vec<String>>,
+    /// The header a trusted proxy names the client in.
+    #[arg(long, env = "KEYGATE_CLIENT_IP_HEADER", value_name = "NAME")]
+    pub client_ip_header: Option<String>,
 }
 
 /// The effective configuration.
@@ -106,6 +119,8 @@ pub struct Effective {
     pub password_memory_kib: u32,
     pub password_iterations: u32,
     pub login_max_failures: u32,
+    pub trusted_proxies: Vec<String>,
+    pub client_ip_header: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -142,6 +157,12 @@ impl Effective {
                 max_failures_per_user: self.login_max_failures,
                 ..ThrottleConfig::default()
             },
+            trusted_proxies: self
+                .trusted_proxies
+                .iter()
+                .filter_map(|t| parse_net(t).ok())
+                .collect(),
+            client_ip_header: self.client_ip_header.clone(),
             ..ServerConfig::default()
         }
     }
@@ -336,6 +357,30 @@ pub fn resolve(file: &FileConfig, over: &Overrides) -> Result<Effective, Vec<Str
     if login_max_failures == 0 {
         errors.push("login_max_failures: must be at least 1".into());
     }
+    let trusted_proxies: Vec<String> = over
+        .trusted_proxies
+        .clone()
+        .or_else(|| file.trusted_proxies.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|t| !t.trim().is_empty())
+        .collect();
+    for proxy in &trusted_proxies {
+        if let Err(e) = parse_net(proxy) {
+            errors.push(format!("trusted_proxies: {e}"));
+        }
+    }
+    let client_ip_header = over
+        .client_ip_header
+        .clone()
+        .or_else(|| file.client_ip_header.clone())
+        .unwrap_or_else(|| "x-forwarded-for".into())
+        .to_ascii_lowercase();
+    if axum_header_ok(&client_ip_header).is_err() {
+        errors.push(format!(
+            "client_ip_header: {client_ip_header:?} is not a valid header name"
+        ));
+    }
     let effective = Effective {
         listen,
         data_dir: over
@@ -355,12 +400,22 @@ pub fn resolve(file: &FileConfig, over: &Overrides) -> Result<Effective, Vec<Str
         password_memory_kib,
         password_iterations,
         login_max_failures,
+        trusted_proxies,
+        client_ip_header,
     };
     if errors.is_empty() {
         Ok(effective)
     } else {
         Err(errors)
     }
+}
+
+/// A CIDR (`10.0.0.0/8`) or a single address (`192.0.2.1`).
+fn parse_net(text: &str) -> Result<ipnet::IpNet, String> {
+    let text = text.trim();
+    text.parse::<ipnet::IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{text:?} is not an address or a CIDR like 10.0.0.0/8"))
 }
 
 fn axum_header_ok(name: &str) -> Result<(), ()> {

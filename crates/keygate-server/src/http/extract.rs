@@ -130,10 +130,24 @@ impl<P: Permission> Need<P> {
     }
 }
 
+fn peer_ip(parts: &Parts) -> Option<std::net::IpAddr> {
+    parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0.ip())
+}
+
 fn authenticate(parts: &Parts, state: &AppState, scopes: &[&str]) -> Result<Principal, ApiError> {
+    let client_ip = state.config.client_ip(peer_ip(parts), &parts.headers);
     let principal = state
         .engine
-        .authenticate(&parts.headers, parts.uri.query(), scopes, now_ms())
+        .authenticate(
+            &parts.headers,
+            parts.uri.query(),
+            scopes,
+            client_ip,
+            now_ms(),
+        )
         .map_err(ApiError::from)?;
     if let Principal::ApiKey { limits, .. } = &principal {
         crate::http::context::set_request_limits(limits);
@@ -157,18 +171,18 @@ impl<P: Permission> FromRequestParts<AppState> for Need<P> {
     }
 }
 
-/// The client's address: the TCP peer (trusted-proxy handling comes with the gateway).
+/// The client's address: the TCP peer, or the forwarded client behind a trusted proxy.
 pub struct ClientAddr(pub Option<std::net::IpAddr>);
 
-impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+impl FromRequestParts<AppState> for ClientAddr {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         Ok(ClientAddr(
-            parts
-                .extensions
-                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-                .map(|info| info.0.ip()),
+            state.config.client_ip(peer_ip(parts), &parts.headers),
         ))
     }
 }

@@ -57,6 +57,7 @@ pub fn view(state: &AppState, record: &KeyRecord, now: UnixMillis) -> KeyView {
         plan: record.plan,
         limits: record.limits.clone(),
         quota_used,
+        allowed_cidrs: record.allowed_cidrs.clone(),
         created_at: time_of(record.created_at),
         updated_at: time_of(record.updated_at),
         expires_at: record.expires_at.map(time_of),
@@ -199,6 +200,7 @@ pub async fn create_key(
     record.owner = owner;
     record.plan = body.plan;
     record.limits = body.limits.unwrap_or_default();
+    record.allowed_cidrs = body.allowed_cidrs.unwrap_or_default();
     let keep = state.engine.settings().keys_per_user;
     let entry = audit::entry(
         principal,
@@ -397,6 +399,7 @@ pub async fn update_key(
         expires_at: body.expires_at.map(|at| at.map(millis_of)),
         plan: body.plan,
         limits: body.limits,
+        allowed_cidrs: body.allowed_cidrs,
     };
     let entry = audit::entry(
         caller.principal(),
@@ -504,6 +507,7 @@ pub async fn rotate_key(
     replacement.owner = old.owner;
     replacement.plan = old.plan;
     replacement.limits = old.limits.clone();
+    replacement.allowed_cidrs = old.allowed_cidrs.clone();
     let grace_ms = i64::try_from(body.grace_seconds * 1000).unwrap_or(i64::MAX);
     let mut entry = audit::entry(
         caller.principal(),

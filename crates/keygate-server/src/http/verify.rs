@@ -27,7 +27,9 @@ pub async fn verify_key(
     if body.scopes.len() > 100 {
         return Err(ApiError::invalid("`scopes` may list at most 100 scopes."));
     }
-    let decision = state.engine.verify(&body.key, &body.scopes, now_ms());
+    let decision = state
+        .engine
+        .verify(&body.key, &body.scopes, body.ip, now_ms());
     let key = decision.key.as_ref().map(|k| &k.record);
     Ok(Json(VerifyResponse {
         valid: decision.is_valid(),

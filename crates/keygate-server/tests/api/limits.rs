@@ -248,3 +248,87 @@ async fn limits_are_exact_under_concurrency_and_survive_a_restart() {
     let (status, body) = server.whoami(&key).await;
     assert_error(status, &body, 429, "quota_exceeded", &key);
 }
+
+#[tokio::test]
+async fn ip_allowlists_and_trusted_proxies() {
+    let server = TestServer::start().await;
+    let (office, _) = server
+        .create_key(json!({"name": "office", "allowed_cidrs": ["10.0.0.0/8"]}))
+        .await;
+    let (local, created) = server
+        .create_key(json!({"name": "local", "allowed_cidrs": ["127.0.0.0/8", "::1/128"]}))
+        .await;
+    assert_eq!(created["allowed_cidrs"], json!(["127.0.0.0/8", "::1/128"]));
+    let (status, body) = server.whoami(&office).await;
+    assert_error(status, &body, 403, "ip_not_allowed", &office);
+    assert!(
+        body["error"]["hint"]
+            .as_str()
+            .expect("hint")
+            .contains("127.0.0.1")
+    );
+    assert_eq!(server.whoami(&local).await.0, StatusCode::OK);
+    // A forwarded-for header from an untrusted peer changes nothing.
+    let response = server
+        .request(Method::GET, "/api/v1/whoami")
+        .bearer_auth(&office)
+        .header("x-forwarded-for", "10.1.2.3")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    // The verify API takes the client's address from the application.
+    assert_eq!(
+        server
+            .verify(json!({"key": office, "ip": "10.9.9.9"}))
+            .await["code"],
+        "VALID"
+    );
+    assert_eq!(
+        server
+            .verify(json!({"key": office, "ip": "192.0.2.1"}))
+            .await["code"],
+        "IP_NOT_ALLOWED"
+    );
+    assert_eq!(
+        server.verify(json!({"key": office})).await["code"],
+        "IP_NOT_ALLOWED"
+    );
+    let (status, body) = server
+        .admin_json(
+            Method::POST,
+            "/api/v1/keys",
+            json!({"name": "bad", "allowed_cidrs": ["10.0.0.0/33"]}),
+        )
+        .await;
+    assert_error(status, &body, 400, "invalid_request", "");
+    // Behind a trusted proxy, its header names the client.
+    let behind = TestServer::start_with(ServerConfig {
+        trusted_proxies: vec!["127.0.0.1/32".parse().expect("net")],
+        ..test_config()
+    })
+    .await;
+    let (office, _) = behind
+        .create_key(json!({"name": "office", "allowed_cidrs": ["10.0.0.0/8"]}))
+        .await;
+    let response = behind
+        .request(Method::GET, "/api/v1/whoami")
+        .bearer_auth(&office)
+        .header("x-forwarded-for", "10.1.2.3")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), StatusCode::OK);
+    let response = behind
+        .request(Method::GET, "/api/v1/whoami")
+        .bearer_auth(&office)
+        .header("x-forwarded-for", "10.1.2.3, 192.0.2.50")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(
+        response.status(),
+        StatusCode::FORBIDDEN,
+        "the right-most untrusted hop is the client"
+    );
+}
