@@ -180,6 +180,16 @@ pub struct RotateKeyRequest {
     pub grace_seconds: u64,
 }
 
+/// `POST /api/v1/keys/rotate`: the calling key rotates itself.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SelfRotateRequest {
+    /// How long the calling key keeps working (default and maximum: the instance's
+    /// `self_rotation_grace`).
+    #[serde(default)]
+    pub grace_seconds: Option<u64>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct RotatedKey {
     /// The replacement, with its full key (shown this once).

@@ -25,6 +25,8 @@ pub struct ServerConfig {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// The header naming the client behind a trusted proxy.
     pub client_ip_header: String,
+    /// Grace (default and maximum) when a key rotates itself.
+    pub self_rotation_grace: Duration,
     pub tokens: TokenConfig,
     pub password_cost: PasswordCost,
     pub throttle: ThrottleConfig,
@@ -41,6 +43,7 @@ impl Default for ServerConfig {
             feed_retention: Duration::from_secs(24 * 3600),
             trusted_proxies: Vec::new(),
             client_ip_header: "x-forwarded-for".into(),
+            self_rotation_grace: Duration::from_secs(24 * 3600),
             tokens: TokenConfig::default(),
             password_cost: PasswordCost::default(),
             throttle: ThrottleConfig::default(),

@@ -33,6 +33,7 @@ pub struct FileConfig {
     pub login_max_failures: Option<u32>,
     pub trusted_proxies: Option<Vec<String>>,
     pub client_ip_header: Option<String>,
+    pub self_rotation_grace: Option<String>,
 }
 
 /// The same settings from flags or the environment (already merged by clap).
@@ -96,6 +97,9 @@ pub struct Overrides {
     /// The header a trusted proxy names the client in.
     #[arg(long, env = "KEYGATE_CLIENT_IP_HEADER", value_name = "NAME")]
     pub client_ip_header: Option<String>,
+    /// How long a key that rotates itself keeps working (default and maximum), e.g. 24h.
+    #[arg(long, env = "KEYGATE_SELF_ROTATION_GRACE", value_name = "DURATION")]
+    pub self_rotation_grace: Option<String>,
 }
 
 /// The effective configuration.
@@ -121,6 +125,8 @@ pub struct Effective {
     pub login_max_failures: u32,
     pub trusted_proxies: Vec<String>,
     pub client_ip_header: String,
+    #[serde(serialize_with = "ser_duration")]
+    pub self_rotation_grace: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -163,6 +169,7 @@ impl Effective {
                 .filter_map(|t| parse_net(t).ok())
                 .collect(),
             client_ip_header: self.client_ip_header.clone(),
+            self_rotation_grace: self.self_rotation_grace,
             ..ServerConfig::default()
         }
     }
@@ -381,6 +388,13 @@ pub fn resolve(file: &FileConfig, over: &Overrides) -> Result<Effective, Vec<Str
             "client_ip_header: {client_ip_header:?} is not a valid header name"
         ));
     }
+    let self_rotation_grace = layered_duration(
+        &mut errors,
+        "self_rotation_grace",
+        &over.self_rotation_grace,
+        &file.self_rotation_grace,
+        defaults.self_rotation_grace,
+    );
     let effective = Effective {
         listen,
         data_dir: over
@@ -402,6 +416,7 @@ pub fn resolve(file: &FileConfig, over: &Overrides) -> Result<Effective, Vec<Str
         login_max_failures,
         trusted_proxies,
         client_ip_header,
+        self_rotation_grace,
     };
     if errors.is_empty() {
         Ok(effective)

@@ -13,7 +13,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
     ),
     paths(
         keys::create_key, keys::list_keys, keys::get_key, keys::update_key, keys::revoke_key,
-        keys::rotate_key, keys::import_key,
+        keys::rotate_key, keys::import_key, keys::rotate_self,
         verify::verify_key, verify::whoami,
         system::get_settings, system::patch_settings, system::system_info,
         system::get_global_key, system::regenerate_global_key,

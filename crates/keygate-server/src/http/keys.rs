@@ -5,7 +5,9 @@ use crate::clock::{millis_of, now_ms, time_of};
 use crate::engine::Principal;
 use crate::http::audit;
 use crate::http::error::ApiError;
-use crate::http::extract::{ClientAddr, JsonBody, KeysRead, KeysWrite, Need, PathId, QueryParams};
+use crate::http::extract::{
+    Caller, ClientAddr, JsonBody, KeysRead, KeysWrite, Need, PathId, QueryParams,
+};
 use crate::mint::{self, KeySpec};
 use axum::Json;
 use axum::extract::State;
@@ -13,7 +15,7 @@ use axum::http::StatusCode;
 use keygate_api::ErrorBody;
 use keygate_api::keys::{
     CreateKeyRequest, CreatedKey, ImportKeyRequest, KeyList, KeyView, RotateKeyRequest, RotatedKey,
-    UpdateKeyRequest,
+    SelfRotateRequest, UpdateKeyRequest,
 };
 use keygate_core::{KeyOrigin, KeyRecord, KeyState, UnixMillis};
 use keygate_store::{KeyPage, KeyUpdate};
@@ -481,8 +483,60 @@ pub async fn rotate_key(
             "`grace_seconds` must be at most {MAX_GRACE_SECONDS} (one year)."
         )));
     }
-    let now = now_ms();
     let old = visible_key(&state, caller.principal(), id).await?;
+    rotate(&state, caller.principal(), &addr, old, body.grace_seconds)
+        .await
+        .map(Json)
+}
+
+#[utoipa::path(
+    post, path = "/api/v1/keys/rotate", tag = "keys",
+    request_body = RotateKeyRequest,
+    responses(
+        (status = 200, description = "The calling key's replacement, shown this once; the calling key keeps working for the grace period", body = RotatedKey),
+        (status = 400, description = "Not an API key, or grace over the configured maximum", body = ErrorBody),
+        (status = 401, description = "No valid credential", body = ErrorBody),
+    ),
+    security(("api_key" = []), ("bearer" = []))
+)]
+/// Rotates the key that makes the request: a client replaces its own key with no downtime.
+pub async fn rotate_self(
+    State(state): State<AppState>,
+    Caller(principal): Caller,
+    addr: ClientAddr,
+    JsonBody(body): JsonBody<SelfRotateRequest>,
+) -> Result<Json<RotatedKey>, ApiError> {
+    let Principal::ApiKey { key, .. } = &principal else {
+        return Err(ApiError::invalid(
+            "Only an API key can rotate itself; send the key to rotate as the credential.",
+        ));
+    };
+    let max = state.config.self_rotation_grace.as_secs();
+    let grace = body.grace_seconds.unwrap_or(max);
+    if grace > max {
+        return Err(ApiError::invalid(format!(
+            "`grace_seconds` must be at most {max} on this instance."
+        )));
+    }
+    let old = state
+        .store
+        .get_key(key.record.id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("key"))?;
+    rotate(&state, &principal, &addr, old, grace)
+        .await
+        .map(Json)
+}
+
+async fn rotate(
+    state: &AppState,
+    principal: &Principal,
+    addr: &ClientAddr,
+    old: KeyRecord,
+    grace_seconds: u64,
+) -> Result<RotatedKey, ApiError> {
+    let now = now_ms();
+    let id = old.id;
     if old.global {
         return Err(ApiError::new(keygate_api::ErrorCode::Conflict)
             .message("The global key is replaced with POST /api/v1/settings/api-key/regenerate.")
@@ -508,31 +562,26 @@ pub async fn rotate_key(
     replacement.plan = old.plan;
     replacement.limits = old.limits.clone();
     replacement.allowed_cidrs = old.allowed_cidrs.clone();
-    let grace_ms = i64::try_from(body.grace_seconds * 1000).unwrap_or(i64::MAX);
-    let mut entry = audit::entry(
-        caller.principal(),
-        &addr,
-        "key.rotate",
-        Some(format!("key:{id}")),
-    );
+    let grace_ms = i64::try_from(grace_seconds * 1000).unwrap_or(i64::MAX);
+    let mut entry = audit::entry(principal, addr, "key.rotate", Some(format!("key:{id}")));
     entry
         .detail
         .insert("replacement".into(), replacement.id.to_string().into());
     entry
         .detail
-        .insert("grace_seconds".into(), body.grace_seconds.into());
+        .insert("grace_seconds".into(), grace_seconds.into());
     let previous = state
         .store
         .rotate_key(id, &replacement, now.saturating_add(grace_ms), &entry)
         .await?
         .ok_or_else(|| ApiError::not_found("key"))?;
-    sync_after_write(&state).await;
-    tracing::info!(key_id = %id, replacement = %replacement.id, grace_seconds = body.grace_seconds, "key rotated");
-    Ok(Json(RotatedKey {
+    sync_after_write(state).await;
+    tracing::info!(key_id = %id, replacement = %replacement.id, grace_seconds, "key rotated");
+    Ok(RotatedKey {
         key: CreatedKey {
-            record: view(&state, &replacement, now),
+            record: view(state, &replacement, now),
             key,
         },
-        previous: view(&state, &previous, now),
-    }))
+        previous: view(state, &previous, now),
+    })
 }

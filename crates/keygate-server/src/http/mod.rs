@@ -42,6 +42,7 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/api/v1/keys", post(keys::create_key).get(keys::list_keys))
         .route("/api/v1/keys/import", post(keys::import_key))
+        .route("/api/v1/keys/rotate", post(keys::rotate_self))
         .route("/api/v1/keys/verify", post(verify::verify_key))
         .route(
             "/api/v1/keys/{id}",

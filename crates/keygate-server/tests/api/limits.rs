@@ -332,3 +332,58 @@ async fn ip_allowlists_and_trusted_proxies() {
         "the right-most untrusted hop is the client"
     );
 }
+
+#[tokio::test]
+async fn a_key_rotates_itself_without_downtime() {
+    let server = TestServer::start().await;
+    let plan = server
+        .plan(json!({"name": "p", "monthly_quota": 100}))
+        .await;
+    let (old, created) = server
+        .create_key(json!({"name": "client", "scopes": ["read"], "plan": plan}))
+        .await;
+    let response = server
+        .request(Method::POST, "/api/v1/keys/rotate")
+        .bearer_auth(&old)
+        .json(&json!({"grace_seconds": 600}))
+        .send()
+        .await
+        .expect("send");
+    let (status, rotated) = read(response).await;
+    assert_eq!(status, StatusCode::OK, "{rotated}");
+    let new = rotated["key"].as_str().expect("key").to_string();
+    assert_eq!(
+        (rotated["scopes"].clone(), rotated["plan"].clone()),
+        (json!(["read"]), json!(plan))
+    );
+    assert_eq!(rotated["previous"]["id"], created["id"]);
+    assert_eq!(
+        server.whoami(&old).await.0,
+        StatusCode::OK,
+        "the old key works during the grace"
+    );
+    assert_eq!(server.whoami(&new).await.0, StatusCode::OK);
+    // More grace than the instance allows, a JWT, no body at all.
+    let response = server
+        .request(Method::POST, "/api/v1/keys/rotate")
+        .bearer_auth(&new)
+        .json(&json!({"grace_seconds": 10_000_000}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let (jwt, _) = server.tokens("admin", ADMIN_PASSWORD).await;
+    let (status, _) = server
+        .call(Method::POST, "/api/v1/keys/rotate", &jwt, None)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let response = server
+        .request(Method::POST, "/api/v1/keys/rotate")
+        .bearer_auth(&new)
+        .send()
+        .await
+        .expect("send");
+    let (status, again) = read(response).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert!(again["previous"]["expires_at"].is_string());
+}
