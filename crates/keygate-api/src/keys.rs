@@ -352,3 +352,22 @@ mod tests {
         assert!(serde_json::from_str::<UpdateKeyRequest>(r#"{"colour":"red"}"#).is_err());
     }
 }
+
+/// Decisions in one period.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct UsageRow {
+    #[serde(with = "time::serde::rfc3339")]
+    pub start: OffsetDateTime,
+    pub valid: u64,
+    pub rate_limited: u64,
+    pub quota_exceeded: u64,
+    /// Every other refusal of a known key (revoked, expired, disabled, scope, address).
+    pub denied: u64,
+    pub total: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct UsageReport {
+    /// Periods with at least one decision, oldest first.
+    pub rows: Vec<UsageRow>,
+}

@@ -144,6 +144,11 @@ impl KeyIndex {
         self.by_hash.get(self.hash_of.get(&id)?)
     }
 
+    /// Visits every key.
+    pub fn for_each(&self, mut f: impl FnMut(&IndexedKey)) {
+        self.by_hash.values().for_each(|k| f(k));
+    }
+
     /// The instance's global admin key.
     pub fn global_key(&self) -> Option<&Arc<IndexedKey>> {
         self.get_by_id(self.global?)

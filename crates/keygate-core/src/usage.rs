@@ -19,6 +19,42 @@ pub struct UsageCounter {
     /// Rate-limit and quota state, under a per-key lock so concurrent requests with one
     /// key are admitted exactly (no lost updates, no double counting).
     pub limiter: Mutex<LimitState>,
+    /// Decisions by outcome per minute, not yet flushed (usually one or two minutes).
+    minutes: Mutex<Vec<MinuteCounts>>,
+}
+
+/// How a decision about a known key ended, for usage metering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Valid,
+    RateLimited,
+    QuotaExceeded,
+    /// Any other refusal of a known key (revoked, expired, disabled, scope, IP, ...).
+    Denied,
+}
+
+/// Decision counts of one key in one minute.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MinuteCounts {
+    /// Unix milliseconds of the minute's start.
+    pub minute: UnixMillis,
+    pub valid: u64,
+    pub rate_limited: u64,
+    pub quota_exceeded: u64,
+    pub denied: u64,
+}
+
+impl MinuteCounts {
+    pub fn total(&self) -> u64 {
+        self.valid + self.rate_limited + self.quota_exceeded + self.denied
+    }
+
+    pub fn add(&mut self, other: &MinuteCounts) {
+        self.valid += other.valid;
+        self.rate_limited += other.rate_limited;
+        self.quota_exceeded += other.quota_exceeded;
+        self.denied += other.denied;
+    }
 }
 
 impl UsageCounter {
@@ -28,6 +64,38 @@ impl UsageCounter {
             last_used_at: AtomicI64::new(last_used_at.unwrap_or(0)),
             queued: AtomicBool::new(false),
             limiter: Mutex::new(LimitState::default()),
+            minutes: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Counts not yet flushed, per minute.
+    pub fn unflushed_minutes(&self) -> Vec<MinuteCounts> {
+        self.minutes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn count(&self, outcome: Outcome, now: UnixMillis) {
+        let minute = now - now.rem_euclid(60_000);
+        let mut minutes = self.minutes.lock().unwrap_or_else(PoisonError::into_inner);
+        let slot = match minutes.iter_mut().rev().find(|m| m.minute == minute) {
+            Some(slot) => slot,
+            None => {
+                minutes.push(MinuteCounts {
+                    minute,
+                    ..MinuteCounts::default()
+                });
+                minutes
+                    .last_mut()
+                    .unwrap_or_else(|| unreachable!("just pushed"))
+            }
+        };
+        match outcome {
+            Outcome::Valid => slot.valid += 1,
+            Outcome::RateLimited => slot.rate_limited += 1,
+            Outcome::QuotaExceeded => slot.quota_exceeded += 1,
+            Outcome::Denied => slot.denied += 1,
         }
     }
 
@@ -56,6 +124,8 @@ pub struct UsageDelta {
     pub last_used_at: UnixMillis,
     /// Quota use to add: (month as from `limit::month_of`, count).
     pub quota: Option<(i32, u64)>,
+    /// Decisions per minute and outcome.
+    pub minutes: Vec<MinuteCounts>,
 }
 
 /// The queue of keys with unflushed usage.
@@ -65,10 +135,24 @@ pub struct UsageLedger {
 }
 
 impl UsageLedger {
-    /// Counts one use of a key at `now`.
+    /// Counts one valid use of a key at `now`.
     pub fn record(&self, key_id: Uuid, counter: &Arc<UsageCounter>, now: UnixMillis) {
-        counter.pending.fetch_add(1, Ordering::Relaxed);
-        counter.last_used_at.fetch_max(now, Ordering::Relaxed);
+        self.record_outcome(key_id, counter, Outcome::Valid, now);
+    }
+
+    /// Counts a decision about a known key; a valid one is also a use (`last_used_at`).
+    pub fn record_outcome(
+        &self,
+        key_id: Uuid,
+        counter: &Arc<UsageCounter>,
+        outcome: Outcome,
+        now: UnixMillis,
+    ) {
+        if outcome == Outcome::Valid {
+            counter.pending.fetch_add(1, Ordering::Relaxed);
+            counter.last_used_at.fetch_max(now, Ordering::Relaxed);
+        }
+        counter.count(outcome, now);
         if !counter.queued.swap(true, Ordering::AcqRel) {
             self.lock().push((key_id, Arc::clone(counter)));
         }
@@ -91,11 +175,18 @@ impl UsageLedger {
                 counter.queued.store(false, Ordering::Release);
                 let uses = counter.pending.swap(0, Ordering::AcqRel);
                 let quota = counter.limiter().take_unflushed();
-                (uses > 0 || quota.is_some()).then(|| UsageDelta {
+                let minutes = std::mem::take(
+                    &mut *counter
+                        .minutes
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner),
+                );
+                (uses > 0 || quota.is_some() || !minutes.is_empty()).then(|| UsageDelta {
                     key_id,
                     uses,
                     last_used_at: counter.last_used_at.load(Ordering::Relaxed),
                     quota,
+                    minutes,
                 })
             })
             .collect()
@@ -112,6 +203,18 @@ impl UsageLedger {
                 counter.pending.fetch_add(delta.uses, Ordering::AcqRel);
                 if let Some((month, n)) = delta.quota {
                     counter.limiter().restore_unflushed(month, n);
+                }
+                {
+                    let mut minutes = counter
+                        .minutes
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner);
+                    for restored in &delta.minutes {
+                        match minutes.iter_mut().find(|m| m.minute == restored.minute) {
+                            Some(slot) => slot.add(restored),
+                            None => minutes.push(*restored),
+                        }
+                    }
                 }
                 if !counter.queued.swap(true, Ordering::AcqRel) {
                     self.lock().push((delta.key_id, counter));
@@ -130,6 +233,45 @@ impl UsageLedger {
 mod tests {
     use super::*;
 
+    /// `valid` decisions in the minute starting at 0.
+    fn first_minute(valid: u64) -> Vec<MinuteCounts> {
+        vec![MinuteCounts {
+            minute: 0,
+            valid,
+            ..MinuteCounts::default()
+        }]
+    }
+
+    #[test]
+    fn outcomes_are_counted_per_minute() {
+        let ledger = UsageLedger::default();
+        let counter = Arc::new(UsageCounter::new(None));
+        let id = Uuid::nil();
+        ledger.record_outcome(id, &counter, Outcome::Valid, 60_000);
+        ledger.record_outcome(id, &counter, Outcome::RateLimited, 60_500);
+        ledger.record_outcome(id, &counter, Outcome::Denied, 120_000);
+        assert_eq!(counter.pending(), 1, "only valid decisions are uses");
+        let delta = ledger.drain().pop().expect("delta");
+        assert_eq!(delta.minutes.len(), 2);
+        assert_eq!(
+            (
+                delta.minutes[0].minute,
+                delta.minutes[0].valid,
+                delta.minutes[0].rate_limited
+            ),
+            (60_000, 1, 1)
+        );
+        assert_eq!(
+            (
+                delta.minutes[1].minute,
+                delta.minutes[1].denied,
+                delta.minutes[1].total()
+            ),
+            (120_000, 1, 1)
+        );
+        assert!(counter.unflushed_minutes().is_empty());
+    }
+
     #[test]
     fn counts_queue_once_and_drain() {
         let ledger = UsageLedger::default();
@@ -145,7 +287,8 @@ mod tests {
                 key_id: id,
                 uses: 3,
                 last_used_at: 30,
-                quota: None
+                quota: None,
+                minutes: first_minute(3),
             }]
         );
         assert_eq!(ledger.queued(), 0);
@@ -170,7 +313,8 @@ mod tests {
                 key_id: id,
                 uses: 2,
                 last_used_at: 60,
-                quota: None
+                quota: None,
+                minutes: first_minute(2),
             }]
         );
     }

@@ -25,6 +25,10 @@ pub struct ServerConfig {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// The header naming the client behind a trusted proxy.
     pub client_ip_header: String,
+    /// Minute usage rows older than this are rolled up into hours.
+    pub usage_minute_retention: Duration,
+    /// Hour usage rows older than this are rolled up into days.
+    pub usage_hour_retention: Duration,
     /// Grace (default and maximum) when a key rotates itself.
     pub self_rotation_grace: Duration,
     pub tokens: TokenConfig,
@@ -44,6 +48,8 @@ impl Default for ServerConfig {
             trusted_proxies: Vec::new(),
             client_ip_header: "x-forwarded-for".into(),
             self_rotation_grace: Duration::from_secs(24 * 3600),
+            usage_minute_retention: Duration::from_secs(7 * 86_400),
+            usage_hour_retention: Duration::from_secs(90 * 86_400),
             tokens: TokenConfig::default(),
             password_cost: PasswordCost::default(),
             throttle: ThrottleConfig::default(),

@@ -9,7 +9,7 @@ use crate::tokens::{self, TokenError, TokenKeys};
 use axum::http::{HeaderMap, HeaderName};
 use keygate_core::credential::{self, Extraction, Transport};
 use keygate_core::settings::InstanceSettings;
-use keygate_core::usage::UsageLedger;
+use keygate_core::usage::{Outcome, UsageLedger};
 use keygate_core::{
     Check, Decision, DecisionCode, IndexedKey, KeyIndex, KeyRecord, OwnerState, Role, UnixMillis,
     UserRecord, decide,
@@ -421,8 +421,15 @@ impl Engine {
                 },
             )
         };
-        if let (true, Some(key)) = (decision.is_valid(), &decision.key) {
-            self.ledger.record(key.record.id, &key.usage, now);
+        if let Some(key) = &decision.key {
+            let outcome = match decision.code {
+                DecisionCode::Valid => Outcome::Valid,
+                DecisionCode::RateLimited => Outcome::RateLimited,
+                DecisionCode::QuotaExceeded => Outcome::QuotaExceeded,
+                _ => Outcome::Denied,
+            };
+            self.ledger
+                .record_outcome(key.record.id, &key.usage, outcome, now);
         }
         count_outcome(decision.code);
         decision

@@ -16,6 +16,8 @@ pub struct Flusher {
     pub engine: Arc<Engine>,
     pub store: Arc<dyn Store>,
     pub feed_retention: Duration,
+    pub usage_minute_retention: Duration,
+    pub usage_hour_retention: Duration,
 }
 
 impl Flusher {
@@ -52,6 +54,14 @@ impl Flusher {
                         let before = now_ms() - i64::try_from(self.feed_retention.as_millis()).unwrap_or(i64::MAX);
                         if let Err(err) = self.store.prune_changes(before).await {
                             tracing::warn!(error = %err, "change feed pruning failed");
+                        }
+                        let ago = |d: Duration| now_ms() - i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+                        let rolled = self
+                            .store
+                            .roll_up_usage(ago(self.usage_minute_retention), ago(self.usage_hour_retention))
+                            .await;
+                        if let Err(err) = rolled {
+                            tracing::warn!(error = %err, "usage roll-up failed");
                         }
                     }
                 }

@@ -125,6 +125,8 @@ impl Server {
             engine: Arc::clone(&state.engine),
             store: Arc::clone(&state.store),
             feed_retention: state.config.feed_retention,
+            usage_minute_retention: state.config.usage_minute_retention,
+            usage_hour_retention: state.config.usage_hour_retention,
         };
         let flusher = tokio::spawn(flusher.run(state.config.flush_interval, stop_rx));
         let app = http::router(state.clone());

@@ -281,6 +281,23 @@ pub trait Store: Send + Sync + 'static {
     async fn create_plan(&self, plan: &Plan, audit: &AuditEntry) -> Result<()>;
     /// Replaces a plan's name and limits. [`StoreError::Conflict`] if the name is taken.
     async fn update_plan(&self, plan: &Plan, audit: &AuditEntry) -> Result<bool>;
+    /// Decision counts of the given keys (all keys for `None`) in `[from, to)`, summed into
+    /// buckets of `bucket_ms` (a multiple of a minute; whole hours or days for rolled-up
+    /// rows), oldest first.
+    async fn usage(
+        &self,
+        keys: Option<&[Uuid]>,
+        from: UnixMillis,
+        to: UnixMillis,
+        bucket_ms: i64,
+    ) -> Result<Vec<keygate_core::usage::MinuteCounts>>;
+    /// Rolls minute rows older than `minutes_before` into hours, and hour rows older than
+    /// `hours_before` into days.
+    async fn roll_up_usage(
+        &self,
+        minutes_before: UnixMillis,
+        hours_before: UnixMillis,
+    ) -> Result<()>;
     /// Quota use of every key in `month`, for the limiter at start-up.
     async fn quota_usage(&self, month: i32) -> Result<Vec<(Uuid, u64)>>;
 

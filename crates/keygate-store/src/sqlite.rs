@@ -10,7 +10,7 @@ use crate::{
 };
 use async_trait::async_trait;
 use keygate_core::settings::InstanceSettings;
-use keygate_core::usage::UsageDelta;
+use keygate_core::usage::{MinuteCounts, UsageDelta};
 use keygate_core::{KeyOrigin, KeyRecord, Role, UnixMillis, UserRecord};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
@@ -103,6 +103,10 @@ async fn fetch_key(tx: &mut Transaction<'static, Sqlite>, id: Uuid) -> Result<Op
     .fetch_optional(&mut **tx)
     .await?;
     row.as_ref().map(key_from_row).transpose()
+}
+
+fn count(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 fn corrupt(what: &str, err: impl std::fmt::Display) -> StoreError {
@@ -496,6 +500,22 @@ impl Store for SqliteStore {
             .bind(delta.key_id.to_string())
             .execute(&mut *tx)
             .await?;
+            for minute in &delta.minutes {
+                sqlx::query(
+                    "INSERT INTO usage (key_id, grain, start, valid, rate_limited, quota_exceeded, denied) \
+                     VALUES (?, 'm', ?, ?, ?, ?, ?) ON CONFLICT (key_id, grain, start) DO UPDATE SET \
+                     valid = valid + excluded.valid, rate_limited = rate_limited + excluded.rate_limited, \
+                     quota_exceeded = quota_exceeded + excluded.quota_exceeded, denied = denied + excluded.denied",
+                )
+                .bind(delta.key_id.to_string())
+                .bind(minute.minute)
+                .bind(count(minute.valid))
+                .bind(count(minute.rate_limited))
+                .bind(count(minute.quota_exceeded))
+                .bind(count(minute.denied))
+                .execute(&mut *tx)
+                .await?;
+            }
             if let Some((month, used)) = delta.quota {
                 sqlx::query(
                     "INSERT INTO quota_usage (key_id, month, used) VALUES (?, ?, ?) \
@@ -989,6 +1009,76 @@ impl Store for SqliteStore {
         audit_tx(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(true)
+    }
+
+    async fn usage(
+        &self,
+        keys: Option<&[Uuid]>,
+        from: UnixMillis,
+        to: UnixMillis,
+        bucket_ms: i64,
+    ) -> Result<Vec<MinuteCounts>> {
+        let keys = keys.map(|ids| json(&ids.iter().map(Uuid::to_string).collect::<Vec<_>>()));
+        let rows = sqlx::query(
+            "SELECT (start / ?4) * ?4 AS bucket, SUM(valid) AS valid, SUM(rate_limited) AS rate_limited, \
+             SUM(quota_exceeded) AS quota_exceeded, SUM(denied) AS denied FROM usage \
+             WHERE (?1 IS NULL OR key_id IN (SELECT value FROM json_each(?1))) AND start >= ?2 AND start < ?3 \
+             GROUP BY bucket ORDER BY bucket",
+        )
+        .bind(keys)
+        .bind(from)
+        .bind(to)
+        .bind(bucket_ms.max(60_000))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let get = |name: &str| -> Result<u64> {
+                    Ok(u64::try_from(row.try_get::<i64, _>(name)?).unwrap_or(0))
+                };
+                Ok(MinuteCounts {
+                    minute: row.try_get("bucket")?,
+                    valid: get("valid")?,
+                    rate_limited: get("rate_limited")?,
+                    quota_exceeded: get("quota_exceeded")?,
+                    denied: get("denied")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn roll_up_usage(
+        &self,
+        minutes_before: UnixMillis,
+        hours_before: UnixMillis,
+    ) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        for (from, to, size, before) in [
+            ("m", "h", 3_600_000_i64, minutes_before),
+            ("h", "d", 86_400_000, hours_before),
+        ] {
+            sqlx::query(
+                "INSERT INTO usage (key_id, grain, start, valid, rate_limited, quota_exceeded, denied) \
+                 SELECT key_id, ?2, (start / ?3) * ?3, SUM(valid), SUM(rate_limited), SUM(quota_exceeded), SUM(denied) \
+                 FROM usage WHERE grain = ?1 AND start < ?4 GROUP BY key_id, (start / ?3) * ?3 \
+                 ON CONFLICT (key_id, grain, start) DO UPDATE SET \
+                 valid = valid + excluded.valid, rate_limited = rate_limited + excluded.rate_limited, \
+                 quota_exceeded = quota_exceeded + excluded.quota_exceeded, denied = denied + excluded.denied",
+            )
+            .bind(from)
+            .bind(to)
+            .bind(size)
+            .bind(before)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("DELETE FROM usage WHERE grain = ? AND start < ?")
+                .bind(from)
+                .bind(before)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn quota_usage(&self, month: i32) -> Result<Vec<(Uuid, u64)>> {

@@ -198,12 +198,14 @@ async fn conformance(store: &dyn Store) {
             uses: 3,
             last_used_at: 7000,
             quota: None,
+            minutes: vec![],
         },
         UsageDelta {
             key_id: Uuid::now_v7(),
             uses: 1,
             last_used_at: 1,
             quota: None,
+            minutes: vec![],
         },
     ];
     store.add_usage(&deltas).await.expect("usage");
@@ -213,6 +215,7 @@ async fn conformance(store: &dyn Store) {
             uses: 2,
             last_used_at: 6500,
             quota: None,
+            minutes: vec![],
         }])
         .await
         .expect("usage");
@@ -526,11 +529,18 @@ async fn accounts_conformance(store: &dyn Store) {
             .monthly_quota,
         Some(5)
     );
+    let minute = |start, valid| keygate_core::usage::MinuteCounts {
+        minute: start,
+        valid,
+        denied: 1,
+        ..Default::default()
+    };
     let delta = |n| keygate_core::usage::UsageDelta {
         key_id: k3.id,
         uses: n,
         last_used_at: 500,
         quota: Some((24_000, n)),
+        minutes: vec![minute(0, n), minute(3_660_000, 1)],
     };
     store.add_usage(&[delta(3)]).await.expect("usage");
     store.add_usage(&[delta(4)]).await.expect("usage");
@@ -539,6 +549,48 @@ async fn accounts_conformance(store: &dyn Store) {
         vec![(k3.id, 7)]
     );
     assert!(store.quota_usage(24_001).await.expect("quota").is_empty());
+    // Usage rows: by minute, by hour, and after a roll-up.
+    let by_minute = store
+        .usage(Some(&[k3.id]), 0, 86_400_000, 60_000)
+        .await
+        .expect("usage");
+    assert_eq!(
+        by_minute
+            .iter()
+            .map(|m| (m.minute, m.valid, m.denied))
+            .collect::<Vec<_>>(),
+        vec![(0, 7, 2), (3_660_000, 2, 2)]
+    );
+    let by_hour = store
+        .usage(None, 0, 86_400_000, 3_600_000)
+        .await
+        .expect("usage");
+    assert_eq!(
+        by_hour
+            .iter()
+            .map(|m| (m.minute, m.total()))
+            .collect::<Vec<_>>(),
+        vec![(0, 9), (3_600_000, 4)]
+    );
+    store.roll_up_usage(86_400_000, 0).await.expect("roll up");
+    let rolled = store
+        .usage(Some(&[k3.id]), 0, 86_400_000, 60_000)
+        .await
+        .expect("usage");
+    assert_eq!(
+        rolled
+            .iter()
+            .map(|m| (m.minute, m.total()))
+            .collect::<Vec<_>>(),
+        vec![(0, 9), (3_600_000, 4)]
+    );
+    assert!(
+        store
+            .usage(Some(&[Uuid::now_v7()]), 0, 86_400_000, 60_000)
+            .await
+            .expect("usage")
+            .is_empty()
+    );
 
     assert_eq!(store.secret("jwt").await.expect("secret"), None);
     assert_eq!(

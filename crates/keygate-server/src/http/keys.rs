@@ -72,7 +72,7 @@ pub fn view(state: &AppState, record: &KeyRecord, now: UnixMillis) -> KeyView {
 
 /// Loads a key the caller may see: everyone's for admins and instance keys, their own for
 /// users. Someone else's key answers 404, as if it did not exist.
-async fn visible_key(
+pub async fn visible_key(
     state: &AppState,
     principal: &Principal,
     id: uuid::Uuid,

@@ -9,6 +9,7 @@ pub mod extract;
 pub mod keys;
 pub mod plans;
 pub mod system;
+pub mod usage;
 pub mod users;
 pub mod verify;
 
@@ -51,6 +52,8 @@ pub fn router(state: AppState) -> Router {
                 .delete(keys::revoke_key),
         )
         .route("/api/v1/keys/{id}/rotate", post(keys::rotate_key))
+        .route("/api/v1/keys/{id}/usage", get(usage::key_usage))
+        .route("/api/v1/usage", get(usage::usage))
         .route("/api/v1/whoami", get(verify::whoami))
         .route(
             "/api/v1/settings",

@@ -387,3 +387,140 @@ async fn a_key_rotates_itself_without_downtime() {
     assert_eq!(status, StatusCode::OK, "{again}");
     assert!(again["previous"]["expires_at"].is_string());
 }
+
+#[tokio::test]
+async fn usage_numbers_match_the_requests_made() {
+    let server = TestServer::start().await;
+    let plan = server
+        .plan(json!({"name": "metered", "rate_limits": [{"limit": 30, "period_seconds": 3600}]}))
+        .await;
+    let (key, created) = server
+        .create_key(json!({"name": "billed", "plan": plan}))
+        .await;
+    let key_id = created["id"].as_str().expect("id").to_string();
+    // 8 concurrent clients, 5 requests each: 30 valid, 10 rate limited.
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let requests: Vec<_> = (0..5)
+                .map(|_| {
+                    server
+                        .request(Method::GET, "/api/v1/whoami")
+                        .bearer_auth(&key)
+                })
+                .collect();
+            tokio::spawn(async move {
+                for request in requests {
+                    request.send().await.expect("send");
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.await.expect("client");
+    }
+    // A denied decision: the key lacks a scope the verify API asks for.
+    assert_eq!(
+        server
+            .verify(json!({"key": key, "scopes": ["admin:x"]}))
+            .await["code"],
+        "INSUFFICIENT_PERMISSIONS"
+    );
+    let expected =
+        json!({"valid": 30, "rate_limited": 10, "quota_exceeded": 0, "denied": 1, "total": 41});
+    let totals = |report: &Value| {
+        let rows = report["rows"].as_array().expect("rows");
+        let sum = |field: &str| {
+            rows.iter()
+                .map(|r| r[field].as_u64().expect("count"))
+                .sum::<u64>()
+        };
+        json!({"valid": sum("valid"), "rate_limited": sum("rate_limited"), "quota_exceeded": sum("quota_exceeded"), "denied": sum("denied"), "total": sum("total")})
+    };
+    // Counted but not flushed yet: already in the numbers.
+    let (status, report) = server
+        .admin_get(&format!("/api/v1/keys/{key_id}/usage?granularity=minute"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(totals(&report), expected);
+    for granularity in ["hour", "day", "month"] {
+        let (_, report) = server
+            .admin_get(&format!(
+                "/api/v1/usage?plan_id={plan}&granularity={granularity}"
+            ))
+            .await;
+        assert_eq!(totals(&report), expected, "{granularity}");
+        assert_eq!(report["rows"].as_array().expect("rows").len(), 1);
+    }
+    // A graceful stop loses nothing: the same numbers come back from the store.
+    let server = server.restart().await;
+    let (_, report) = server
+        .admin_get(&format!("/api/v1/keys/{key_id}/usage?granularity=minute"))
+        .await;
+    assert_eq!(totals(&report), expected);
+    // CSV for billing jobs.
+    let response = server
+        .request(
+            Method::GET,
+            &format!("/api/v1/usage?key_id={key_id}&format=csv"),
+        )
+        .bearer_auth(&server.admin)
+        .send()
+        .await
+        .expect("send");
+    assert!(header(&response, "content-type").starts_with("text/csv"));
+    let csv = response.text().await.expect("csv");
+    let mut lines = csv.lines();
+    assert_eq!(
+        lines.next(),
+        Some("start,valid,rate_limited,quota_exceeded,denied,total")
+    );
+    assert!(
+        lines.next().expect("a row").ends_with(",30,10,0,1,41"),
+        "{csv}"
+    );
+    // Bad ranges, and other users' numbers, are refused.
+    for bad in [
+        "granularity=week",
+        "from=2030-01-02T00:00:00Z&to=2030-01-01T00:00:00Z",
+        "from=yesterday",
+        "format=xml",
+        "granularity=minute&from=2020-01-01T00:00:00Z",
+    ] {
+        let (status, _) = server.admin_get(&format!("/api/v1/usage?{bad}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+    }
+    let other = server.add_user("uma", "user").await;
+    let (jwt, _) = server.tokens("uma", "uma-password-123").await;
+    let (status, _) = server
+        .call(
+            Method::GET,
+            &format!("/api/v1/keys/{key_id}/usage"),
+            &jwt,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, mine) = server.call(Method::GET, "/api/v1/usage", &jwt, None).await;
+    assert_eq!(
+        (status, mine["rows"].as_array().map(Vec::len)),
+        (StatusCode::OK, Some(0))
+    );
+    let (status, _) = server
+        .call(
+            Method::GET,
+            &format!("/api/v1/usage?user_id={}", uuid::Uuid::now_v7()),
+            &jwt,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = server
+        .call(
+            Method::GET,
+            &format!("/api/v1/usage?user_id={other}"),
+            &jwt,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+}
