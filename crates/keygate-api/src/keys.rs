@@ -38,6 +38,9 @@ pub struct KeyView {
     /// Client networks the key may be used from (empty: anywhere).
     #[schema(value_type = Vec<String>)]
     pub allowed_cidrs: Vec<ipnet::IpNet>,
+    /// `user` (acts in every project of its owner) or `project` (pinned to `project_id`).
+    pub level: String,
+    pub project_id: Option<Uuid>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
@@ -92,6 +95,12 @@ pub struct CreateKeyRequest {
     #[serde(default)]
     #[schema(value_type = Option<Vec<String>>)]
     pub allowed_cidrs: Option<Vec<ipnet::IpNet>>,
+    /// `user` (default) or `project`.
+    #[serde(default)]
+    pub level: Option<String>,
+    /// The project of a project-level key.
+    #[serde(default)]
+    pub project_id: Option<Uuid>,
 }
 
 /// Adopt a key string from another system; it is hashed like any other key.
@@ -217,6 +226,12 @@ pub struct VerifyRequest {
     #[serde(default)]
     #[schema(value_type = Option<String>)]
     pub ip: Option<std::net::IpAddr>,
+    /// The project the request acts in (what the client sent as `X-Project-ID`).
+    #[serde(default)]
+    pub project_id: Option<String>,
+    /// The route acts inside a project: a user-level key must name one.
+    #[serde(default)]
+    pub project_required: bool,
 }
 
 /// The verify API's answer: always 200 for a well-formed request; `valid` says the rest.
@@ -236,6 +251,9 @@ pub struct VerifyResponse {
     pub hint: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub missing_scope: Option<String>,
+    /// The project the request acts in: the key's own, or the one named and allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project_id: Option<Uuid>,
     /// For `RATE_LIMITED` and `QUOTA_EXCEEDED`: seconds until a retry can succeed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after: Option<u64>,
@@ -332,6 +350,8 @@ pub struct WhoAmI {
     /// The user acting (a key's owner, or the JWT's subject).
     pub user_id: Option<Uuid>,
     pub role: Option<String>,
+    /// The project the request acts in.
+    pub project_id: Option<Uuid>,
 }
 
 #[cfg(test)]

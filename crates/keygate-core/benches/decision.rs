@@ -42,6 +42,7 @@ fn index_of(size: u64) -> (KeyIndex, String) {
             plan: None,
             limits: Default::default(),
             allowed_cidrs: Vec::new(),
+            project: None,
             created_at: NOW,
             updated_at: NOW,
             expires_at: Some(NOW * 2),
@@ -82,6 +83,8 @@ fn bench(c: &mut Criterion) {
                             required_scopes: &scopes,
                             now: NOW,
                             client_ip: None,
+                            project: None,
+                            project_required: false,
                         },
                     );
                     if let Some(k) = &decision.key {
@@ -103,6 +106,8 @@ fn bench(c: &mut Criterion) {
                         required_scopes: &[] as &[&str],
                         now: NOW,
                         client_ip: None,
+                        project: None,
+                        project_required: false,
                     },
                 )
                 .code
@@ -121,6 +126,8 @@ fn bench(c: &mut Criterion) {
                             required_scopes: &[] as &[&str],
                             now: NOW,
                             client_ip: None,
+                            project: None,
+                            project_required: false,
                         },
                     )
                     .code
@@ -179,6 +186,8 @@ fn bench(c: &mut Criterion) {
                         required_scopes: &[] as &[&str],
                         now: NOW,
                         client_ip: None,
+                        project: None,
+                        project_required: false,
                     },
                 )
                 .code

@@ -87,6 +87,10 @@ pub struct Check<'a, S: AsRef<str>> {
     pub now: UnixMillis,
     /// The client's address, for keys with an IP allowlist (`None`: unknown).
     pub client_ip: Option<std::net::IpAddr>,
+    /// The project the request names (the `X-Project-ID` header), if any.
+    pub project: Option<&'a str>,
+    /// The route acts inside a project, so a user-level key must name one.
+    pub project_required: bool,
 }
 
 /// The outcome, with the key when one was found (also on refusals such as `REVOKED`).
@@ -104,6 +108,8 @@ pub struct Decision {
     pub retry_after_ms: Option<i64>,
     /// The key's owner and their role, read under the same lock as the decision.
     pub owner: Option<(uuid::Uuid, Role)>,
+    /// The project the request acts in: the key's own, or the one named and allowed.
+    pub project: Option<uuid::Uuid>,
 }
 
 impl Decision {
@@ -120,6 +126,7 @@ impl Decision {
             limits: Vec::new(),
             retry_after_ms: None,
             owner: None,
+            project: None,
         }
     }
 }
@@ -137,6 +144,10 @@ pub fn owner_grants(role: Role, needed: &str) -> bool {
     !user::is_keygate_permission(needed)
         || (needed == user::ADMIN_SCOPE && role == Role::Admin)
         || role.grants(needed)
+}
+
+fn owner_is_admin(index: &KeyIndex, owner: uuid::Uuid) -> bool {
+    index.owner(owner).is_some_and(|o| o.role == Role::Admin)
 }
 
 /// Decides a request. Counting the use is the caller's last step, on `VALID` only.
@@ -254,6 +265,62 @@ pub fn decide<S: AsRef<str>>(index: &KeyIndex, check: &Check<'_, S>) -> Decision
         return Decision::refuse(DecisionCode::IpNotAllowed, Some(key), Some(hint));
     }
 
+    // Project: a project-level key acts in its project only; a user-level key acts in the
+    // project it names, if its owner belongs to it (the instance's keys: any project).
+    let named = match check.project.map(str::trim).filter(|p| !p.is_empty()) {
+        None => None,
+        Some(text) => match uuid::Uuid::parse_str(text) {
+            Ok(id) => Some(id),
+            Err(_) => {
+                return Decision::refuse(
+                    DecisionCode::ProjectForbidden,
+                    Some(key),
+                    Some(
+                        "the project header does not name a project (a project id is a UUID)"
+                            .into(),
+                    ),
+                );
+            }
+        },
+    };
+    let project = match (key.record.project, named) {
+        (Some(own), Some(other)) if own != other => {
+            return Decision::refuse(
+                DecisionCode::ProjectForbidden,
+                Some(key),
+                Some("this is a project-level key for another project".into()),
+            );
+        }
+        (Some(own), _) => Some(own),
+        (None, Some(named)) => {
+            let allowed = match key.record.owner {
+                None => index.project_exists(named),
+                Some(owner) => match index.is_member(named, owner) {
+                    None => false,
+                    Some(member) => member || owner_is_admin(index, owner),
+                },
+            };
+            if !allowed {
+                return Decision::refuse(
+                    DecisionCode::ProjectForbidden,
+                    Some(key),
+                    Some("the key's owner is not a member of this project".into()),
+                );
+            }
+            Some(named)
+        }
+        (None, None) if check.project_required => {
+            return Decision::refuse(
+                DecisionCode::ProjectRequired,
+                Some(key),
+                Some(
+                    "this is a user-level key: name the project in the X-Project-ID header".into(),
+                ),
+            );
+        }
+        (None, None) => None,
+    };
+
     // Scopes: the key's own, intersected with the owner's role for keygate's permissions.
     let missing = check
         .required_scopes
@@ -268,6 +335,7 @@ pub fn decide<S: AsRef<str>>(index: &KeyIndex, check: &Check<'_, S>) -> Decision
             limits: Vec::new(),
             retry_after_ms: None,
             owner: None,
+            project: None,
             code: DecisionCode::InsufficientPermissions,
             hint: Some(format!(
                 "use a key that holds the `{missing}` scope (or `*`)"
@@ -303,6 +371,7 @@ pub fn decide<S: AsRef<str>>(index: &KeyIndex, check: &Check<'_, S>) -> Decision
                     limits: statuses,
                     retry_after_ms: Some(wait),
                     owner: None,
+                    project: None,
                     key: Some(key),
                 };
             }
@@ -318,6 +387,7 @@ pub fn decide<S: AsRef<str>>(index: &KeyIndex, check: &Check<'_, S>) -> Decision
         limits,
         retry_after_ms: None,
         owner,
+        project,
     }
 }
 
@@ -347,6 +417,7 @@ mod tests {
             plan: None,
             limits: Default::default(),
             allowed_cidrs: Vec::new(),
+            project: None,
             created_at: NOW - 1000,
             updated_at: NOW - 1000,
             expires_at: None,
@@ -372,6 +443,8 @@ mod tests {
                 required_scopes: scopes,
                 now: NOW,
                 client_ip: None,
+                project: None,
+                project_required: false,
             },
         )
     }
@@ -450,6 +523,8 @@ mod tests {
                 required_scopes: &[] as &[&str],
                 now: NOW,
                 client_ip: None,
+                project: None,
+                project_required: false,
             },
         );
         assert!(trimmed.hint.expect("hint").contains("whitespace"));
@@ -491,6 +566,7 @@ mod owner_tests {
             plan: None,
             limits: Default::default(),
             allowed_cidrs: Vec::new(),
+            project: None,
             created_at: NOW,
             updated_at: NOW,
             expires_at: None,
@@ -563,6 +639,8 @@ mod owner_tests {
                     required_scopes: &[needed],
                     now: NOW,
                     client_ip: None,
+                    project: None,
+                    project_required: false,
                 },
             );
             assert_eq!(got.code, want, "{needed}");
@@ -595,6 +673,7 @@ mod ip_tests {
                 "10.0.0.0/8".parse().expect("net"),
                 "2001:db8::/32".parse().expect("net"),
             ],
+            project: None,
             created_at: 0,
             updated_at: 0,
             expires_at: None,
@@ -617,8 +696,136 @@ mod ip_tests {
                 required_scopes: &[] as &[&str],
                 now: 1,
                 client_ip: ip.map(|i| i.parse().expect("ip")),
+                project: None,
+                project_required: false,
             };
             assert_eq!(decide(&index, &check).code, want, "{ip:?}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod project_tests {
+    use super::*;
+    use crate::record::{KeyOrigin, KeyRecord};
+    use crate::user::OwnerState;
+    use uuid::Uuid;
+
+    fn record(n: u8, owner: Option<Uuid>, project: Option<Uuid>) -> (String, KeyRecord) {
+        let key = key_format::format_key("kg", &[n; 32]).expect("key");
+        let record = KeyRecord {
+            id: Uuid::from_u64_pair(5, u64::from(n)),
+            hash: hash_key(&key),
+            start: key[..7].into(),
+            name: "p".into(),
+            scopes: vec!["*".into()],
+            meta: Default::default(),
+            enabled: true,
+            origin: KeyOrigin::Generated,
+            global: false,
+            owner,
+            plan: None,
+            limits: Default::default(),
+            allowed_cidrs: Vec::new(),
+            project,
+            created_at: 0,
+            updated_at: 0,
+            expires_at: None,
+            revoked_at: None,
+            rotated_to: None,
+            last_used_at: None,
+            usage_count: 0,
+        };
+        (key, record)
+    }
+
+    #[test]
+    fn key_levels_and_the_project_header() {
+        let (ana, alpha, beta) = (
+            Uuid::from_u64_pair(6, 1),
+            Uuid::from_u64_pair(6, 2),
+            Uuid::from_u64_pair(6, 3),
+        );
+        let (user_level, r1) = record(1, Some(ana), None);
+        let (project_level, r2) = record(2, Some(ana), Some(alpha));
+        let (instance, r3) = record(3, None, None);
+        let mut index = KeyIndex::from_records([r1, r2, r3]);
+        index.upsert_owner(
+            ana,
+            OwnerState {
+                role: Role::User,
+                disabled: false,
+            },
+        );
+        index.set_project(alpha, Some([ana].into_iter().collect()));
+        index.set_project(beta, Some(Default::default()));
+        let (a, b) = (alpha.to_string(), beta.to_string());
+        // (key, X-Project-ID, project required, expected code, resolved project)
+        type Case<'a> = (&'a str, Option<&'a str>, bool, DecisionCode, Option<Uuid>);
+        let cases: [Case; 10] = [
+            (
+                &user_level,
+                Some(&a),
+                true,
+                DecisionCode::Valid,
+                Some(alpha),
+            ),
+            (&user_level, None, true, DecisionCode::ProjectRequired, None),
+            (&user_level, None, false, DecisionCode::Valid, None),
+            (
+                &user_level,
+                Some(&b),
+                true,
+                DecisionCode::ProjectForbidden,
+                None,
+            ),
+            (
+                &user_level,
+                Some("not-a-uuid"),
+                false,
+                DecisionCode::ProjectForbidden,
+                None,
+            ),
+            (&project_level, None, true, DecisionCode::Valid, Some(alpha)),
+            (
+                &project_level,
+                Some(&a),
+                true,
+                DecisionCode::Valid,
+                Some(alpha),
+            ),
+            (
+                &project_level,
+                Some(&b),
+                true,
+                DecisionCode::ProjectForbidden,
+                None,
+            ),
+            (&instance, Some(&b), true, DecisionCode::Valid, Some(beta)),
+            (
+                &instance,
+                Some("00000000-0000-0000-0000-000000000009"),
+                true,
+                DecisionCode::ProjectForbidden,
+                None,
+            ),
+        ];
+        for (key, header, required, code, project) in cases {
+            let check = Check {
+                credential: key,
+                trimmed: false,
+                required_scopes: &[] as &[&str],
+                now: 1,
+                client_ip: None,
+                project: header,
+                project_required: required,
+            };
+            let decision = decide(&index, &check);
+            assert_eq!(
+                (decision.code, decision.project),
+                (code, project),
+                "{header:?} required={required}"
+            );
         }
     }
 }

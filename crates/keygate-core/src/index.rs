@@ -52,6 +52,8 @@ pub struct KeyIndex {
     global: Option<Uuid>,
     /// Plans by id: their limits, resolved into each key's `limits` on upsert.
     plans: HashMap<Uuid, Limits>,
+    /// Projects and their members.
+    projects: HashMap<Uuid, std::collections::HashSet<Uuid>>,
 }
 
 impl KeyIndex {
@@ -121,6 +123,25 @@ impl KeyIndex {
         for record in affected {
             self.upsert(record);
         }
+    }
+
+    /// Inserts, replaces or (with `None`) removes a project and its members.
+    pub fn set_project(&mut self, id: Uuid, members: Option<std::collections::HashSet<Uuid>>) {
+        match members {
+            Some(members) => self.projects.insert(id, members),
+            None => self.projects.remove(&id),
+        };
+    }
+
+    pub fn project_exists(&self, project: Uuid) -> bool {
+        self.projects.contains_key(&project)
+    }
+
+    /// `None` if the project does not exist, else whether `user` is a member.
+    pub fn is_member(&self, project: Uuid, user: Uuid) -> Option<bool> {
+        self.projects
+            .get(&project)
+            .map(|members| members.contains(&user))
     }
 
     /// Inserts or replaces what the hot path knows about a user.

@@ -87,6 +87,8 @@ pub struct KeyRecord {
     pub limits: crate::limit::LimitsOverride,
     /// When not empty, the only client networks the key may be used from.
     pub allowed_cidrs: Vec<ipnet::IpNet>,
+    /// A project-level key is pinned to this project; `None`: a user-level key.
+    pub project: Option<Uuid>,
     pub created_at: UnixMillis,
     pub updated_at: UnixMillis,
     pub expires_at: Option<UnixMillis>,

@@ -30,7 +30,7 @@ impl Role {
         match self {
             Role::Admin => ALL_PERMISSIONS,
             // Users manage their own keys (handlers restrict them to keys they own).
-            Role::User => &[KEYS_READ, KEYS_WRITE],
+            Role::User => &[KEYS_READ, KEYS_WRITE, PROJECTS_READ, PROJECTS_WRITE],
         }
     }
 
@@ -48,6 +48,8 @@ pub const SETTINGS_WRITE: &str = "settings:write";
 pub const AUDIT_READ: &str = "audit:read";
 pub const PLANS_READ: &str = "plans:read";
 pub const PLANS_WRITE: &str = "plans:write";
+pub const PROJECTS_READ: &str = "projects:read";
+pub const PROJECTS_WRITE: &str = "projects:write";
 
 /// Every permission keygate itself checks, with what it allows.
 pub const PERMISSIONS: &[(&str, &str)] = &[
@@ -66,6 +68,14 @@ pub const PERMISSIONS: &[(&str, &str)] = &[
     (AUDIT_READ, "Read the audit log."),
     (PLANS_READ, "List and show plans."),
     (PLANS_WRITE, "Create and change plans."),
+    (
+        PROJECTS_READ,
+        "List and show projects (a user: those they belong to).",
+    ),
+    (
+        PROJECTS_WRITE,
+        "Create projects, rename, delete and manage members (a user: projects they own).",
+    ),
 ];
 
 const ALL_PERMISSIONS: &[&str] = &[
@@ -78,6 +88,8 @@ const ALL_PERMISSIONS: &[&str] = &[
     AUDIT_READ,
     PLANS_READ,
     PLANS_WRITE,
+    PROJECTS_READ,
+    PROJECTS_WRITE,
 ];
 
 /// The scope that stands for every keygate permission on a key (kept from the first

@@ -25,6 +25,8 @@ pub struct ServerConfig {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// The header naming the client behind a trusted proxy.
     pub client_ip_header: String,
+    /// The header a request names its project in (case-insensitive).
+    pub project_header: String,
     /// Minute usage rows older than this are rolled up into hours.
     pub usage_minute_retention: Duration,
     /// Hour usage rows older than this are rolled up into days.
@@ -48,6 +50,7 @@ impl Default for ServerConfig {
             trusted_proxies: Vec::new(),
             client_ip_header: "x-forwarded-for".into(),
             self_rotation_grace: Duration::from_secs(24 * 3600),
+            project_header: "x-project-id".into(),
             usage_minute_retention: Duration::from_secs(7 * 86_400),
             usage_hour_retention: Duration::from_secs(90 * 86_400),
             tokens: TokenConfig::default(),

@@ -29,6 +29,8 @@ pub enum Principal {
         owner: Option<(Uuid, Role)>,
         /// The key's limit states after this request (for `RateLimit` fields).
         limits: Vec<keygate_core::limit::LimitStatus>,
+        /// The project the request acts in.
+        project: Option<Uuid>,
     },
     /// A signed-in user, by JWT access token.
     User {
@@ -36,6 +38,8 @@ pub enum Principal {
         name: String,
         role: Role,
         family: String,
+        /// The project named in the request, if the user may act in it.
+        project: Option<Uuid>,
     },
     /// API access is switched off (`api_access_enabled = false`): no credential needed.
     Open,
@@ -83,10 +87,21 @@ impl Principal {
     }
 }
 
+/// What the decision needs to know about the request besides the credential.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Request<'a> {
+    pub client_ip: Option<std::net::IpAddr>,
+    /// The project the request names.
+    pub project: Option<&'a str>,
+    /// The route acts inside a project (a user-level key must name one).
+    pub project_required: bool,
+}
+
 /// Everything the engine is built from at start-up, read in one pass over the store.
 pub struct Snapshot {
     pub keys: Vec<KeyRecord>,
     pub plans: Vec<keygate_store::Plan>,
+    pub projects: Vec<keygate_store::Project>,
     /// This month's quota use per key: (month, [(key, used)]).
     pub quota_usage: (i32, Vec<(Uuid, u64)>),
     pub users: Vec<UserRecord>,
@@ -113,6 +128,7 @@ pub struct Engine {
     pub ledger: UsageLedger,
     pub feed: FeedPosition,
     api_key_header: HeaderName,
+    project_header: HeaderName,
     transports: Vec<Transport>,
 }
 
@@ -126,6 +142,7 @@ impl Engine {
         let Snapshot {
             keys,
             plans,
+            projects,
             quota_usage,
             users,
             settings,
@@ -141,6 +158,12 @@ impl Engine {
         }
         for key in keys {
             index.upsert(key);
+        }
+        for project in projects {
+            index.set_project(
+                project.id,
+                Some(project.members.iter().map(|(user, _)| *user).collect()),
+            );
         }
         let (month, used) = quota_usage;
         for (key_id, used) in used {
@@ -159,6 +182,8 @@ impl Engine {
             ledger: UsageLedger::default(),
             feed: FeedPosition::default(),
             api_key_header,
+            project_header: HeaderName::try_from(config.project_header.as_str())
+                .map_err(|_| format!("{:?} is not a valid header name", config.project_header))?,
             transports: config.transports.clone(),
         };
         engine.feed.applied_seq.store(seq, Ordering::Release);
@@ -186,6 +211,14 @@ impl Engine {
         for record in records {
             index.upsert(record);
         }
+    }
+
+    /// Applies a project change (`None`: the project is gone).
+    pub fn apply_project(&self, id: Uuid, members: Option<std::collections::HashSet<Uuid>>) {
+        self.index
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .set_project(id, members);
     }
 
     /// Applies a plan change (`None`: the plan is gone) to every key on it.
@@ -237,8 +270,11 @@ impl Engine {
         required_scopes: &[&str],
         client_ip: Option<std::net::IpAddr>,
         now: UnixMillis,
-    ) -> Result<Principal, Decision> {
+    ) -> Result<Principal, Box<Decision>> {
         let settings = self.settings();
+        let project = headers
+            .get(&self.project_header)
+            .and_then(|v| v.to_str().ok());
         if !settings.api_access_enabled {
             return Ok(Principal::Open);
         }
@@ -272,18 +308,22 @@ impl Engine {
         });
         let decision = match extraction {
             Extraction::Found(presented) if credential::looks_like_jwt(presented.value) => {
-                let outcome = self.verify_access_token(presented.value, required_scopes);
+                let outcome = self.verify_access_token(presented.value, required_scopes, project);
                 count_outcome(match &outcome {
                     Ok(_) => DecisionCode::Valid,
                     Err(decision) => decision.code,
                 });
-                return outcome;
+                return outcome.map_err(Box::new);
             }
             Extraction::Found(presented) => self.decide_and_count(
                 presented.value,
                 presented.trimmed,
                 required_scopes,
-                client_ip,
+                Request {
+                    client_ip,
+                    project,
+                    project_required: false,
+                },
                 now,
             ),
             Extraction::Missing { hint } => {
@@ -308,17 +348,21 @@ impl Engine {
                 key,
                 owner: decision.owner,
                 limits: decision.limits,
+                project: decision.project,
             }),
-            _ => Err(decision),
+            _ => Err(Box::new(decision)),
         }
     }
 
     /// Checks a JWT access token: signature and claims, then that its sign-in was not
     /// revoked and its user still exists, is enabled, and holds the permissions.
+    // Private and on the refusal path only; `authenticate` boxes the error for callers.
+    #[allow(clippy::result_large_err)]
     fn verify_access_token(
         &self,
         token: &str,
         required_scopes: &[&str],
+        project: Option<&str>,
     ) -> Result<Principal, Decision> {
         let claims = self
             .tokens
@@ -364,6 +408,7 @@ impl Engine {
                 limits: Vec::new(),
                 retry_after_ms: None,
                 owner: None,
+                project: None,
                 code: DecisionCode::InsufficientPermissions,
                 key: None,
                 hint: Some(format!(
@@ -373,11 +418,33 @@ impl Engine {
                 missing_scope: Some((*missing).to_string()),
             });
         }
+        let project = match project.map(str::trim).filter(|p| !p.is_empty()) {
+            None => None,
+            Some(text) => {
+                let allowed =
+                    Uuid::parse_str(text)
+                        .ok()
+                        .filter(|p| match self.index().is_member(*p, id) {
+                            None => false,
+                            Some(member) => member || state.role == Role::Admin,
+                        });
+                match allowed {
+                    Some(p) => Some(p),
+                    None => {
+                        return Err(refusal(
+                            DecisionCode::ProjectForbidden,
+                            "you are not a member of the project named in the request".into(),
+                        ));
+                    }
+                }
+            }
+        };
         Ok(Principal::User {
             id,
             name: claims.name.unwrap_or_default(),
             role: state.role,
             family: claims.sid,
+            project,
         })
     }
 
@@ -386,7 +453,7 @@ impl Engine {
         &self,
         key: &str,
         scopes: &[S],
-        client_ip: Option<std::net::IpAddr>,
+        request: Request<'_>,
         now: UnixMillis,
     ) -> Decision {
         let (key, trimmed) = credential::trim_credential(key);
@@ -394,7 +461,7 @@ impl Engine {
             count_outcome(DecisionCode::Missing);
             return refusal(DecisionCode::Missing, "the `key` field is empty".into());
         }
-        self.decide_and_count(key, trimmed, scopes, client_ip, now)
+        self.decide_and_count(key, trimmed, scopes, request, now)
     }
 
     fn decide_and_count<S: AsRef<str>>(
@@ -402,7 +469,7 @@ impl Engine {
         credential: &str,
         trimmed: bool,
         required_scopes: &[S],
-        client_ip: Option<std::net::IpAddr>,
+        request: Request<'_>,
         now: UnixMillis,
     ) -> Decision {
         if trimmed {
@@ -417,7 +484,9 @@ impl Engine {
                     trimmed,
                     required_scopes,
                     now,
-                    client_ip,
+                    client_ip: request.client_ip,
+                    project: request.project,
+                    project_required: request.project_required,
                 },
             )
         };
@@ -473,6 +542,7 @@ fn refusal(code: DecisionCode, hint: String) -> Decision {
         limits: Vec::new(),
         retry_after_ms: None,
         owner: None,
+        project: None,
     }
 }
 

@@ -44,12 +44,14 @@ impl Feed {
             let mut key_ids = HashSet::new();
             let mut user_ids = HashSet::new();
             let mut plan_ids = HashSet::new();
+            let mut project_ids = HashSet::new();
             let mut settings_changed = false;
             let mut families_changed = false;
             for change in &changes {
                 let ids = match change.entity {
                     Entity::Key => &mut key_ids,
                     Entity::Plan => &mut plan_ids,
+                    Entity::Project => &mut project_ids,
                     Entity::User => &mut user_ids,
                     Entity::Settings => {
                         settings_changed = true;
@@ -76,6 +78,13 @@ impl Feed {
                 let found: HashSet<Uuid> = users.iter().map(|u| u.id).collect();
                 let removed: Vec<Uuid> = ids.into_iter().filter(|id| !found.contains(id)).collect();
                 self.engine.apply_users(users, &removed);
+            }
+            for id in project_ids {
+                let project = self.store.get_project(id).await?;
+                self.engine.apply_project(
+                    id,
+                    project.map(|p| p.members.iter().map(|(user, _)| *user).collect()),
+                );
             }
             for id in plan_ids {
                 let plan = self.store.get_plan(id).await?;

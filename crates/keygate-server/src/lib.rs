@@ -77,6 +77,7 @@ impl Server {
         let snapshot = engine::Snapshot {
             keys,
             plans: store.load_plans().await?,
+            projects: store.load_projects().await?,
             quota_usage: (month, store.quota_usage(month).await?),
             users: store.load_users().await?,
             settings: store.settings().await?,

@@ -98,6 +98,7 @@ fn record(
         plan: None,
         limits: Default::default(),
         allowed_cidrs: Vec::new(),
+        project: None,
         created_at: now,
         updated_at: now,
         expires_at: spec.expires_at,

@@ -1091,6 +1091,12 @@ async fn openapi_document_and_swagger_ui() {
         ("/api/v1/keys/rotate", &["post"]),
         ("/api/v1/keys/{id}/usage", &["get"]),
         ("/api/v1/usage", &["get"]),
+        ("/api/v1/projects", &["get", "post"]),
+        ("/api/v1/projects/{id}", &["get", "patch", "delete"]),
+        (
+            "/api/v1/projects/{id}/members/{user_id}",
+            &["put", "delete"],
+        ),
         ("/api/v1/keys/verify", &["post"]),
         ("/api/v1/whoami", &["get"]),
         ("/api/v1/settings", &["get", "patch"]),
@@ -1138,7 +1144,9 @@ async fn openapi_document_and_swagger_ui() {
     // Every documented operation is routed (none falls through to the 404/405 fallbacks).
     for (path, item) in paths {
         for method in item.as_object().expect("path item").keys() {
-            let concrete = path.replace("{id}", "01900000-0000-7000-8000-000000000000");
+            let concrete = path
+                .replace("{id}", "01900000-0000-7000-8000-000000000000")
+                .replace("{user_id}", "01900000-0000-7000-8000-000000000001");
             let method = Method::from_bytes(method.to_uppercase().as_bytes()).expect("method");
             let response = server
                 .request(method.clone(), &concrete)

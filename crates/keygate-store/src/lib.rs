@@ -44,6 +44,7 @@ pub enum Entity {
     /// A sign-in's token family (revocations matter to the hot path).
     Family,
     Plan,
+    Project,
 }
 
 impl Entity {
@@ -54,6 +55,7 @@ impl Entity {
             Entity::User => "user",
             Entity::Family => "family",
             Entity::Plan => "plan",
+            Entity::Project => "project",
         }
     }
 
@@ -64,6 +66,7 @@ impl Entity {
             "user" => Some(Entity::User),
             "family" => Some(Entity::Family),
             "plan" => Some(Entity::Plan),
+            "project" => Some(Entity::Project),
             _ => None,
         }
     }
@@ -158,6 +161,16 @@ pub struct KeyUpdate {
     pub plan: Option<Option<Uuid>>,
     pub limits: Option<LimitsOverride>,
     pub allowed_cidrs: Option<Vec<ipnet::IpNet>>,
+}
+
+/// A project and its members with their roles (`owner` or `member`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Project {
+    pub id: Uuid,
+    pub name: String,
+    pub members: Vec<(Uuid, String)>,
+    pub created_at: UnixMillis,
+    pub updated_at: UnixMillis,
 }
 
 /// A plan: a name and the limits its keys take.
@@ -300,6 +313,22 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<()>;
     /// Quota use of every key in `month`, for the limiter at start-up.
     async fn quota_usage(&self, month: i32) -> Result<Vec<(Uuid, u64)>>;
+
+    async fn load_projects(&self) -> Result<Vec<Project>>;
+    async fn get_project(&self, id: Uuid) -> Result<Option<Project>>;
+    /// Stores a project with its members (the creator as `owner`).
+    async fn create_project(&self, project: &Project, audit: &AuditEntry) -> Result<()>;
+    async fn rename_project(&self, id: Uuid, name: &str, audit: &AuditEntry) -> Result<bool>;
+    /// Deletes a project and revokes its project-level keys, in one transaction.
+    async fn delete_project(&self, id: Uuid, audit: &AuditEntry) -> Result<bool>;
+    /// Adds a member or changes their role (`None`: removes them).
+    async fn set_member(
+        &self,
+        project: Uuid,
+        user: Uuid,
+        role: Option<&str>,
+        audit: &AuditEntry,
+    ) -> Result<bool>;
 
     async fn secret(&self, name: &str) -> Result<Option<String>>;
     /// Stores `value` unless the name is taken; returns the stored value either way.

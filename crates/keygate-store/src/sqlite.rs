@@ -5,8 +5,8 @@
 //! failing on a lock upgrade, and every write appends to `changes` in its transaction.
 
 use crate::{
-    AuditEntry, AuditFilter, AuditRecord, Change, Entity, KeyPage, KeyUpdate, Plan, RefreshOutcome,
-    RefreshToken, Result, Store, StoreError, UserUpdate,
+    AuditEntry, AuditFilter, AuditRecord, Change, Entity, KeyPage, KeyUpdate, Plan, Project,
+    RefreshOutcome, RefreshToken, Result, Store, StoreError, UserUpdate,
 };
 use async_trait::async_trait;
 use keygate_core::settings::InstanceSettings;
@@ -26,7 +26,7 @@ pub const DB_FILE: &str = "keygate.db";
 
 const KEY_COLUMNS: &str = "id, hash, start, name, scopes, meta, enabled, origin, global, \
      created_at, updated_at, expires_at, revoked_at, rotated_to, last_used_at, usage_count, owner, \
-     plan, limits, allowed_cidrs";
+     plan, limits, allowed_cidrs, project";
 
 const USER_COLUMNS: &str =
     "id, username, email, role, disabled, created_at, updated_at, last_login_at";
@@ -129,6 +129,7 @@ fn key_from_row(row: &SqliteRow) -> Result<KeyRecord> {
     let plan: Option<String> = row.try_get("plan")?;
     let limits: String = row.try_get("limits")?;
     let allowed_cidrs: String = row.try_get("allowed_cidrs")?;
+    let project: Option<String> = row.try_get("project")?;
     Ok(KeyRecord {
         id,
         hash,
@@ -160,6 +161,10 @@ fn key_from_row(row: &SqliteRow) -> Result<KeyRecord> {
             .map_err(|e| corrupt("rotated_to", e))?,
         last_used_at: row.try_get("last_used_at")?,
         usage_count: u64::try_from(usage_count).unwrap_or(0),
+        project: project
+            .map(|s| Uuid::parse_str(&s))
+            .transpose()
+            .map_err(|e| corrupt("key project", e))?,
     })
 }
 
@@ -170,7 +175,7 @@ fn json(value: &impl serde::Serialize) -> String {
 
 async fn insert_key_tx(tx: &mut Transaction<'static, Sqlite>, r: &KeyRecord) -> Result<()> {
     let result = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO keys ({KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        "INSERT INTO keys ({KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     )))
     .bind(r.id.to_string())
     .bind(&r.hash[..])
@@ -192,6 +197,7 @@ async fn insert_key_tx(tx: &mut Transaction<'static, Sqlite>, r: &KeyRecord) -> 
     .bind(r.plan.map(|id| id.to_string()))
     .bind(json(&r.limits))
     .bind(json(&r.allowed_cidrs))
+    .bind(r.project.map(|id| id.to_string()))
     .execute(&mut **tx)
     .await;
     match result {
@@ -1096,6 +1102,193 @@ impl Store for SqliteStore {
                 ))
             })
             .collect()
+    }
+
+    async fn load_projects(&self) -> Result<Vec<Project>> {
+        let rows = sqlx::query("SELECT id FROM projects ORDER BY created_at, id")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut projects = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id: String = row.try_get("id")?;
+            if let Some(project) = self
+                .get_project(Uuid::parse_str(&id).map_err(|e| corrupt("project id", e))?)
+                .await?
+            {
+                projects.push(project);
+            }
+        }
+        Ok(projects)
+    }
+
+    async fn get_project(&self, id: Uuid) -> Result<Option<Project>> {
+        let Some(row) =
+            sqlx::query("SELECT id, name, created_at, updated_at FROM projects WHERE id = ?")
+                .bind(id.to_string())
+                .fetch_optional(&self.pool)
+                .await?
+        else {
+            return Ok(None);
+        };
+        let members = sqlx::query(
+            "SELECT user_id, role FROM project_members WHERE project_id = ? ORDER BY user_id",
+        )
+        .bind(id.to_string())
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|m| {
+            let user: String = m.try_get("user_id")?;
+            Ok((
+                Uuid::parse_str(&user).map_err(|e| corrupt("member id", e))?,
+                m.try_get("role")?,
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+        Ok(Some(Project {
+            id,
+            name: row.try_get("name")?,
+            members,
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
+        }))
+    }
+
+    async fn create_project(&self, project: &Project, audit: &AuditEntry) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        sqlx::query("INSERT INTO projects (id, name, created_at, updated_at) VALUES (?, ?, ?, ?)")
+            .bind(project.id.to_string())
+            .bind(&project.name)
+            .bind(project.created_at)
+            .bind(project.updated_at)
+            .execute(&mut *tx)
+            .await?;
+        for (user, role) in &project.members {
+            sqlx::query("INSERT INTO project_members (project_id, user_id, role) VALUES (?, ?, ?)")
+                .bind(project.id.to_string())
+                .bind(user.to_string())
+                .bind(role)
+                .execute(&mut *tx)
+                .await?;
+        }
+        record_change(
+            &mut tx,
+            Entity::Project,
+            &project.id.to_string(),
+            "insert",
+            project.created_at,
+        )
+        .await?;
+        audit_tx(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn rename_project(&self, id: Uuid, name: &str, audit: &AuditEntry) -> Result<bool> {
+        let mut tx = self.write_tx().await?;
+        let done = sqlx::query("UPDATE projects SET name = ?, updated_at = ? WHERE id = ?")
+            .bind(name)
+            .bind(audit.at)
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        record_change(
+            &mut tx,
+            Entity::Project,
+            &id.to_string(),
+            "update",
+            audit.at,
+        )
+        .await?;
+        audit_tx(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn delete_project(&self, id: Uuid, audit: &AuditEntry) -> Result<bool> {
+        let now = audit.at;
+        let mut tx = self.write_tx().await?;
+        let done = sqlx::query("DELETE FROM projects WHERE id = ?")
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        sqlx::query("DELETE FROM project_members WHERE project_id = ?")
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        let keys: Vec<String> =
+            sqlx::query_scalar("SELECT id FROM keys WHERE project = ? AND revoked_at IS NULL")
+                .bind(id.to_string())
+                .fetch_all(&mut *tx)
+                .await?;
+        for key in keys {
+            sqlx::query("UPDATE keys SET revoked_at = ?, updated_at = ? WHERE id = ?")
+                .bind(now)
+                .bind(now)
+                .bind(&key)
+                .execute(&mut *tx)
+                .await?;
+            record_change(&mut tx, Entity::Key, &key, "revoke", now).await?;
+        }
+        record_change(&mut tx, Entity::Project, &id.to_string(), "delete", now).await?;
+        audit_tx(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn set_member(
+        &self,
+        project: Uuid,
+        user: Uuid,
+        role: Option<&str>,
+        audit: &AuditEntry,
+    ) -> Result<bool> {
+        let mut tx = self.write_tx().await?;
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM projects WHERE id = ?)")
+                .bind(project.to_string())
+                .fetch_one(&mut *tx)
+                .await?;
+        if !exists {
+            return Ok(false);
+        }
+        match role {
+            Some(role) => {
+                sqlx::query(
+                    "INSERT INTO project_members (project_id, user_id, role) VALUES (?, ?, ?) \
+                     ON CONFLICT (project_id, user_id) DO UPDATE SET role = excluded.role",
+                )
+                .bind(project.to_string())
+                .bind(user.to_string())
+                .bind(role)
+                .execute(&mut *tx)
+                .await?;
+            }
+            None => {
+                sqlx::query("DELETE FROM project_members WHERE project_id = ? AND user_id = ?")
+                    .bind(project.to_string())
+                    .bind(user.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        record_change(
+            &mut tx,
+            Entity::Project,
+            &project.to_string(),
+            "members",
+            audit.at,
+        )
+        .await?;
+        audit_tx(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn secret(&self, name: &str) -> Result<Option<String>> {

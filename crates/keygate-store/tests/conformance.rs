@@ -29,6 +29,7 @@ fn record(n: u8, at: i64) -> KeyRecord {
         plan: None,
         limits: Default::default(),
         allowed_cidrs: vec!["10.0.0.0/8".parse().expect("net")],
+        project: None,
         created_at: at,
         updated_at: at,
         expires_at: None,
@@ -591,6 +592,91 @@ async fn accounts_conformance(store: &dyn Store) {
             .expect("usage")
             .is_empty()
     );
+
+    // Projects: members, renames, deletion revoking project-level keys.
+    let project = keygate_store::Project {
+        id: Uuid::now_v7(),
+        name: "alpha".into(),
+        members: vec![(ana.id, "owner".into())],
+        created_at: 1,
+        updated_at: 1,
+    };
+    store
+        .create_project(&project, &audit(1, "project.create"))
+        .await
+        .expect("project");
+    let other = Uuid::now_v7();
+    assert!(
+        store
+            .set_member(
+                project.id,
+                other,
+                Some("member"),
+                &audit(2, "project.member")
+            )
+            .await
+            .expect("member")
+    );
+    assert!(
+        !store
+            .set_member(
+                Uuid::now_v7(),
+                other,
+                Some("member"),
+                &audit(2, "project.member")
+            )
+            .await
+            .expect("no project")
+    );
+    assert!(
+        store
+            .rename_project(project.id, "alpha 2", &audit(3, "project.update"))
+            .await
+            .expect("rename")
+    );
+    let loaded = store
+        .get_project(project.id)
+        .await
+        .expect("get")
+        .expect("project");
+    assert_eq!((loaded.name.as_str(), loaded.members.len()), ("alpha 2", 2));
+    assert!(
+        store
+            .set_member(project.id, other, None, &audit(4, "project.member"))
+            .await
+            .expect("remove")
+    );
+    let mut pinned = record(14, 500);
+    pinned.project = Some(project.id);
+    store
+        .insert_key(&pinned, None, &audit(500, "key.create"))
+        .await
+        .expect("pinned");
+    assert_eq!(
+        store
+            .get_key(pinned.id)
+            .await
+            .expect("get")
+            .expect("key")
+            .project,
+        Some(project.id)
+    );
+    assert!(
+        store
+            .delete_project(project.id, &audit(600, "project.delete"))
+            .await
+            .expect("delete")
+    );
+    assert!(
+        store
+            .get_key(pinned.id)
+            .await
+            .expect("get")
+            .expect("key")
+            .revoked_at
+            .is_some()
+    );
+    assert!(store.load_projects().await.expect("projects").is_empty());
 
     assert_eq!(store.secret("jwt").await.expect("secret"), None);
     assert_eq!(

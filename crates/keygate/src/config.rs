@@ -34,6 +34,7 @@ pub struct FileConfig {
     pub trusted_proxies: Option<Vec<String>>,
     pub client_ip_header: Option<String>,
     pub self_rotation_grace: Option<String>,
+    pub project_header: Option<String>,
 }
 
 /// The same settings from flags or the environment (already merged by clap).
@@ -100,6 +101,9 @@ pub struct Overrides {
     /// How long a key that rotates itself keeps working (default and maximum), e.g. 24h.
     #[arg(long, env = "KEYGATE_SELF_ROTATION_GRACE", value_name = "DURATION")]
     pub self_rotation_grace: Option<String>,
+    /// The header a request names its project in.
+    #[arg(long, env = "KEYGATE_PROJECT_HEADER", value_name = "NAME")]
+    pub project_header: Option<String>,
 }
 
 /// The effective configuration.
@@ -127,6 +131,7 @@ pub struct Effective {
     pub client_ip_header: String,
     #[serde(serialize_with = "ser_duration")]
     pub self_rotation_grace: Duration,
+    pub project_header: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -170,6 +175,7 @@ impl Effective {
                 .collect(),
             client_ip_header: self.client_ip_header.clone(),
             self_rotation_grace: self.self_rotation_grace,
+            project_header: self.project_header.clone(),
             ..ServerConfig::default()
         }
     }
@@ -395,6 +401,17 @@ pub fn resolve(file: &FileConfig, over: &Overrides) -> Result<Effective, Vec<Str
         &file.self_rotation_grace,
         defaults.self_rotation_grace,
     );
+    let project_header = over
+        .project_header
+        .clone()
+        .or_else(|| file.project_header.clone())
+        .unwrap_or_else(|| defaults.project_header.clone())
+        .to_ascii_lowercase();
+    if axum_header_ok(&project_header).is_err() {
+        errors.push(format!(
+            "project_header: {project_header:?} is not a valid header name"
+        ));
+    }
     let effective = Effective {
         listen,
         data_dir: over
@@ -417,6 +434,7 @@ pub fn resolve(file: &FileConfig, over: &Overrides) -> Result<Effective, Vec<Str
         trusted_proxies,
         client_ip_header,
         self_rotation_grace,
+        project_header,
     };
     if errors.is_empty() {
         Ok(effective)

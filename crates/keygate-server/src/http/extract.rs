@@ -118,6 +118,8 @@ permissions! {
     AuditRead => keygate_core::user::AUDIT_READ,
     PlansRead => keygate_core::user::PLANS_READ,
     PlansWrite => keygate_core::user::PLANS_WRITE,
+    ProjectsRead => keygate_core::user::PROJECTS_READ,
+    ProjectsWrite => keygate_core::user::PROJECTS_WRITE,
 }
 
 /// A caller holding permission `P` (through a key's scopes and its owner's role, or a
@@ -148,7 +150,7 @@ fn authenticate(parts: &Parts, state: &AppState, scopes: &[&str]) -> Result<Prin
             client_ip,
             now_ms(),
         )
-        .map_err(ApiError::from)?;
+        .map_err(|decision| ApiError::from(*decision))?;
     if let Principal::ApiKey { limits, .. } = &principal {
         crate::http::context::set_request_limits(limits);
     }

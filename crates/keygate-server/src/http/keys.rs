@@ -60,6 +60,13 @@ pub fn view(state: &AppState, record: &KeyRecord, now: UnixMillis) -> KeyView {
         limits: record.limits.clone(),
         quota_used,
         allowed_cidrs: record.allowed_cidrs.clone(),
+        level: if record.project.is_some() {
+            "project"
+        } else {
+            "user"
+        }
+        .into(),
+        project_id: record.project,
         created_at: time_of(record.created_at),
         updated_at: time_of(record.updated_at),
         expires_at: record.expires_at.map(time_of),
@@ -189,6 +196,24 @@ pub async fn create_key(
     let owner = owner_for(&state, principal, body.user_id).await?;
     check_grantable(principal, &body.scopes)?;
     check_limits(&state, body.plan, body.limits.as_ref()).await?;
+    let project = match (body.level.as_deref().unwrap_or("user"), body.project_id) {
+        ("user", None) => None,
+        ("user", Some(_)) => {
+            return Err(ApiError::invalid(
+                "A user-level key takes no `project_id`; use \"level\": \"project\".",
+            ));
+        }
+        ("project", Some(project)) => {
+            super::projects::check_pin(&state, owner, project).await?;
+            Some(project)
+        }
+        ("project", None) => {
+            return Err(ApiError::invalid(
+                "A project-level key needs a `project_id`.",
+            ));
+        }
+        _ => return Err(ApiError::invalid("`level` must be user or project.")),
+    };
     let spec = KeySpec {
         name: body.name,
         scopes: body.scopes,
@@ -203,6 +228,7 @@ pub async fn create_key(
     record.plan = body.plan;
     record.limits = body.limits.unwrap_or_default();
     record.allowed_cidrs = body.allowed_cidrs.unwrap_or_default();
+    record.project = project;
     let keep = state.engine.settings().keys_per_user;
     let entry = audit::entry(
         principal,
@@ -562,6 +588,7 @@ async fn rotate(
     replacement.plan = old.plan;
     replacement.limits = old.limits.clone();
     replacement.allowed_cidrs = old.allowed_cidrs.clone();
+    replacement.project = old.project;
     let grace_ms = i64::try_from(grace_seconds * 1000).unwrap_or(i64::MAX);
     let mut entry = audit::entry(principal, addr, "key.rotate", Some(format!("key:{id}")));
     entry

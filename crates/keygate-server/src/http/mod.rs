@@ -8,6 +8,7 @@ pub mod error;
 pub mod extract;
 pub mod keys;
 pub mod plans;
+pub mod projects;
 pub mod system;
 pub mod usage;
 pub mod users;
@@ -54,6 +55,20 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/keys/{id}/rotate", post(keys::rotate_key))
         .route("/api/v1/keys/{id}/usage", get(usage::key_usage))
         .route("/api/v1/usage", get(usage::usage))
+        .route(
+            "/api/v1/projects",
+            get(projects::list_projects).post(projects::create_project),
+        )
+        .route(
+            "/api/v1/projects/{id}",
+            get(projects::get_project)
+                .patch(projects::rename_project)
+                .delete(projects::delete_project),
+        )
+        .route(
+            "/api/v1/projects/{id}/members/{user_id}",
+            axum::routing::put(projects::put_member).delete(projects::remove_member),
+        )
         .route("/api/v1/whoami", get(verify::whoami))
         .route(
             "/api/v1/settings",

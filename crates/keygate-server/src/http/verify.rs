@@ -27,9 +27,16 @@ pub async fn verify_key(
     if body.scopes.len() > 100 {
         return Err(ApiError::invalid("`scopes` may list at most 100 scopes."));
     }
-    let decision = state
-        .engine
-        .verify(&body.key, &body.scopes, body.ip, now_ms());
+    let decision = state.engine.verify(
+        &body.key,
+        &body.scopes,
+        crate::engine::Request {
+            client_ip: body.ip,
+            project: body.project_id.as_deref(),
+            project_required: body.project_required,
+        },
+        now_ms(),
+    );
     let key = decision.key.as_ref().map(|k| &k.record);
     Ok(Json(VerifyResponse {
         valid: decision.is_valid(),
@@ -41,6 +48,7 @@ pub async fn verify_key(
         expires_at: key.and_then(|r| r.expires_at).map(time_of),
         hint: decision.hint.clone(),
         missing_scope: decision.missing_scope.clone(),
+        project_id: decision.project,
         retry_after: decision
             .retry_after_ms
             .map(|ms| u64::try_from((ms + 999) / 1000).unwrap_or(1)),
@@ -66,7 +74,13 @@ pub async fn verify_key(
 /// Who the request's credential belongs to: the simplest protected endpoint.
 pub async fn whoami(Caller(principal): Caller) -> Json<WhoAmI> {
     Json(match principal {
-        Principal::ApiKey { key, owner, .. } => WhoAmI {
+        Principal::ApiKey {
+            key,
+            owner,
+            project,
+            ..
+        } => WhoAmI {
+            project_id: project,
             auth: "api_key".into(),
             key_id: Some(key.record.id),
             name: Some(key.record.name.clone()),
@@ -74,7 +88,14 @@ pub async fn whoami(Caller(principal): Caller) -> Json<WhoAmI> {
             user_id: owner.map(|(id, _)| id),
             role: owner.map(|(_, role)| role.as_str().into()),
         },
-        Principal::User { id, name, role, .. } => WhoAmI {
+        Principal::User {
+            id,
+            name,
+            role,
+            project,
+            ..
+        } => WhoAmI {
+            project_id: project,
             auth: "jwt".into(),
             key_id: None,
             name: Some(name),
@@ -83,6 +104,7 @@ pub async fn whoami(Caller(principal): Caller) -> Json<WhoAmI> {
             role: Some(role.as_str().into()),
         },
         Principal::Open => WhoAmI {
+            project_id: None,
             auth: "none".into(),
             key_id: None,
             name: None,

@@ -185,7 +185,10 @@ async fn users_and_permissions() {
         .iter()
         .find(|r| r["role"] == "user")
         .expect("user role");
-    assert_eq!(user_role["permissions"], json!(["keys:read", "keys:write"]));
+    assert_eq!(
+        user_role["permissions"],
+        json!(["keys:read", "keys:write", "projects:read", "projects:write"])
+    );
 
     // Promote, update email, disable, delete.
     let path = format!("/api/v1/users/{ana}");
@@ -1209,4 +1212,268 @@ async fn logout_with_an_expired_refresh_token_still_ends_the_sign_in() {
         .call(Method::GET, "/api/v1/whoami", &access, None)
         .await;
     assert_error(status, &body, 401, "invalid_token", &access);
+}
+
+#[tokio::test]
+async fn projects_and_key_levels() {
+    let server = TestServer::start().await;
+    let ana = server.add_user("ana", "user").await;
+    let bob = server.add_user("bob", "user").await;
+    let (ana_jwt, _) = server.tokens("ana", "ana-password-123").await;
+    let (bob_jwt, _) = server.tokens("bob", "bob-password-123").await;
+    // Users create projects and own them.
+    let (status, alpha) = server
+        .call(
+            Method::POST,
+            "/api/v1/projects",
+            &ana_jwt,
+            Some(json!({"name": "alpha"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{alpha}");
+    assert_eq!(alpha["members"], json!([{"user_id": ana, "role": "owner"}]));
+    let alpha_id = alpha["id"].as_str().expect("id").to_string();
+    let (_, beta) = server
+        .call(
+            Method::POST,
+            "/api/v1/projects",
+            &bob_jwt,
+            Some(json!({"name": "beta"})),
+        )
+        .await;
+    let beta_id = beta["id"].as_str().expect("id").to_string();
+    let (_, mine) = server
+        .call(Method::GET, "/api/v1/projects", &ana_jwt, None)
+        .await;
+    assert_eq!(mine["projects"].as_array().expect("list").len(), 1);
+    assert_eq!(
+        server
+            .call(
+                Method::GET,
+                &format!("/api/v1/projects/{beta_id}"),
+                &ana_jwt,
+                None
+            )
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+    let (_, all) = server.admin_get("/api/v1/projects").await;
+    assert_eq!(all["projects"].as_array().expect("list").len(), 2);
+
+    // A user-level key acts in every project of its owner, naming it in X-Project-ID.
+    let (_, user_key) = server
+        .call(
+            Method::POST,
+            "/api/v1/keys",
+            &ana_jwt,
+            Some(json!({"name": "ana user"})),
+        )
+        .await;
+    assert_eq!(user_key["level"], "user");
+    let user_key = user_key["key"].as_str().expect("key").to_string();
+    let with_project = |key: &str, project: &str| {
+        server
+            .request(Method::GET, "/api/v1/whoami")
+            .bearer_auth(key)
+            .header("X-Project-ID", project)
+            .send()
+    };
+    let (status, me) = read(with_project(&user_key, &alpha_id).await.expect("send")).await;
+    assert_eq!(
+        (status, me["project_id"].as_str()),
+        (StatusCode::OK, Some(alpha_id.as_str()))
+    );
+    let (status, body) = read(with_project(&user_key, &beta_id).await.expect("send")).await;
+    assert_error(status, &body, 403, "project_forbidden", &user_key);
+    let (status, body) = read(with_project(&user_key, "nope").await.expect("send")).await;
+    assert_error(status, &body, 403, "project_forbidden", &user_key);
+    // The verify API: a project-scoped route needs the project from a user-level key.
+    let verdict = server
+        .verify(json!({"key": user_key, "project_required": true}))
+        .await;
+    assert_eq!(verdict["code"], "PROJECT_REQUIRED");
+    let verdict = server
+        .verify(json!({"key": user_key, "project_required": true, "project_id": alpha_id}))
+        .await;
+    assert_eq!(
+        (verdict["code"].as_str(), verdict["project_id"].as_str()),
+        (Some("VALID"), Some(alpha_id.as_str()))
+    );
+    assert_eq!(
+        server
+            .verify(json!({"key": user_key, "project_id": beta_id}))
+            .await["code"],
+        "PROJECT_FORBIDDEN"
+    );
+    // An unscoped route (project_required false) needs no header.
+    assert_eq!(
+        server.verify(json!({"key": user_key})).await["code"],
+        "VALID"
+    );
+
+    // A project-level key is pinned: no header needed, another project refused.
+    let (status, pinned) = server
+        .call(
+            Method::POST,
+            "/api/v1/keys",
+            &ana_jwt,
+            Some(json!({"name": "alpha ci", "level": "project", "project_id": alpha_id})),
+        )
+        .await;
+    assert_eq!(
+        (status, pinned["level"].as_str()),
+        (StatusCode::CREATED, Some("project")),
+        "{pinned}"
+    );
+    let pinned = pinned["key"].as_str().expect("key").to_string();
+    let verdict = server
+        .verify(json!({"key": pinned, "project_required": true}))
+        .await;
+    assert_eq!(
+        (verdict["code"].as_str(), verdict["project_id"].as_str()),
+        (Some("VALID"), Some(alpha_id.as_str()))
+    );
+    assert_eq!(
+        server
+            .verify(json!({"key": pinned, "project_id": beta_id}))
+            .await["code"],
+        "PROJECT_FORBIDDEN"
+    );
+    let (status, me) = server.whoami(&pinned).await;
+    assert_eq!(
+        (status, me["project_id"].as_str()),
+        (StatusCode::OK, Some(alpha_id.as_str()))
+    );
+    // Pinning to a project the owner is not in, or with the wrong shape, is refused.
+    let (status, _) = server
+        .call(
+            Method::POST,
+            "/api/v1/keys",
+            &ana_jwt,
+            Some(json!({"name": "x", "level": "project", "project_id": beta_id})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    for body in [
+        json!({"name": "x", "level": "project"}),
+        json!({"name": "x", "project_id": alpha_id}),
+        json!({"name": "x", "level": "team"}),
+    ] {
+        let (status, _) = server
+            .call(Method::POST, "/api/v1/keys", &ana_jwt, Some(body.clone()))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    }
+
+    // Members: bob joins alpha and his user-level key may act there; only owners manage.
+    let (status, _) = server
+        .call(
+            Method::PUT,
+            &format!("/api/v1/projects/{alpha_id}/members/{bob}"),
+            &bob_jwt,
+            Some(json!({"role": "member"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "bob cannot see alpha yet");
+    let (status, project) = server
+        .call(
+            Method::PUT,
+            &format!("/api/v1/projects/{alpha_id}/members/{bob}"),
+            &ana_jwt,
+            Some(json!({"role": "member"})),
+        )
+        .await;
+    assert_eq!(
+        (status, project["members"].as_array().map(Vec::len)),
+        (StatusCode::OK, Some(2))
+    );
+    let (_, bob_key) = server
+        .call(
+            Method::POST,
+            "/api/v1/keys",
+            &bob_jwt,
+            Some(json!({"name": "bob user"})),
+        )
+        .await;
+    let bob_key = bob_key["key"].as_str().expect("key").to_string();
+    assert_eq!(
+        with_project(&bob_key, &alpha_id)
+            .await
+            .expect("send")
+            .status(),
+        StatusCode::OK
+    );
+    let (status, _) = server
+        .call(
+            Method::PATCH,
+            &format!("/api/v1/projects/{alpha_id}"),
+            &bob_jwt,
+            Some(json!({"name": "mine now"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = server
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/projects/{alpha_id}/members/{bob}"),
+            &ana_jwt,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        with_project(&bob_key, &alpha_id)
+            .await
+            .expect("send")
+            .status(),
+        StatusCode::FORBIDDEN
+    );
+    let (status, _) = server
+        .call(
+            Method::PUT,
+            &format!("/api/v1/projects/{alpha_id}/members/{bob}"),
+            &ana_jwt,
+            Some(json!({"role": "king"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // Deleting the project revokes its project-level keys.
+    let (status, _) = server
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/projects/{alpha_id}"),
+            &ana_jwt,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = server.whoami(&pinned).await;
+    assert_error(status, &body, 401, "revoked_api_key", &pinned);
+    // A JWT names a project the same way.
+    let (status, me) = read(
+        server
+            .request(Method::GET, "/api/v1/whoami")
+            .bearer_auth(&bob_jwt)
+            .header("X-Project-ID", &beta_id)
+            .send()
+            .await
+            .expect("send"),
+    )
+    .await;
+    assert_eq!(
+        (status, me["project_id"].as_str()),
+        (StatusCode::OK, Some(beta_id.as_str()))
+    );
+    let (status, _) = read(
+        server
+            .request(Method::GET, "/api/v1/whoami")
+            .bearer_auth(&ana_jwt)
+            .header("X-Project-ID", &beta_id)
+            .send()
+            .await
+            .expect("send"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
 }
