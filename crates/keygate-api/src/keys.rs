@@ -391,3 +391,19 @@ pub struct UsageReport {
     /// Periods with at least one decision, oldest first.
     pub rows: Vec<UsageRow>,
 }
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FreeKeyRequest {
+    pub email: String,
+}
+
+/// A self-service free key, shown this once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct FreeKeyResponse {
+    pub api_key: String,
+    /// The plan's name.
+    pub plan: String,
+    pub monthly_limit: Option<u64>,
+    pub message: String,
+}

@@ -25,6 +25,10 @@ pub struct ServerConfig {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// The header naming the client behind a trusted proxy.
     pub client_ip_header: String,
+    /// The plan (by name) of self-service free keys; `None` turns `POST /keys/free` off.
+    pub free_key_plan: Option<String>,
+    /// Free keys one client address may create per hour.
+    pub free_keys_per_address: u32,
     /// The header a request names its project in (case-insensitive).
     pub project_header: String,
     /// Minute usage rows older than this are rolled up into hours.
@@ -51,6 +55,8 @@ impl Default for ServerConfig {
             client_ip_header: "x-forwarded-for".into(),
             self_rotation_grace: Duration::from_secs(24 * 3600),
             project_header: "x-project-id".into(),
+            free_key_plan: None,
+            free_keys_per_address: 5,
             usage_minute_retention: Duration::from_secs(7 * 86_400),
             usage_hour_retention: Duration::from_secs(90 * 86_400),
             tokens: TokenConfig::default(),

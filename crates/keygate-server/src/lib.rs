@@ -38,6 +38,8 @@ pub struct AppState {
     pub started: Instant,
     pub passwords: Arc<passwords::Passwords>,
     pub throttle: Arc<throttle::Throttle>,
+    /// Free-key creations per client address.
+    pub free_key_throttle: Arc<throttle::Throttle>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +91,13 @@ impl Server {
         let passwords =
             Arc::new(passwords::Passwords::new(config.password_cost).map_err(StartError::Config)?);
         let throttle = Arc::new(throttle::Throttle::new(config.throttle.clone()));
+        let free_key_throttle = Arc::new(throttle::Throttle::new(throttle::ThrottleConfig {
+            window: std::time::Duration::from_secs(3600),
+            max_failures_per_user: u32::MAX,
+            max_failures_per_address: config.free_keys_per_address,
+            free_failures: u32::MAX,
+            ..throttle::ThrottleConfig::default()
+        }));
         let engine =
             Arc::new(Engine::new(&config, snapshot, tokens, now).map_err(StartError::Config)?);
         tracing::info!(keys = engine.index().len(), seq, "key index loaded");
@@ -102,6 +111,7 @@ impl Server {
                 started: Instant::now(),
                 passwords,
                 throttle,
+                free_key_throttle,
             },
         })
     }

@@ -1089,6 +1089,7 @@ async fn openapi_document_and_swagger_ui() {
         ("/api/v1/keys/{id}/rotate", &["post"]),
         ("/api/v1/keys/import", &["post"]),
         ("/api/v1/keys/rotate", &["post"]),
+        ("/api/v1/keys/free", &["post"]),
         ("/api/v1/keys/{id}/usage", &["get"]),
         ("/api/v1/usage", &["get"]),
         ("/api/v1/projects", &["get", "post"]),

@@ -330,6 +330,15 @@ pub trait Store: Send + Sync + 'static {
         audit: &AuditEntry,
     ) -> Result<bool>;
 
+    /// Stores a free key for a normalised email; [`StoreError::Conflict`] if that email
+    /// already has one.
+    async fn insert_free_key(
+        &self,
+        email: &str,
+        record: &KeyRecord,
+        audit: &AuditEntry,
+    ) -> Result<()>;
+
     async fn secret(&self, name: &str) -> Result<Option<String>>;
     /// Stores `value` unless the name is taken; returns the stored value either way.
     async fn secret_or_insert(&self, name: &str, value: &str) -> Result<String>;

@@ -1291,6 +1291,27 @@ impl Store for SqliteStore {
         Ok(true)
     }
 
+    async fn insert_free_key(
+        &self,
+        email: &str,
+        record: &KeyRecord,
+        audit: &AuditEntry,
+    ) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        let result =
+            sqlx::query("INSERT INTO free_keys (email, key_id, created_at) VALUES (?, ?, ?)")
+                .bind(email)
+                .bind(record.id.to_string())
+                .bind(record.created_at)
+                .execute(&mut *tx)
+                .await;
+        unique_to_conflict(result, "this email address already has a free key")?;
+        insert_key_tx(&mut tx, record).await?;
+        audit_tx(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn secret(&self, name: &str) -> Result<Option<String>> {
         Ok(
             sqlx::query_scalar("SELECT value FROM secrets WHERE name = ?")

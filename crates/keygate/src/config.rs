@@ -35,6 +35,8 @@ pub struct FileConfig {
     pub client_ip_header: Option<String>,
     pub self_rotation_grace: Option<String>,
     pub project_header: Option<String>,
+    pub free_key_plan: Option<String>,
+    pub free_keys_per_address: Option<u32>,
 }
 
 /// The same settings from flags or the environment (already merged by clap).
@@ -104,6 +106,12 @@ pub struct Overrides {
     /// The header a request names its project in.
     #[arg(long, env = "KEYGATE_PROJECT_HEADER", value_name = "NAME")]
     pub project_header: Option<String>,
+    /// Turn on POST /api/v1/keys/free with keys on this plan (by name).
+    #[arg(long, env = "KEYGATE_FREE_KEY_PLAN", value_name = "PLAN")]
+    pub free_key_plan: Option<String>,
+    /// Free keys one client address may create per hour.
+    #[arg(long, env = "KEYGATE_FREE_KEYS_PER_ADDRESS", value_name = "N")]
+    pub free_keys_per_address: Option<u32>,
 }
 
 /// The effective configuration.
@@ -132,6 +140,8 @@ pub struct Effective {
     #[serde(serialize_with = "ser_duration")]
     pub self_rotation_grace: Duration,
     pub project_header: String,
+    pub free_key_plan: Option<String>,
+    pub free_keys_per_address: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -176,6 +186,8 @@ impl Effective {
             client_ip_header: self.client_ip_header.clone(),
             self_rotation_grace: self.self_rotation_grace,
             project_header: self.project_header.clone(),
+            free_key_plan: self.free_key_plan.clone(),
+            free_keys_per_address: self.free_keys_per_address,
             ..ServerConfig::default()
         }
     }
@@ -412,6 +424,18 @@ pub fn resolve(file: &FileConfig, over: &Overrides) -> Result<Effective, Vec<Str
             "project_header: {project_header:?} is not a valid header name"
         ));
     }
+    let free_key_plan = over
+        .free_key_plan
+        .clone()
+        .or_else(|| file.free_key_plan.clone())
+        .filter(|p| !p.is_empty());
+    let free_keys_per_address = over
+        .free_keys_per_address
+        .or(file.free_keys_per_address)
+        .unwrap_or(defaults.free_keys_per_address);
+    if free_keys_per_address == 0 {
+        errors.push("free_keys_per_address: must be at least 1".into());
+    }
     let effective = Effective {
         listen,
         data_dir: over
@@ -435,6 +459,8 @@ pub fn resolve(file: &FileConfig, over: &Overrides) -> Result<Effective, Vec<Str
         client_ip_header,
         self_rotation_grace,
         project_header,
+        free_key_plan,
+        free_keys_per_address,
     };
     if errors.is_empty() {
         Ok(effective)

@@ -1,7 +1,7 @@
 //! The OpenAPI 3.1 document of every endpoint, and Swagger UI with embedded assets.
 
 use crate::config::ServerConfig;
-use crate::http::{audit, auth, keys, plans, projects, system, usage, users, verify};
+use crate::http::{audit, auth, free, keys, plans, projects, system, usage, users, verify};
 use utoipa::OpenApi;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 
@@ -13,7 +13,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
     ),
     paths(
         keys::create_key, keys::list_keys, keys::get_key, keys::update_key, keys::revoke_key,
-        keys::rotate_key, keys::import_key, keys::rotate_self,
+        keys::rotate_key, keys::import_key, keys::rotate_self, free::create_free_key,
         verify::verify_key, verify::whoami,
         system::get_settings, system::patch_settings, system::system_info,
         system::get_global_key, system::regenerate_global_key,

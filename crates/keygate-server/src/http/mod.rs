@@ -6,6 +6,7 @@ pub mod context;
 pub mod docs;
 pub mod error;
 pub mod extract;
+pub mod free;
 pub mod keys;
 pub mod plans;
 pub mod projects;
@@ -45,6 +46,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/keys", post(keys::create_key).get(keys::list_keys))
         .route("/api/v1/keys/import", post(keys::import_key))
         .route("/api/v1/keys/rotate", post(keys::rotate_self))
+        .route("/api/v1/keys/free", post(free::create_free_key))
         .route("/api/v1/keys/verify", post(verify::verify_key))
         .route(
             "/api/v1/keys/{id}",

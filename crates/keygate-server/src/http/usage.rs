@@ -49,6 +49,8 @@ pub struct UsageParams {
     user_id: Option<Uuid>,
     /// Only keys on this plan.
     plan_id: Option<Uuid>,
+    /// Only the project-level keys of this project.
+    project_id: Option<Uuid>,
     /// Only this key.
     key_id: Option<Uuid>,
 }
@@ -225,7 +227,11 @@ pub async fn key_usage(
     PathId(id): PathId,
     QueryParams(params): QueryParams<UsageParams>,
 ) -> Result<Response, ApiError> {
-    if params.user_id.is_some() || params.plan_id.is_some() || params.key_id.is_some() {
+    if params.user_id.is_some()
+        || params.plan_id.is_some()
+        || params.key_id.is_some()
+        || params.project_id.is_some()
+    {
         return Err(ApiError::invalid(
             "Filters belong to /api/v1/usage; this endpoint is about one key.",
         ));
@@ -247,7 +253,7 @@ pub async fn key_usage(
     ),
     security(("api_key" = []), ("bearer" = []))
 )]
-/// Usage across keys: all of them, or by user, plan or key.
+/// Usage across keys: all of them, or by user, plan, project or key.
 pub async fn usage(
     State(state): State<AppState>,
     caller: Need<KeysRead>,
@@ -267,7 +273,10 @@ pub async fn usage(
         }
         me
     };
-    let filtered = user.is_some() || params.plan_id.is_some() || params.key_id.is_some();
+    let filtered = user.is_some()
+        || params.plan_id.is_some()
+        || params.key_id.is_some()
+        || params.project_id.is_some();
     let keys = filtered.then(|| {
         let index = state.engine.index();
         let mut ids = Vec::new();
@@ -276,6 +285,7 @@ pub async fn usage(
             if user.is_none_or(|u| r.owner == Some(u))
                 && params.plan_id.is_none_or(|p| r.plan == Some(p))
                 && params.key_id.is_none_or(|id| r.id == id)
+                && params.project_id.is_none_or(|p| r.project == Some(p))
             {
                 ids.push(r.id);
             }

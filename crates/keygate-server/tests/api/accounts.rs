@@ -42,7 +42,7 @@ impl TestServer {
         read(request.send().await.expect("send")).await
     }
 
-    async fn post_json(&self, path: &str, body: Value) -> (StatusCode, Value) {
+    pub(super) async fn post_json(&self, path: &str, body: Value) -> (StatusCode, Value) {
         read(
             self.request(Method::POST, path)
                 .json(&body)

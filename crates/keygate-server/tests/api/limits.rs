@@ -524,3 +524,68 @@ async fn usage_numbers_match_the_requests_made() {
         .await;
     assert_eq!(status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn free_keys_for_self_service_sign_up() {
+    // Off by default: the endpoint says so.
+    let off = TestServer::start().await;
+    let (status, body) = off
+        .post_json("/api/v1/keys/free", json!({"email": "a@example.com"}))
+        .await;
+    assert_error(status, &body, 404, "not_found", "");
+
+    let server = TestServer::start_with(ServerConfig {
+        free_key_plan: Some("free".into()),
+        free_keys_per_address: 3,
+        ..test_config()
+    })
+    .await;
+    server.plan(json!({"name": "free", "rate_limits": [{"limit": 10, "period_seconds": 60}], "monthly_quota": 1000})).await;
+    let (status, free) = server
+        .post_json(
+            "/api/v1/keys/free",
+            json!({"email": "Ana+test@Example.com"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{free}");
+    assert_eq!(
+        (free["plan"].as_str(), free["monthly_limit"].as_u64()),
+        (Some("free"), Some(1000))
+    );
+    assert!(
+        free["message"]
+            .as_str()
+            .expect("message")
+            .contains("not be shown again")
+    );
+    let key = free["api_key"].as_str().expect("key").to_string();
+    let response = server
+        .request(Method::GET, "/api/v1/whoami")
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(header(&response, "ratelimit-policy").contains(r#""minute";q=10;w=60"#));
+    // One per normalised address.
+    let (status, body) = server
+        .post_json("/api/v1/keys/free", json!({"email": "ana@example.com"}))
+        .await;
+    assert_error(status, &body, 409, "conflict", "");
+    let (status, body) = server
+        .post_json("/api/v1/keys/free", json!({"email": "not-an-email"}))
+        .await;
+    assert_error(status, &body, 400, "invalid_request", "");
+    // Per-address throttling (3 per hour here; the conflict above counted too).
+    assert_eq!(
+        server
+            .post_json("/api/v1/keys/free", json!({"email": "bo@example.com"}))
+            .await
+            .0,
+        StatusCode::CREATED
+    );
+    let (status, body) = server
+        .post_json("/api/v1/keys/free", json!({"email": "cy@example.com"}))
+        .await;
+    assert_error(status, &body, 429, "rate_limited", "");
+}

@@ -1,0 +1,121 @@
+//! `POST /api/v1/keys/free`: a self-service key on the free plan, one per email address.
+
+use crate::AppState;
+use crate::clock::now_ms;
+use crate::engine::Principal;
+use crate::http::audit;
+use crate::http::error::ApiError;
+use crate::http::extract::{ClientAddr, JsonBody};
+use crate::mint::{self, KeySpec};
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use keygate_api::keys::{FreeKeyRequest, FreeKeyResponse};
+use keygate_api::{ErrorBody, ErrorCode};
+use std::time::Instant;
+
+/// Lower-cases the address and drops a `+tag`, so one mailbox gets one key.
+pub fn normalize_email(email: &str) -> Option<String> {
+    let email = email.trim().to_lowercase();
+    let (local, domain) = email.split_once('@')?;
+    let local = local.split('+').next().unwrap_or(local);
+    let valid = !local.is_empty()
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && email.len() <= 254
+        && email.chars().all(|c| c.is_ascii_graphic() || !c.is_ascii())
+        && !domain.contains('@');
+    valid.then(|| format!("{local}@{domain}"))
+}
+
+#[utoipa::path(
+    post, path = "/api/v1/keys/free", tag = "keys", request_body = FreeKeyRequest,
+    responses(
+        (status = 201, description = "The key, shown this once", body = FreeKeyResponse),
+        (status = 400, description = "Not an email address", body = ErrorBody),
+        (status = 404, description = "Free keys are off on this instance", body = ErrorBody),
+        (status = 409, description = "This address already has a free key", body = ErrorBody),
+        (status = 429, description = "Too many free keys from this address", body = ErrorBody),
+    )
+)]
+pub async fn create_free_key(
+    State(state): State<AppState>,
+    addr: ClientAddr,
+    JsonBody(body): JsonBody<FreeKeyRequest>,
+) -> Result<(StatusCode, Json<FreeKeyResponse>), ApiError> {
+    let Some(plan_name) = state.config.free_key_plan.clone() else {
+        return Err(ApiError::new(ErrorCode::NotFound)
+            .message("Free keys are not offered on this instance."));
+    };
+    let email = normalize_email(&body.email)
+        .ok_or_else(|| ApiError::invalid("`email` is not an email address."))?;
+    let address = addr.text().unwrap_or_default();
+    if let Err(wait) = state
+        .free_key_throttle
+        .attempt(&email, &address, Instant::now())
+    {
+        return Err(ApiError::new(ErrorCode::RateLimited)
+            .message("Too many free keys were created from this address.")
+            .retry_after(wait.as_secs() + 1));
+    }
+    let plans = state.store.load_plans().await?;
+    let plan = plans.iter().find(|p| p.name == plan_name).ok_or_else(|| {
+        tracing::error!(plan = %plan_name, "free_key_plan names no plan");
+        ApiError::new(ErrorCode::ServiceUnavailable)
+            .message("Free keys are misconfigured on this instance.")
+    })?;
+    let now = now_ms();
+    let mut meta = serde_json::Map::new();
+    meta.insert("email".into(), email.clone().into());
+    let spec = KeySpec {
+        name: format!("free key for {email}"),
+        meta,
+        enabled: true,
+        ..Default::default()
+    };
+    let (key, mut record) = mint::mint(&spec, now)?;
+    record.plan = Some(plan.id);
+    let mut entry = audit::entry(
+        &Principal::Open,
+        &addr,
+        "key.create_free",
+        Some(format!("key:{}", record.id)),
+    );
+    entry.detail.insert("plan".into(), plan.name.clone().into());
+    state.store.insert_free_key(&email, &record, &entry).await?;
+    super::keys::sync_after_write(&state).await;
+    Ok((
+        StatusCode::CREATED,
+        Json(FreeKeyResponse {
+            api_key: key,
+            plan: plan.name.clone(),
+            monthly_limit: plan.limits.monthly_quota,
+            message: "Store this key now: it will not be shown again.".into(),
+        }),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails_normalise() {
+        assert_eq!(
+            normalize_email(" Ana+news@Example.COM ").as_deref(),
+            Some("ana@example.com")
+        );
+        for bad in [
+            "",
+            "ana",
+            "@example.com",
+            "ana@",
+            "ana@example",
+            "ana@.com",
+            "a b@example.com",
+        ] {
+            assert_eq!(normalize_email(bad), None, "{bad}");
+        }
+    }
+}
