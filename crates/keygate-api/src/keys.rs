@@ -232,6 +232,10 @@ pub struct VerifyRequest {
     /// The route acts inside a project: a user-level key must name one.
     #[serde(default)]
     pub project_required: bool,
+    /// The path the client called; it is project-scoped unless the instance lists it in
+    /// `project_exempt_paths` (this sets `project_required` for you).
+    #[serde(default)]
+    pub path: Option<String>,
 }
 
 /// The verify API's answer: always 200 for a well-formed request; `valid` says the rest.

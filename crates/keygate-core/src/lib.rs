@@ -10,6 +10,7 @@ pub mod index;
 pub mod key_format;
 pub mod limit;
 pub mod record;
+pub mod route;
 pub mod scope;
 pub mod settings;
 pub mod usage;

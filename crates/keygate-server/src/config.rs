@@ -29,6 +29,10 @@ pub struct ServerConfig {
     pub free_key_plan: Option<String>,
     /// Free keys one client address may create per hour.
     pub free_keys_per_address: u32,
+    /// Routes that act outside any project, so a user-level key needs no project header
+    /// there (the project-keys seed's `/validate` and `/projects`). Every other route given
+    /// to the verify API as `path` is project-scoped.
+    pub project_exempt_paths: Vec<String>,
     /// The header a request names its project in (case-insensitive).
     pub project_header: String,
     /// Minute usage rows older than this are rolled up into hours.
@@ -55,6 +59,7 @@ impl Default for ServerConfig {
             client_ip_header: "x-forwarded-for".into(),
             self_rotation_grace: Duration::from_secs(24 * 3600),
             project_header: "x-project-id".into(),
+            project_exempt_paths: Vec::new(),
             free_key_plan: None,
             free_keys_per_address: 5,
             usage_minute_retention: Duration::from_secs(7 * 86_400),

@@ -37,6 +37,9 @@ pub struct FileConfig {
     pub project_header: Option<String>,
     pub free_key_plan: Option<String>,
     pub free_keys_per_address: Option<u32>,
+    pub project_exempt_paths: Option<Vec<String>>,
+    pub usage_minute_retention: Option<String>,
+    pub usage_hour_retention: Option<String>,
 }
 
 /// The same settings from flags or the environment (already merged by clap).
@@ -112,6 +115,20 @@ pub struct Overrides {
     /// Free keys one client address may create per hour.
     #[arg(long, env = "KEYGATE_FREE_KEYS_PER_ADDRESS", value_name = "N")]
     pub free_keys_per_address: Option<u32>,
+    /// Paths (comma-separated) that need no project header from a user-level key.
+    #[arg(
+        long,
+        env = "KEYGATE_PROJECT_EXEMPT_PATHS",
+        value_name = "PATHS",
+        value_delimiter = ','
+    )]
+    pub project_exempt_paths: Option<Vec<String>>,
+    /// Minute usage rows older than this roll up into hours (e.g. 7d as 168h).
+    #[arg(long, env = "KEYGATE_USAGE_MINUTE_RETENTION", value_name = "DURATION")]
+    pub usage_minute_retention: Option<String>,
+    /// Hour usage rows older than this roll up into days.
+    #[arg(long, env = "KEYGATE_USAGE_HOUR_RETENTION", value_name = "DURATION")]
+    pub usage_hour_retention: Option<String>,
 }
 
 /// The effective configuration.
@@ -142,6 +159,11 @@ pub struct Effective {
     pub project_header: String,
     pub free_key_plan: Option<String>,
     pub free_keys_per_address: u32,
+    pub project_exempt_paths: Vec<String>,
+    #[serde(serialize_with = "ser_duration")]
+    pub usage_minute_retention: Duration,
+    #[serde(serialize_with = "ser_duration")]
+    pub usage_hour_retention: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -188,6 +210,9 @@ impl Effective {
             project_header: self.project_header.clone(),
             free_key_plan: self.free_key_plan.clone(),
             free_keys_per_address: self.free_keys_per_address,
+            project_exempt_paths: self.project_exempt_paths.clone(),
+            usage_minute_retention: self.usage_minute_retention,
+            usage_hour_retention: self.usage_hour_retention,
             ..ServerConfig::default()
         }
     }
@@ -436,6 +461,33 @@ pub fn resolve(file: &FileConfig, over: &Overrides) -> Result<Effective, Vec<Str
     if free_keys_per_address == 0 {
         errors.push("free_keys_per_address: must be at least 1".into());
     }
+    let project_exempt_paths: Vec<String> = over
+        .project_exempt_paths
+        .clone()
+        .or_else(|| file.project_exempt_paths.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| !p.trim().is_empty())
+        .collect();
+    for path in &project_exempt_paths {
+        if !path.starts_with('/') {
+            errors.push(format!("project_exempt_paths: {path:?} must start with /"));
+        }
+    }
+    let usage_minute_retention = layered_duration(
+        &mut errors,
+        "usage_minute_retention",
+        &over.usage_minute_retention,
+        &file.usage_minute_retention,
+        defaults.usage_minute_retention,
+    );
+    let usage_hour_retention = layered_duration(
+        &mut errors,
+        "usage_hour_retention",
+        &over.usage_hour_retention,
+        &file.usage_hour_retention,
+        defaults.usage_hour_retention,
+    );
     let effective = Effective {
         listen,
         data_dir: over
@@ -461,6 +513,9 @@ pub fn resolve(file: &FileConfig, over: &Overrides) -> Result<Effective, Vec<Str
         project_header,
         free_key_plan,
         free_keys_per_address,
+        project_exempt_paths,
+        usage_minute_retention,
+        usage_hour_retention,
     };
     if errors.is_empty() {
         Ok(effective)

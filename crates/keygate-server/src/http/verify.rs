@@ -27,13 +27,17 @@ pub async fn verify_key(
     if body.scopes.len() > 100 {
         return Err(ApiError::invalid("`scopes` may list at most 100 scopes."));
     }
+    let project_required = match &body.path {
+        Some(path) => !keygate_core::route::any_matches(&state.config.project_exempt_paths, path),
+        None => body.project_required,
+    };
     let decision = state.engine.verify(
         &body.key,
         &body.scopes,
         crate::engine::Request {
             client_ip: body.ip,
             project: body.project_id.as_deref(),
-            project_required: body.project_required,
+            project_required,
         },
         now_ms(),
     );

@@ -1477,3 +1477,33 @@ async fn projects_and_key_levels() {
     .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
 }
+
+#[tokio::test]
+async fn exempt_routes_need_no_project_header() {
+    let server = TestServer::start_with(ServerConfig {
+        project_exempt_paths: vec!["/validate".into(), "/projects".into()],
+        ..test_config()
+    })
+    .await;
+    server.add_user("zed", "user").await;
+    let (jwt, _) = server.tokens("zed", "zed-password-123").await;
+    let (_, key) = server
+        .call(
+            Method::POST,
+            "/api/v1/keys",
+            &jwt,
+            Some(json!({"name": "zed"})),
+        )
+        .await;
+    let key = key["key"].as_str().expect("key").to_string();
+    for (path, code) in [
+        ("/validate", "VALID"),
+        ("/projects", "VALID"),
+        ("/projects/123/sites", "VALID"),
+        ("/sites", "PROJECT_REQUIRED"),
+        ("/validated", "PROJECT_REQUIRED"),
+    ] {
+        let verdict = server.verify(json!({"key": key, "path": path})).await;
+        assert_eq!(verdict["code"], code, "{path}");
+    }
+}
