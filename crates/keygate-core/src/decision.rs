@@ -6,7 +6,7 @@
 use crate::credential::looks_like_jwt;
 use crate::index::{IndexedKey, KeyIndex};
 use crate::key_format::{self, FormatError, hash_key};
-use crate::limit::{LimitRefusal, LimitStatus};
+use crate::limit::{LimitRefusal, LimitStatuses};
 use crate::record::{KeyState, UnixMillis};
 use crate::scope;
 use crate::user::{self, Role};
@@ -103,7 +103,7 @@ pub struct Decision {
     /// For `INSUFFICIENT_PERMISSIONS`: the first scope the key lacks.
     pub missing_scope: Option<String>,
     /// The state of each limit that applies to the key (for `RateLimit` fields).
-    pub limits: Vec<LimitStatus>,
+    pub limits: LimitStatuses,
     /// For `RATE_LIMITED` and `QUOTA_EXCEEDED`: when a retry can succeed.
     pub retry_after_ms: Option<i64>,
     /// The key's owner and their role, read under the same lock as the decision.
@@ -123,7 +123,7 @@ impl Decision {
             key,
             hint,
             missing_scope: None,
-            limits: Vec::new(),
+            limits: LimitStatuses::default(),
             retry_after_ms: None,
             owner: None,
             project: None,
@@ -332,7 +332,7 @@ pub fn decide<S: AsRef<str>>(index: &KeyIndex, check: &Check<'_, S>) -> Decision
         });
     if let Some(missing) = missing {
         return Decision {
-            limits: Vec::new(),
+            limits: LimitStatuses::default(),
             retry_after_ms: None,
             owner: None,
             project: None,
@@ -346,36 +346,34 @@ pub fn decide<S: AsRef<str>>(index: &KeyIndex, check: &Check<'_, S>) -> Decision
     }
 
     // Limits last: rate limits, then the monthly quota (a refused request spends neither).
-    let mut limits = Vec::new();
+    let mut limits = LimitStatuses::default();
     if let Some(key_limits) = &key.limits {
-        let admitted = key.usage.limiter().admit(key_limits, check.now);
-        match admitted {
-            Ok(statuses) => limits = statuses,
-            Err((refusal, statuses)) => {
-                let (code, wait, hint) = match refusal {
-                    LimitRefusal::RateLimited { retry_after_ms } => (
-                        DecisionCode::RateLimited,
-                        retry_after_ms,
-                        "slow down: this key's rate limit is reached; retry after the time in Retry-After",
-                    ),
-                    LimitRefusal::QuotaExceeded { retry_after_ms } => (
-                        DecisionCode::QuotaExceeded,
-                        retry_after_ms,
-                        "this key's monthly quota is used up; it renews at the start of next month (UTC)",
-                    ),
-                };
-                return Decision {
-                    code,
-                    hint: Some(hint.into()),
-                    missing_scope: None,
-                    limits: statuses,
-                    retry_after_ms: Some(wait),
-                    owner: None,
-                    project: None,
-                    key: Some(key),
-                };
-            }
+        let (admitted, statuses) = key.usage.limiter().admit(key_limits, check.now);
+        if let Err(refusal) = admitted {
+            let (code, wait, hint) = match refusal {
+                LimitRefusal::RateLimited { retry_after_ms } => (
+                    DecisionCode::RateLimited,
+                    retry_after_ms,
+                    "slow down: this key's rate limit is reached; retry after the time in Retry-After",
+                ),
+                LimitRefusal::QuotaExceeded { retry_after_ms } => (
+                    DecisionCode::QuotaExceeded,
+                    retry_after_ms,
+                    "this key's monthly quota is used up; it renews at the start of next month (UTC)",
+                ),
+            };
+            return Decision {
+                code,
+                hint: Some(hint.into()),
+                missing_scope: None,
+                limits: statuses,
+                retry_after_ms: Some(wait),
+                owner: None,
+                project: None,
+                key: Some(key),
+            };
         }
+        limits = statuses;
     }
 
     let owner = key.record.owner.zip(owner.map(|o| o.role));

@@ -7,7 +7,70 @@
 
 use crate::record::UnixMillis;
 use serde::{Deserialize, Serialize};
-use std::borrow::Cow;
+use std::fmt;
+
+/// The name of a limit in the `RateLimit` fields. `Copy`, so reporting a limit's state
+/// allocates nothing on the decision path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PolicyName {
+    Second,
+    #[default]
+    Minute,
+    Hour,
+    Day,
+    Month,
+    Seconds(u64),
+}
+
+impl fmt::Display for PolicyName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PolicyName::Second => f.write_str("second"),
+            PolicyName::Minute => f.write_str("minute"),
+            PolicyName::Hour => f.write_str("hour"),
+            PolicyName::Day => f.write_str("day"),
+            PolicyName::Month => f.write_str("month"),
+            PolicyName::Seconds(s) => write!(f, "{s}s"),
+        }
+    }
+}
+
+/// Limit states, kept inline for the usual few limits so a decision needs no allocation.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LimitStatuses {
+    len: usize,
+    inline: [LimitStatus; INLINE_STATUSES],
+    /// Used instead of `inline` once there are more states than fit there.
+    spill: Vec<LimitStatus>,
+}
+
+const INLINE_STATUSES: usize = 3;
+
+impl LimitStatuses {
+    pub fn push(&mut self, status: LimitStatus) {
+        if self.spill.is_empty() && self.len < INLINE_STATUSES {
+            self.inline[self.len] = status;
+            self.len += 1;
+            return;
+        }
+        if self.spill.is_empty() {
+            self.spill.extend_from_slice(&self.inline[..self.len]);
+        }
+        self.spill.push(status);
+    }
+
+    pub fn as_slice(&self) -> &[LimitStatus] {
+        if self.spill.is_empty() {
+            &self.inline[..self.len]
+        } else {
+            &self.spill
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.as_slice().is_empty()
+    }
+}
 
 /// One rate limit: `limit` requests per `period_seconds`, with up to `burst` at once.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,13 +106,13 @@ impl RateLimit {
     }
 
     /// The name used in `RateLimit-Policy` (`"minute"`, `"hour"`, `"90s"`...).
-    pub fn policy_name(&self) -> Cow<'static, str> {
+    pub fn policy_name(&self) -> PolicyName {
         match self.period_seconds {
-            1 => Cow::Borrowed("second"),
-            60 => Cow::Borrowed("minute"),
-            3600 => Cow::Borrowed("hour"),
-            86_400 => Cow::Borrowed("day"),
-            s => Cow::Owned(format!("{s}s")),
+            1 => PolicyName::Second,
+            60 => PolicyName::Minute,
+            3600 => PolicyName::Hour,
+            86_400 => PolicyName::Day,
+            s => PolicyName::Seconds(s),
         }
     }
 }
@@ -129,9 +192,9 @@ pub fn month_start(index: i32) -> UnixMillis {
 }
 
 /// The state of one limit after a decision, for the `RateLimit` response fields.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct LimitStatus {
-    pub name: Cow<'static, str>,
+    pub name: PolicyName,
     pub limit: u64,
     pub window_seconds: u64,
     pub remaining: u64,
@@ -176,12 +239,13 @@ impl LimitState {
     }
 
     /// Checks every limit at `now`; if all allow, consumes one request from each and
-    /// counts it against the quota. On refusal nothing is consumed.
+    /// counts it against the quota. On refusal nothing is consumed. The states of the
+    /// limits after the decision come back either way.
     pub fn admit(
         &mut self,
         limits: &Limits,
         now: UnixMillis,
-    ) -> Result<Vec<LimitStatus>, (LimitRefusal, Vec<LimitStatus>)> {
+    ) -> (Result<(), LimitRefusal>, LimitStatuses) {
         if self.tats.len() != limits.rate_limits.len() {
             // The limits changed (plan edit): start the new ones fresh.
             self.tats = vec![i64::MIN; limits.rate_limits.len()];
@@ -210,7 +274,7 @@ impl LimitState {
             && limits.monthly_quota.is_some_and(|quota| self.used >= quota)
             && limits.overage == Overage::Block;
         let admitted = denied.is_none() && !quota_refused;
-        let mut statuses = Vec::with_capacity(limits.rate_limits.len() + 1);
+        let mut statuses = LimitStatuses::default();
         for (limit, tat) in limits.rate_limits.iter().zip(self.tats.iter_mut()) {
             let t = limit.interval_ms();
             let tolerance = t * f64::from(limit.burst() - 1);
@@ -234,28 +298,23 @@ impl LimitState {
                 self.unflushed += 1;
             }
             statuses.push(LimitStatus {
-                name: Cow::Borrowed("month"),
+                name: PolicyName::Month,
                 limit: quota,
                 window_seconds: 2_592_000,
                 remaining: quota.saturating_sub(self.used),
                 reset_seconds: ceil_secs(self.month_end - now),
             });
         }
-        match denied {
-            Some(wait) => Err((
-                LimitRefusal::RateLimited {
-                    retry_after_ms: wait,
-                },
-                statuses,
-            )),
-            None if quota_refused => Err((
-                LimitRefusal::QuotaExceeded {
-                    retry_after_ms: self.month_end - now,
-                },
-                statuses,
-            )),
-            None => Ok(statuses),
-        }
+        let outcome = match denied {
+            Some(wait) => Err(LimitRefusal::RateLimited {
+                retry_after_ms: wait,
+            }),
+            None if quota_refused => Err(LimitRefusal::QuotaExceeded {
+                retry_after_ms: self.month_end - now,
+            }),
+            None => Ok(()),
+        };
+        (outcome, statuses)
     }
 
     /// Takes the quota use not yet written (month, count).
@@ -292,23 +351,25 @@ mod tests {
         let limits = per_minute(10);
         let now = 1_800_000_000_000;
         for i in 0..10 {
-            let statuses = state.admit(&limits, now).expect("allowed");
-            assert_eq!(statuses[0].remaining, 9 - i);
+            let (outcome, statuses) = state.admit(&limits, now);
+            assert!(outcome.is_ok());
+            assert_eq!(statuses.as_slice()[0].remaining, 9 - i);
         }
-        let (refusal, statuses) = state.admit(&limits, now).expect_err("11th refused");
+        let (outcome, statuses) = state.admit(&limits, now);
+        let refusal = outcome.expect_err("11th refused");
         assert_eq!(
             refusal,
             LimitRefusal::RateLimited {
                 retry_after_ms: 6000
             }
         );
-        assert_eq!(statuses[0].remaining, 0);
+        assert_eq!(statuses.as_slice()[0].remaining, 0);
         // After the emission interval one more fits.
-        assert!(state.admit(&limits, now + 6000).is_ok());
-        assert!(state.admit(&limits, now + 6000).is_err());
+        assert!(state.admit(&limits, now + 6000).0.is_ok());
+        assert!(state.admit(&limits, now + 6000).0.is_err());
         // After a full period the whole burst is back.
         for _ in 0..10 {
-            assert!(state.admit(&limits, now + 6000 + 60_000).is_ok());
+            assert!(state.admit(&limits, now + 6000 + 60_000).0.is_ok());
         }
     }
 
@@ -331,18 +392,18 @@ mod tests {
         };
         let mut state = LimitState::default();
         let now = 1_800_000_000_000;
-        assert!(state.admit(&limits, now).is_ok());
-        assert!(state.admit(&limits, now).is_ok());
+        assert!(state.admit(&limits, now).0.is_ok());
+        assert!(state.admit(&limits, now).0.is_ok());
         // Burst of 2 used: the per-second pacing refuses; the hourly limit was not spent.
         assert_eq!(
-            state.admit(&limits, now).expect_err("burst").0,
+            state.admit(&limits, now).0.expect_err("burst"),
             LimitRefusal::RateLimited {
                 retry_after_ms: 1000
             }
         );
-        assert!(state.admit(&limits, now + 1000).is_ok());
+        assert!(state.admit(&limits, now + 1000).0.is_ok());
         // The hourly limit (3) is the one that refuses now, for about 20 minutes.
-        let (refusal, _) = state.admit(&limits, now + 5000).expect_err("hourly");
+        let refusal = state.admit(&limits, now + 5000).0.expect_err("hourly");
         assert!(
             matches!(refusal, LimitRefusal::RateLimited { retry_after_ms } if retry_after_ms > 1_190_000)
         );
@@ -359,23 +420,24 @@ mod tests {
             ..Limits::default()
         };
         let mut state = LimitState::default();
-        assert!(state.admit(&limits, jan).is_ok());
-        assert!(state.admit(&limits, jan).is_ok());
-        let (refusal, statuses) = state.admit(&limits, jan + 1000).expect_err("quota");
+        assert!(state.admit(&limits, jan).0.is_ok());
+        assert!(state.admit(&limits, jan).0.is_ok());
+        let (outcome, statuses) = state.admit(&limits, jan + 1000);
+        let refusal = outcome.expect_err("quota");
         assert_eq!(
             refusal,
             LimitRefusal::QuotaExceeded {
                 retry_after_ms: feb - jan - 1000
             }
         );
-        assert_eq!(statuses[0].remaining, 0);
+        assert_eq!(statuses.as_slice()[0].remaining, 0);
         limits.overage = Overage::Allow;
-        assert!(state.admit(&limits, jan + 2000).is_ok());
+        assert!(state.admit(&limits, jan + 2000).0.is_ok());
         assert_eq!(state.used, 3);
         assert_eq!(state.take_unflushed(), Some((2030 * 12, 3)));
         // A new month starts from zero.
         limits.overage = Overage::Block;
-        assert!(state.admit(&limits, feb).is_ok());
+        assert!(state.admit(&limits, feb).0.is_ok());
         assert_eq!(state.used, 1);
     }
 
@@ -387,9 +449,24 @@ mod tests {
         };
         let mut state = LimitState::default();
         let now = 1_800_000_000_000;
-        assert!(state.admit(&limits, now).is_ok());
-        assert!(state.admit(&limits, now).is_err());
+        assert!(state.admit(&limits, now).0.is_ok());
+        assert!(state.admit(&limits, now).0.is_err());
         assert_eq!(state.used, 1);
+    }
+
+    #[test]
+    fn statuses_spill_past_the_inline_ones_in_order() {
+        let mut statuses = LimitStatuses::default();
+        for limit in 0..5 {
+            statuses.push(LimitStatus {
+                limit,
+                ..LimitStatus::default()
+            });
+            assert_eq!(statuses.as_slice().len() as u64, limit + 1);
+        }
+        let limits: Vec<u64> = statuses.as_slice().iter().map(|s| s.limit).collect();
+        assert_eq!(limits, vec![0, 1, 2, 3, 4]);
+        assert_eq!(PolicyName::Seconds(90).to_string(), "90s");
     }
 
     #[test]

@@ -28,7 +28,7 @@ pub enum Principal {
         key: Arc<IndexedKey>,
         owner: Option<(Uuid, Role)>,
         /// The key's limit states after this request (for `RateLimit` fields).
-        limits: Vec<keygate_core::limit::LimitStatus>,
+        limits: keygate_core::limit::LimitStatuses,
         /// The project the request acts in.
         project: Option<Uuid>,
     },
@@ -405,7 +405,7 @@ impl Engine {
                 || !keygate_core::user::is_keygate_permission(needed)
         }) {
             return Err(Decision {
-                limits: Vec::new(),
+                limits: Default::default(),
                 retry_after_ms: None,
                 owner: None,
                 project: None,
@@ -539,7 +539,7 @@ fn refusal(code: DecisionCode, hint: String) -> Decision {
         key: None,
         hint: Some(hint),
         missing_scope: None,
-        limits: Vec::new(),
+        limits: Default::default(),
         retry_after_ms: None,
         owner: None,
         project: None,

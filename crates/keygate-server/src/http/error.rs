@@ -67,7 +67,7 @@ impl From<Decision> for ApiError {
         let code = ErrorCode::from_decision(decision.code).unwrap_or(ErrorCode::InternalError);
         let mut error = ApiError::new(code);
         error.hint = decision.hint;
-        crate::http::context::set_request_limits(&decision.limits);
+        crate::http::context::set_request_limits(decision.limits.as_slice());
         if let Some(ms) = decision.retry_after_ms {
             error = error.retry_after(u64::try_from((ms + 999) / 1000).unwrap_or(1));
         }

@@ -152,7 +152,7 @@ fn authenticate(parts: &Parts, state: &AppState, scopes: &[&str]) -> Result<Prin
         )
         .map_err(|decision| ApiError::from(*decision))?;
     if let Principal::ApiKey { limits, .. } = &principal {
-        crate::http::context::set_request_limits(limits);
+        crate::http::context::set_request_limits(limits.as_slice());
     }
     Ok(principal)
 }

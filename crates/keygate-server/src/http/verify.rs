@@ -58,6 +58,7 @@ pub async fn verify_key(
             .map(|ms| u64::try_from((ms + 999) / 1000).unwrap_or(1)),
         limits: decision
             .limits
+            .as_slice()
             .iter()
             .map(|l| LimitView {
                 name: l.name.to_string(),
