@@ -283,6 +283,22 @@ pub fn decide<S: AsRef<str>>(index: &KeyIndex, check: &Check<'_, S>) -> Decision
             }
         },
     };
+    // Who may act in `project`: a member of it, an administrator, or an instance key that
+    // holds administrator scopes (not an ownerless key such as a free one).
+    let may_act_in = |project: uuid::Uuid| match key.record.owner {
+        None => {
+            index.project_exists(project)
+                && key
+                    .record
+                    .scopes
+                    .iter()
+                    .any(|s| s == "*" || s == user::ADMIN_SCOPE)
+        }
+        Some(owner) => match index.is_member(project, owner) {
+            None => false,
+            Some(member) => member || owner_is_admin(index, owner),
+        },
+    };
     let project = match (key.record.project, named) {
         (Some(own), Some(other)) if own != other => {
             return Decision::refuse(
@@ -291,20 +307,23 @@ pub fn decide<S: AsRef<str>>(index: &KeyIndex, check: &Check<'_, S>) -> Decision
                 Some("this is a project-level key for another project".into()),
             );
         }
-        (Some(own), _) => Some(own),
-        (None, Some(named)) => {
-            let allowed = match key.record.owner {
-                None => index.project_exists(named),
-                Some(owner) => match index.is_member(named, owner) {
-                    None => false,
-                    Some(member) => member || owner_is_admin(index, owner),
-                },
-            };
-            if !allowed {
+        (Some(own), _) => {
+            // A pinned key stops when its owner leaves the project or the project is gone.
+            if key.record.owner.is_some() && !may_act_in(own) {
                 return Decision::refuse(
                     DecisionCode::ProjectForbidden,
                     Some(key),
-                    Some("the key's owner is not a member of this project".into()),
+                    Some("the key's owner is no longer a member of its project".into()),
+                );
+            }
+            Some(own)
+        }
+        (None, Some(named)) => {
+            if !may_act_in(named) {
+                return Decision::refuse(
+                    DecisionCode::ProjectForbidden,
+                    Some(key),
+                    Some("this key may not act in the project named in the request".into()),
                 );
             }
             Some(named)
@@ -327,7 +346,9 @@ pub fn decide<S: AsRef<str>>(index: &KeyIndex, check: &Check<'_, S>) -> Decision
         .iter()
         .map(AsRef::as_ref)
         .find(|needed| {
-            !key_grants(&key.record.scopes, needed)
+            // A project-level key works inside its project; it never manages keygate.
+            (key.record.project.is_some() && user::is_keygate_permission(needed))
+                || !key_grants(&key.record.scopes, needed)
                 || owner.is_some_and(|o| !owner_grants(o.role, needed))
         });
     if let Some(missing) = missing {
@@ -825,5 +846,92 @@ mod project_tests {
                 "{header:?} required={required}"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod project_review_tests {
+    use super::*;
+    use crate::record::{KeyOrigin, KeyRecord};
+    use crate::user::OwnerState;
+    use uuid::Uuid;
+
+    fn record(
+        n: u8,
+        owner: Option<Uuid>,
+        project: Option<Uuid>,
+        scopes: &[&str],
+    ) -> (String, KeyRecord) {
+        let key = key_format::format_key("kg", &[n; 32]).expect("key");
+        let record = KeyRecord {
+            id: Uuid::from_u64_pair(7, u64::from(n)),
+            hash: hash_key(&key),
+            start: key[..7].into(),
+            name: "r".into(),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            meta: Default::default(),
+            enabled: true,
+            origin: KeyOrigin::Generated,
+            global: false,
+            owner,
+            plan: None,
+            limits: Default::default(),
+            allowed_cidrs: Vec::new(),
+            project,
+            created_at: 0,
+            updated_at: 0,
+            expires_at: None,
+            revoked_at: None,
+            rotated_to: None,
+            last_used_at: None,
+            usage_count: 0,
+        };
+        (key, record)
+    }
+
+    #[test]
+    fn pinned_keys_follow_membership_and_ownerless_keys_stay_out() {
+        let (ana, alpha) = (Uuid::from_u64_pair(8, 1), Uuid::from_u64_pair(8, 2));
+        let (pinned, r1) = record(1, Some(ana), Some(alpha), &["*"]);
+        let (free, r2) = record(2, None, None, &[]);
+        let mut index = KeyIndex::from_records([r1, r2]);
+        index.upsert_owner(
+            ana,
+            OwnerState {
+                role: Role::User,
+                disabled: false,
+            },
+        );
+        index.set_project(alpha, Some([ana].into_iter().collect()));
+        let check = |index: &KeyIndex, key: &str, project: Option<&str>, scopes: &[&str]| {
+            let check = Check {
+                credential: key,
+                trimmed: false,
+                required_scopes: scopes,
+                now: 1,
+                client_ip: None,
+                project,
+                project_required: false,
+            };
+            decide(index, &check).code
+        };
+        let a = alpha.to_string();
+        assert_eq!(check(&index, &pinned, None, &[]), DecisionCode::Valid);
+        // A project-level key never holds keygate's own permissions.
+        assert_eq!(
+            check(&index, &pinned, None, &["keys:read"]),
+            DecisionCode::InsufficientPermissions
+        );
+        // An ownerless key without administrator scopes cannot name a project.
+        assert_eq!(
+            check(&index, &free, Some(&a), &[]),
+            DecisionCode::ProjectForbidden
+        );
+        // When the owner leaves the project, the pinned key stops.
+        index.set_project(alpha, Some(Default::default()));
+        assert_eq!(
+            check(&index, &pinned, None, &[]),
+            DecisionCode::ProjectForbidden
+        );
     }
 }

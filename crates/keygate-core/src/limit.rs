@@ -97,8 +97,12 @@ impl RateLimit {
         Ok(())
     }
 
-    fn interval_ms(&self) -> f64 {
-        (self.period_seconds as f64 * 1000.0) / f64::from(self.limit)
+    /// The emission interval in nanoseconds (integer, so TATs never drift).
+    fn interval_ns(&self) -> i64 {
+        let period_ns = i64::try_from(self.period_seconds)
+            .unwrap_or(i64::MAX / NANOS_PER_SEC)
+            .saturating_mul(NANOS_PER_SEC);
+        (period_ns / i64::from(self.limit.max(1))).max(1)
     }
 
     fn burst(&self) -> u32 {
@@ -209,10 +213,17 @@ pub enum LimitRefusal {
     QuotaExceeded { retry_after_ms: i64 },
 }
 
+const NANOS_PER_MS: i64 = 1_000_000;
+const NANOS_PER_SEC: i64 = 1_000_000_000;
+
 /// Per-key limiter state: one TAT per rate limit, and this month's quota use.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct LimitState {
-    tats: Vec<UnixMillis>,
+    /// Theoretical arrival times in nanoseconds: whole milliseconds would lose a burst
+    /// slot when the interval is not a whole millisecond, and floats drift.
+    tats: Vec<i64>,
+    /// The rate limits the TATs belong to; any change starts them afresh.
+    seen: Vec<RateLimit>,
     /// Bounds of `month`, cached so the calendar is consulted once a month.
     month_start: UnixMillis,
     month_end: UnixMillis,
@@ -220,8 +231,9 @@ pub struct LimitState {
     pub month: i32,
     /// Requests counted against the quota this month (including overage).
     pub used: u64,
-    /// Part of `used` not yet written to the store.
-    pub unflushed: u64,
+    /// Quota use not yet written to the store, per month (two entries across a month
+    /// change until the next flush).
+    unflushed: Vec<(i32, u64)>,
 }
 
 fn ceil_secs(ms: i64) -> u64 {
@@ -246,9 +258,10 @@ impl LimitState {
         limits: &Limits,
         now: UnixMillis,
     ) -> (Result<(), LimitRefusal>, LimitStatuses) {
-        if self.tats.len() != limits.rate_limits.len() {
+        if self.seen != limits.rate_limits {
             // The limits changed (plan edit): start the new ones fresh.
             self.tats = vec![i64::MIN; limits.rate_limits.len()];
+            self.seen.clone_from(&limits.rate_limits);
         }
         if now < self.month_start || now >= self.month_end {
             let (month, month_end) = month_of(now);
@@ -262,11 +275,15 @@ impl LimitState {
         // Rate limits first: a request refused here does not spend quota. The first pass
         // only reads, so a refusal by any limit consumes none of them.
         let mut denied: Option<i64> = None;
+        let now_ns = now.saturating_mul(NANOS_PER_MS);
         for (limit, tat) in limits.rate_limits.iter().zip(&self.tats) {
-            let ahead = (*tat).max(now) as f64 - now as f64;
-            let tolerance = limit.interval_ms() * f64::from(limit.burst() - 1);
+            let ahead = (*tat).max(now_ns) - now_ns;
+            let tolerance = limit
+                .interval_ns()
+                .saturating_mul(i64::from(limit.burst() - 1));
             if ahead > tolerance {
-                let wait = (ahead - tolerance).ceil() as i64;
+                // Whole milliseconds, rounded up, so a retry at that time succeeds.
+                let wait = (ahead - tolerance + NANOS_PER_MS - 1) / NANOS_PER_MS;
                 denied = Some(denied.map_or(wait, |w| w.max(wait)));
             }
         }
@@ -276,26 +293,34 @@ impl LimitState {
         let admitted = denied.is_none() && !quota_refused;
         let mut statuses = LimitStatuses::default();
         for (limit, tat) in limits.rate_limits.iter().zip(self.tats.iter_mut()) {
-            let t = limit.interval_ms();
-            let tolerance = t * f64::from(limit.burst() - 1);
-            let start = (*tat).max(now) as f64;
-            let after = if admitted { start + t } else { start };
+            let t = limit.interval_ns();
+            let tolerance = t.saturating_mul(i64::from(limit.burst() - 1));
+            let start = (*tat).max(now_ns);
+            let after = if admitted {
+                start.saturating_add(t)
+            } else {
+                start
+            };
             if admitted {
-                *tat = after.ceil() as i64;
+                *tat = after;
             }
-            let ahead = after - now as f64;
+            let ahead = after - now_ns;
             statuses.push(LimitStatus {
                 name: limit.policy_name(),
                 limit: u64::from(limit.limit),
                 window_seconds: limit.period_seconds,
-                remaining: ((tolerance + t - ahead) / t).floor().max(0.0) as u64,
-                reset_seconds: ceil_secs(ahead.ceil() as i64),
+                remaining: u64::try_from((tolerance + t - ahead).max(0) / t).unwrap_or(0),
+                reset_seconds: u64::try_from((ahead + NANOS_PER_SEC - 1) / NANOS_PER_SEC)
+                    .unwrap_or(0),
             });
         }
         if let Some(quota) = limits.monthly_quota {
             if admitted {
                 self.used += 1;
-                self.unflushed += 1;
+                match self.unflushed.last_mut() {
+                    Some((month, n)) if *month == self.month => *n += 1,
+                    _ => self.unflushed.push((self.month, 1)),
+                }
             }
             statuses.push(LimitStatus {
                 name: PolicyName::Month,
@@ -317,15 +342,34 @@ impl LimitState {
         (outcome, statuses)
     }
 
-    /// Takes the quota use not yet written (month, count).
-    pub fn take_unflushed(&mut self) -> Option<(i32, u64)> {
-        let n = std::mem::take(&mut self.unflushed);
-        (n > 0).then_some((self.month, n))
+    /// What a rotation hands to the replacement key: the rate-limit state and the
+    /// month's use (not the unflushed part, which belongs to the old key's rows).
+    pub fn carried(&self) -> LimitState {
+        LimitState {
+            unflushed: Vec::new(),
+            ..self.clone()
+        }
     }
 
+    /// Takes over a rotated key's state, keeping this key's own unflushed count.
+    pub fn inherit(&mut self, carried: LimitState) {
+        let unflushed = std::mem::take(&mut self.unflushed);
+        let used = self.used;
+        *self = carried;
+        self.used += used;
+        self.unflushed = unflushed;
+    }
+
+    /// Takes the quota use not yet written, per month.
+    pub fn take_unflushed(&mut self) -> Vec<(i32, u64)> {
+        std::mem::take(&mut self.unflushed)
+    }
+
+    /// Puts back quota use that could not be written.
     pub fn restore_unflushed(&mut self, month: i32, n: u64) {
-        if month == self.month {
-            self.unflushed += n;
+        match self.unflushed.iter_mut().find(|(m, _)| *m == month) {
+            Some((_, count)) => *count += n,
+            None => self.unflushed.insert(0, (month, n)),
         }
     }
 }
@@ -434,7 +478,7 @@ mod tests {
         limits.overage = Overage::Allow;
         assert!(state.admit(&limits, jan + 2000).0.is_ok());
         assert_eq!(state.used, 3);
-        assert_eq!(state.take_unflushed(), Some((2030 * 12, 3)));
+        assert_eq!(state.take_unflushed(), vec![(2030 * 12, 3)]);
         // A new month starts from zero.
         limits.overage = Overage::Block;
         assert!(state.admit(&limits, feb).0.is_ok());
@@ -467,6 +511,68 @@ mod tests {
         let limits: Vec<u64> = statuses.as_slice().iter().map(|s| s.limit).collect();
         assert_eq!(limits, vec![0, 1, 2, 3, 4]);
         assert_eq!(PolicyName::Seconds(90).to_string(), "90s");
+    }
+
+    #[test]
+    fn fractional_intervals_keep_their_burst_and_fast_limits_their_rate() {
+        let now = 1_800_000_000_000;
+        // 7 per minute: an interval of 8571.4 ms; all 7 fit at once.
+        let limits = per_minute(7);
+        let mut state = LimitState::default();
+        assert_eq!(
+            (0..8)
+                .filter(|_| state.admit(&limits, now).0.is_ok())
+                .count(),
+            7
+        );
+        // 100,000 per minute (0.6 ms apart): a full burst, not one per millisecond.
+        let limits = per_minute(100_000);
+        let mut state = LimitState::default();
+        assert_eq!(
+            (0..100_001)
+                .filter(|_| state.admit(&limits, now).0.is_ok())
+                .count(),
+            100_000
+        );
+    }
+
+    #[test]
+    fn a_changed_limit_starts_fresh_and_month_changes_keep_their_counts_apart() {
+        let now = month_start(2030 * 12 + 1) - 1000;
+        let mut state = LimitState::default();
+        let daily = Limits {
+            rate_limits: vec![RateLimit {
+                limit: 1,
+                period_seconds: 86_400,
+                burst: None,
+            }],
+            monthly_quota: Some(100),
+            ..Limits::default()
+        };
+        assert!(state.admit(&daily, now).0.is_ok());
+        assert!(state.admit(&daily, now).0.is_err());
+        let generous = per_minute(1000);
+        assert!(
+            state
+                .admit(
+                    &Limits {
+                        monthly_quota: Some(100),
+                        ..generous
+                    },
+                    now
+                )
+                .0
+                .is_ok(),
+            "new values, same count of limits"
+        );
+        // Across the month boundary the unflushed counts stay with their months.
+        assert!(state.admit(&daily, now + 2000).0.is_ok());
+        assert_eq!(
+            state.take_unflushed(),
+            vec![(2030 * 12, 2), (2030 * 12 + 1, 1)]
+        );
+        state.restore_unflushed(2030 * 12, 2);
+        assert_eq!(state.take_unflushed(), vec![(2030 * 12, 2)]);
     }
 
     #[test]

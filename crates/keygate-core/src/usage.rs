@@ -123,7 +123,7 @@ pub struct UsageDelta {
     pub uses: u64,
     pub last_used_at: UnixMillis,
     /// Quota use to add: (month as from `limit::month_of`, count).
-    pub quota: Option<(i32, u64)>,
+    pub quota: Vec<(i32, u64)>,
     /// Decisions per minute and outcome.
     pub minutes: Vec<MinuteCounts>,
 }
@@ -181,7 +181,7 @@ impl UsageLedger {
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner),
                 );
-                (uses > 0 || quota.is_some() || !minutes.is_empty()).then(|| UsageDelta {
+                (uses > 0 || !quota.is_empty() || !minutes.is_empty()).then(|| UsageDelta {
                     key_id,
                     uses,
                     last_used_at: counter.last_used_at.load(Ordering::Relaxed),
@@ -201,7 +201,7 @@ impl UsageLedger {
         for delta in deltas {
             if let Some(counter) = counter_of(delta.key_id) {
                 counter.pending.fetch_add(delta.uses, Ordering::AcqRel);
-                if let Some((month, n)) = delta.quota {
+                for &(month, n) in &delta.quota {
                     counter.limiter().restore_unflushed(month, n);
                 }
                 {
@@ -287,7 +287,7 @@ mod tests {
                 key_id: id,
                 uses: 3,
                 last_used_at: 30,
-                quota: None,
+                quota: vec![],
                 minutes: first_minute(3),
             }]
         );
@@ -313,7 +313,7 @@ mod tests {
                 key_id: id,
                 uses: 2,
                 last_used_at: 60,
-                quota: None,
+                quota: vec![],
                 minutes: first_minute(2),
             }]
         );

@@ -79,26 +79,33 @@ impl ServerConfig {
         peer: Option<std::net::IpAddr>,
         headers: &axum::http::HeaderMap,
     ) -> Option<std::net::IpAddr> {
-        let peer = peer?;
+        // IPv4 peers on a dual-stack socket arrive as ::ffff:a.b.c.d; compare them as IPv4.
+        let peer = peer?.to_canonical();
         let trusted =
             |ip: &std::net::IpAddr| self.trusted_proxies.iter().any(|net| net.contains(ip));
         if !trusted(&peer) {
             return Some(peer);
         }
-        let chain: Vec<std::net::IpAddr> = headers
+        let hops: Vec<&str> = headers
             .get_all(self.client_ip_header.as_str())
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|part| part.trim().parse().ok())
+            .map(str::trim)
             .collect();
-        chain
-            .iter()
-            .rev()
-            .find(|ip| !trusted(ip))
-            .or(chain.first())
-            .copied()
-            .or(Some(peer))
+        // Walk from the right: each trusted hop vouches for the one before it. The first
+        // untrusted or unreadable hop ends the walk — nothing left of it can be believed.
+        let mut client = peer;
+        for hop in hops.iter().rev() {
+            let Ok(ip) = hop.parse::<std::net::IpAddr>().map(|ip| ip.to_canonical()) else {
+                break;
+            };
+            client = ip;
+            if !trusted(&ip) {
+                break;
+            }
+        }
+        Some(client)
     }
 }
 
@@ -131,6 +138,20 @@ mod tests {
         assert_eq!(
             config.client_ip(ip("10.0.0.1"), &axum::http::HeaderMap::new()),
             ip("10.0.0.1")
+        );
+        // An unreadable hop (ip:port) ends the walk instead of being skipped.
+        let mut odd = axum::http::HeaderMap::new();
+        odd.insert(
+            "x-forwarded-for",
+            "203.0.113.9, 198.51.100.7:443, 10.0.0.2"
+                .parse()
+                .expect("value"),
+        );
+        assert_eq!(config.client_ip(ip("10.0.0.1"), &odd), ip("10.0.0.2"));
+        // An IPv4-mapped peer is an IPv4 peer.
+        assert_eq!(
+            config.client_ip(ip("::ffff:10.0.0.1"), &headers),
+            ip("198.51.100.7")
         );
     }
 }

@@ -165,8 +165,19 @@ impl Engine {
                 Some(project.members.iter().map(|(user, _)| *user).collect()),
             );
         }
-        let (month, used) = quota_usage;
-        for (key_id, used) in used {
+        // A key's quota use includes that of the keys it replaced (rotation carries it), so
+        // each key's own rows count for it and for every key after it in its rotation chain.
+        let (month, rows) = quota_usage;
+        let mut totals: HashMap<Uuid, u64> = HashMap::new();
+        for (key_id, used) in rows {
+            let mut next = Some(key_id);
+            for _ in 0..1000 {
+                let Some(id) = next else { break };
+                *totals.entry(id).or_default() += used;
+                next = index.get_by_id(id).and_then(|k| k.record.rotated_to);
+            }
+        }
+        for (key_id, used) in totals {
             if let Some(key) = index.get_by_id(key_id) {
                 *key.usage.limiter() = keygate_core::limit::LimitState::with_quota_use(month, used);
             }
@@ -210,6 +221,16 @@ impl Engine {
         }
         for record in records {
             index.upsert(record);
+        }
+    }
+
+    /// Copies a rotated key's limiter state (rate-limit TATs, this month's quota use) to
+    /// its replacement. The replacement's own unflushed count stays its own.
+    pub fn carry_limits(&self, from: Uuid, to: Uuid) {
+        let index = self.index();
+        if let (Some(old), Some(new)) = (index.get_by_id(from), index.get_by_id(to)) {
+            let carried = old.usage.limiter().carried();
+            new.usage.limiter().inherit(carried);
         }
     }
 

@@ -30,6 +30,22 @@ impl Default for ThrottleConfig {
     }
 }
 
+/// IPv6 clients are counted per /64 (one subscriber's usual allocation), so rotating
+/// through addresses of one network does not reset the count.
+fn address_group(address: &str) -> String {
+    match address
+        .parse::<std::net::IpAddr>()
+        .map(|ip| ip.to_canonical())
+    {
+        Ok(std::net::IpAddr::V6(v6)) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+        Ok(ip) => ip.to_string(),
+        Err(_) => address.to_string(),
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Window {
     started: Instant,
@@ -56,7 +72,10 @@ impl Throttle {
     fn keys(username: &str, address: &str) -> [(String, bool); 2] {
         // Bounded keys: an over-long username cannot grow the map by much.
         let user: String = username.chars().take(64).collect::<String>().to_lowercase();
-        [(format!("u:{user}"), true), (format!("a:{address}"), false)]
+        [
+            (format!("u:{user}"), true),
+            (format!("a:{}", address_group(address)), false),
+        ]
     }
 
     fn limit(&self, per_user: bool) -> u32 {
@@ -175,6 +194,19 @@ mod tests {
                 .attempt("ana", "1.2.3.4", t0 + Duration::from_secs(62))
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn ipv6_counts_per_network() {
+        assert_eq!(
+            address_group("2001:db8:1:2:aaaa::1"),
+            address_group("2001:db8:1:2:bbbb::9")
+        );
+        assert_ne!(
+            address_group("2001:db8:1:2::1"),
+            address_group("2001:db8:1:3::1")
+        );
+        assert_eq!(address_group("::ffff:192.0.2.1"), "192.0.2.1");
     }
 
     #[test]

@@ -522,7 +522,7 @@ impl Store for SqliteStore {
                 .execute(&mut *tx)
                 .await?;
             }
-            if let Some((month, used)) = delta.quota {
+            for &(month, used) in &delta.quota {
                 sqlx::query(
                     "INSERT INTO quota_usage (key_id, month, used) VALUES (?, ?, ?) \
                      ON CONFLICT (key_id, month) DO UPDATE SET used = used + excluded.used",

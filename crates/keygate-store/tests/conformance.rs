@@ -198,14 +198,14 @@ async fn conformance(store: &dyn Store) {
             key_id: c.id,
             uses: 3,
             last_used_at: 7000,
-            quota: None,
+            quota: vec![],
             minutes: vec![],
         },
         UsageDelta {
             key_id: Uuid::now_v7(),
             uses: 1,
             last_used_at: 1,
-            quota: None,
+            quota: vec![],
             minutes: vec![],
         },
     ];
@@ -215,7 +215,7 @@ async fn conformance(store: &dyn Store) {
             key_id: c.id,
             uses: 2,
             last_used_at: 6500,
-            quota: None,
+            quota: vec![],
             minutes: vec![],
         }])
         .await
@@ -540,7 +540,7 @@ async fn accounts_conformance(store: &dyn Store) {
         key_id: k3.id,
         uses: n,
         last_used_at: 500,
-        quota: Some((24_000, n)),
+        quota: vec![(24_000, n)],
         minutes: vec![minute(0, n), minute(3_660_000, 1)],
     };
     store.add_usage(&[delta(3)]).await.expect("usage");

@@ -195,6 +195,12 @@ pub async fn create_key(
     let principal = caller.principal();
     let owner = owner_for(&state, principal, body.user_id).await?;
     check_grantable(principal, &body.scopes)?;
+    if (body.plan.is_some() || body.limits.is_some()) && !principal.acts_for_everyone() {
+        return Err(
+            ApiError::new(keygate_api::ErrorCode::InsufficientPermissions)
+                .message("Only administrators may choose a key's plan or limits."),
+        );
+    }
     check_limits(&state, body.plan, body.limits.as_ref()).await?;
     let project = match (body.level.as_deref().unwrap_or("user"), body.project_id) {
         ("user", None) => None,
@@ -589,7 +595,7 @@ async fn rotate(
     replacement.limits = old.limits.clone();
     replacement.allowed_cidrs = old.allowed_cidrs.clone();
     replacement.project = old.project;
-    let grace_ms = i64::try_from(grace_seconds * 1000).unwrap_or(i64::MAX);
+    let grace_ms = i64::try_from(grace_seconds.saturating_mul(1000)).unwrap_or(i64::MAX);
     let mut entry = audit::entry(principal, addr, "key.rotate", Some(format!("key:{id}")));
     entry
         .detail
@@ -603,6 +609,8 @@ async fn rotate(
         .await?
         .ok_or_else(|| ApiError::not_found("key"))?;
     sync_after_write(state).await;
+    // The replacement inherits the limiter: rotating must not reset rate limits or quota.
+    state.engine.carry_limits(id, replacement.id);
     tracing::info!(key_id = %id, replacement = %replacement.id, grace_seconds, "key rotated");
     Ok(RotatedKey {
         key: CreatedKey {

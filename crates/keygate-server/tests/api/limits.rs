@@ -589,3 +589,51 @@ async fn free_keys_for_self_service_sign_up() {
         .await;
     assert_error(status, &body, 429, "rate_limited", "");
 }
+
+#[tokio::test]
+async fn rotation_does_not_reset_limits() {
+    let server = TestServer::start().await;
+    let plan = server
+        .plan(json!({"name": "three", "monthly_quota": 3}))
+        .await;
+    let (key, _) = server.create_key(json!({"name": "k", "plan": plan})).await;
+    for _ in 0..3 {
+        assert_eq!(server.whoami(&key).await.0, StatusCode::OK);
+    }
+    let response = server
+        .request(Method::POST, "/api/v1/keys/rotate")
+        .bearer_auth(&key)
+        .json(&json!({"grace_seconds": 60}))
+        .send()
+        .await;
+    let (status, body) = read(response.expect("send")).await;
+    // The rotate call itself is refused: the quota is spent.
+    assert_error(status, &body, 429, "quota_exceeded", &key);
+    let id = server.whoami(&server.admin).await.1;
+    assert_eq!(id["auth"], "api_key");
+    let (_, list) = server.admin_get("/api/v1/keys?limit=10").await;
+    let key_id = list["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .find(|k| k["name"] == "k")
+        .expect("k")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let (status, rotated) = server
+        .admin_json(
+            Method::POST,
+            &format!("/api/v1/keys/{key_id}/rotate"),
+            json!({"grace_seconds": 60}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{rotated}");
+    let new = rotated["key"].as_str().expect("key").to_string();
+    let (status, body) = server.whoami(&new).await;
+    assert_error(status, &body, 429, "quota_exceeded", &new);
+    // And still after a restart.
+    let server = server.restart().await;
+    let (status, body) = server.whoami(&new).await;
+    assert_error(status, &body, 429, "quota_exceeded", &new);
+}
