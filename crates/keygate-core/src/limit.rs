@@ -224,6 +224,9 @@ pub struct LimitState {
     tats: Vec<i64>,
     /// The rate limits the TATs belong to; any change starts them afresh.
     seen: Vec<RateLimit>,
+    /// Per limit: emission interval and burst tolerance in nanoseconds, computed once
+    /// (64-bit divisions are the expensive part of the check).
+    gcra: Vec<(i64, i64)>,
     /// Bounds of `month`, cached so the calendar is consulted once a month.
     month_start: UnixMillis,
     month_end: UnixMillis,
@@ -262,6 +265,14 @@ impl LimitState {
             // The limits changed (plan edit): start the new ones fresh.
             self.tats = vec![i64::MIN; limits.rate_limits.len()];
             self.seen.clone_from(&limits.rate_limits);
+            self.gcra = limits
+                .rate_limits
+                .iter()
+                .map(|l| {
+                    let t = l.interval_ns();
+                    (t, t.saturating_mul(i64::from(l.burst() - 1)))
+                })
+                .collect();
         }
         if now < self.month_start || now >= self.month_end {
             let (month, month_end) = month_of(now);
@@ -292,9 +303,12 @@ impl LimitState {
             && limits.overage == Overage::Block;
         let admitted = denied.is_none() && !quota_refused;
         let mut statuses = LimitStatuses::default();
-        for (limit, tat) in limits.rate_limits.iter().zip(self.tats.iter_mut()) {
-            let t = limit.interval_ns();
-            let tolerance = t.saturating_mul(i64::from(limit.burst() - 1));
+        for ((limit, &(t, tolerance)), tat) in limits
+            .rate_limits
+            .iter()
+            .zip(&self.gcra)
+            .zip(self.tats.iter_mut())
+        {
             let start = (*tat).max(now_ns);
             let after = if admitted {
                 start.saturating_add(t)
