@@ -410,6 +410,34 @@ pub fn decide<S: AsRef<str>>(index: &KeyIndex, check: &Check<'_, S>) -> Decision
     }
 }
 
+/// A plain active key record for `key`, for tests to adjust with struct update syntax.
+#[cfg(test)]
+pub(crate) fn test_record(key: &str, id: u128) -> crate::record::KeyRecord {
+    crate::record::KeyRecord {
+        id: uuid::Uuid::from_u128(id),
+        hash: hash_key(key),
+        start: key.chars().take(7).collect(),
+        name: "test".into(),
+        scopes: Vec::new(),
+        meta: Default::default(),
+        enabled: true,
+        origin: crate::record::KeyOrigin::Generated,
+        global: false,
+        owner: None,
+        plan: None,
+        limits: Default::default(),
+        allowed_cidrs: Vec::new(),
+        project: None,
+        created_at: 0,
+        updated_at: 0,
+        expires_at: None,
+        revoked_at: None,
+        rotated_to: None,
+        last_used_at: None,
+        usage_count: 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -424,26 +452,10 @@ mod tests {
             id: Uuid::from_u128(u128::from(
                 NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             )),
-            hash: hash_key(key),
-            start: key.chars().take(7).collect(),
-            name: "test".into(),
             scopes: vec!["read".into(), "files:*".into()],
-            meta: Default::default(),
-            enabled: true,
-            origin: KeyOrigin::Generated,
-            global: false,
-            owner: None,
-            plan: None,
-            limits: Default::default(),
-            allowed_cidrs: Vec::new(),
-            project: None,
             created_at: NOW - 1000,
             updated_at: NOW - 1000,
-            expires_at: None,
-            revoked_at: None,
-            rotated_to: None,
-            last_used_at: None,
-            usage_count: 0,
+            ..test_record(key, 0)
         };
         tweak(&mut record);
         record
@@ -563,7 +575,7 @@ mod tests {
 #[cfg(test)]
 mod owner_tests {
     use super::*;
-    use crate::record::{KeyOrigin, KeyRecord};
+    use crate::record::KeyRecord;
     use crate::user::OwnerState;
     use uuid::Uuid;
 
@@ -572,27 +584,9 @@ mod owner_tests {
     fn owned(n: u8, owner: Option<Uuid>, scopes: &[&str]) -> (String, KeyRecord) {
         let key = key_format::format_key("kg", &[n; 32]).expect("valid prefix");
         let record = KeyRecord {
-            id: Uuid::from_u64_pair(1, u64::from(n)),
-            hash: hash_key(&key),
-            start: key[..7].to_string(),
-            name: "owned".into(),
-            scopes: scopes.iter().map(|s| s.to_string()).collect(),
-            meta: Default::default(),
-            enabled: true,
-            origin: KeyOrigin::Generated,
-            global: false,
             owner,
-            plan: None,
-            limits: Default::default(),
-            allowed_cidrs: Vec::new(),
-            project: None,
-            created_at: NOW,
-            updated_at: NOW,
-            expires_at: None,
-            revoked_at: None,
-            rotated_to: None,
-            last_used_at: None,
-            usage_count: 0,
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            ..test_record(&key, 0x1_0000 + u128::from(n))
         };
         (key, record)
     }
@@ -670,36 +664,17 @@ mod owner_tests {
 #[cfg(test)]
 mod ip_tests {
     use super::*;
-    use crate::record::{KeyOrigin, KeyRecord};
+    use crate::record::KeyRecord;
 
     #[test]
     fn allowlisted_networks_only() {
         let key = key_format::format_key("kg", &[3; 32]).expect("key");
         let record = KeyRecord {
-            id: uuid::Uuid::from_u64_pair(3, 3),
-            hash: hash_key(&key),
-            start: key[..7].into(),
-            name: "ip".into(),
-            scopes: vec![],
-            meta: Default::default(),
-            enabled: true,
-            origin: KeyOrigin::Generated,
-            global: false,
-            owner: None,
-            plan: None,
-            limits: Default::default(),
             allowed_cidrs: vec![
                 "10.0.0.0/8".parse().expect("net"),
                 "2001:db8::/32".parse().expect("net"),
             ],
-            project: None,
-            created_at: 0,
-            updated_at: 0,
-            expires_at: None,
-            revoked_at: None,
-            rotated_to: None,
-            last_used_at: None,
-            usage_count: 0,
+            ..test_record(&key, 0x3_0003)
         };
         let index = KeyIndex::from_records([record]);
         let cases = [
@@ -726,34 +701,17 @@ mod ip_tests {
 #[cfg(test)]
 mod project_tests {
     use super::*;
-    use crate::record::{KeyOrigin, KeyRecord};
+    use crate::record::KeyRecord;
     use crate::user::OwnerState;
     use uuid::Uuid;
 
     fn record(n: u8, owner: Option<Uuid>, project: Option<Uuid>) -> (String, KeyRecord) {
         let key = key_format::format_key("kg", &[n; 32]).expect("key");
         let record = KeyRecord {
-            id: Uuid::from_u64_pair(5, u64::from(n)),
-            hash: hash_key(&key),
-            start: key[..7].into(),
-            name: "p".into(),
-            scopes: vec!["*".into()],
-            meta: Default::default(),
-            enabled: true,
-            origin: KeyOrigin::Generated,
-            global: false,
             owner,
-            plan: None,
-            limits: Default::default(),
-            allowed_cidrs: Vec::new(),
             project,
-            created_at: 0,
-            updated_at: 0,
-            expires_at: None,
-            revoked_at: None,
-            rotated_to: None,
-            last_used_at: None,
-            usage_count: 0,
+            scopes: vec!["*".into()],
+            ..test_record(&key, 0x5_0000 + u128::from(n))
         };
         (key, record)
     }
@@ -852,7 +810,7 @@ mod project_tests {
 #[cfg(test)]
 mod project_review_tests {
     use super::*;
-    use crate::record::{KeyOrigin, KeyRecord};
+    use crate::record::KeyRecord;
     use crate::user::OwnerState;
     use uuid::Uuid;
 
@@ -864,27 +822,10 @@ mod project_review_tests {
     ) -> (String, KeyRecord) {
         let key = key_format::format_key("kg", &[n; 32]).expect("key");
         let record = KeyRecord {
-            id: Uuid::from_u64_pair(7, u64::from(n)),
-            hash: hash_key(&key),
-            start: key[..7].into(),
-            name: "r".into(),
-            scopes: scopes.iter().map(|s| s.to_string()).collect(),
-            meta: Default::default(),
-            enabled: true,
-            origin: KeyOrigin::Generated,
-            global: false,
             owner,
-            plan: None,
-            limits: Default::default(),
-            allowed_cidrs: Vec::new(),
             project,
-            created_at: 0,
-            updated_at: 0,
-            expires_at: None,
-            revoked_at: None,
-            rotated_to: None,
-            last_used_at: None,
-            usage_count: 0,
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            ..test_record(&key, 0x7_0000 + u128::from(n))
         };
         (key, record)
     }

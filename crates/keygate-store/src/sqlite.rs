@@ -78,6 +78,21 @@ impl SqliteStore {
     }
 }
 
+/// Marks a key revoked at `now` and records the change, inside `tx`.
+async fn revoke_key_tx(
+    tx: &mut Transaction<'static, Sqlite>,
+    id: &str,
+    now: UnixMillis,
+) -> Result<()> {
+    sqlx::query("UPDATE keys SET revoked_at = ?, updated_at = ? WHERE id = ?")
+        .bind(now)
+        .bind(now)
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    record_change(tx, Entity::Key, id, "revoke", now).await
+}
+
 async fn record_change(
     tx: &mut Transaction<'static, Sqlite>,
     entity: Entity,
@@ -318,13 +333,7 @@ impl Store for SqliteStore {
             .fetch_all(&mut *tx)
             .await?;
             for id in ids {
-                sqlx::query("UPDATE keys SET revoked_at = ?, updated_at = ? WHERE id = ?")
-                    .bind(record.created_at)
-                    .bind(record.created_at)
-                    .bind(&id)
-                    .execute(&mut *tx)
-                    .await?;
-                record_change(&mut tx, Entity::Key, &id, "revoke", record.created_at).await?;
+                revoke_key_tx(&mut tx, &id, record.created_at).await?;
                 let mut entry = audit.clone();
                 entry.action = "key.revoke".into();
                 entry.target = Some(format!("key:{id}"));
@@ -427,13 +436,7 @@ impl Store for SqliteStore {
         if record.revoked_at.is_none() {
             record.revoked_at = Some(now);
             record.updated_at = now;
-            sqlx::query("UPDATE keys SET revoked_at = ?, updated_at = ? WHERE id = ?")
-                .bind(now)
-                .bind(now)
-                .bind(id.to_string())
-                .execute(&mut *tx)
-                .await?;
-            record_change(&mut tx, Entity::Key, &id.to_string(), "revoke", now).await?;
+            revoke_key_tx(&mut tx, &id.to_string(), now).await?;
             audit_tx(&mut tx, audit).await?;
         }
         tx.commit().await?;
@@ -720,13 +723,7 @@ impl Store for SqliteStore {
                 .fetch_all(&mut *tx)
                 .await?;
         for key_id in key_ids {
-            sqlx::query("UPDATE keys SET revoked_at = ?, updated_at = ? WHERE id = ?")
-                .bind(now)
-                .bind(now)
-                .bind(&key_id)
-                .execute(&mut *tx)
-                .await?;
-            record_change(&mut tx, Entity::Key, &key_id, "revoke", now).await?;
+            revoke_key_tx(&mut tx, &key_id, now).await?;
         }
         revoke_user_families_tx(&mut tx, id, "user deleted", now).await?;
         sqlx::query("DELETE FROM users WHERE id = ?")
@@ -1228,13 +1225,7 @@ impl Store for SqliteStore {
                 .fetch_all(&mut *tx)
                 .await?;
         for key in keys {
-            sqlx::query("UPDATE keys SET revoked_at = ?, updated_at = ? WHERE id = ?")
-                .bind(now)
-                .bind(now)
-                .bind(&key)
-                .execute(&mut *tx)
-                .await?;
-            record_change(&mut tx, Entity::Key, &key, "revoke", now).await?;
+            revoke_key_tx(&mut tx, &key, now).await?;
         }
         record_change(&mut tx, Entity::Project, &id.to_string(), "delete", now).await?;
         audit_tx(&mut tx, audit).await?;
