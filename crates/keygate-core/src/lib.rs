@@ -15,6 +15,7 @@ pub mod scope;
 pub mod settings;
 pub mod usage;
 pub mod user;
+pub mod webhook;
 
 pub use decision::{Check, Decision, DecisionCode, decide};
 pub use index::{IndexedKey, KeyIndex, StateCounts};

@@ -99,3 +99,40 @@ proptest! {
         let _ = find_keys(&text);
     }
 }
+
+/// The Standard Webhooks vectors (the first is the specification's own example).
+#[test]
+fn standard_webhooks_vectors() {
+    use keygate_core::webhook::{DEFAULT_TOLERANCE_SECS, sign, verify};
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/vectors/standard-webhooks.json"
+    );
+    let vectors: Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("readable")).expect("JSON");
+    let cases = vectors["valid"].as_array().expect("valid cases");
+    assert!(!cases.is_empty());
+    for case in cases {
+        let (secret, id, body) = (
+            case["secret"].as_str().expect("secret"),
+            case["webhook_id"].as_str().expect("id"),
+            case["body"].as_str().expect("body").as_bytes(),
+        );
+        let ts = case["webhook_timestamp"].as_i64().expect("timestamp");
+        let signature = case["webhook_signature"].as_str().expect("signature");
+        assert_eq!(sign(secret, id, ts, body).expect("sign"), signature, "{id}");
+        assert_eq!(
+            verify(
+                secret,
+                id,
+                &ts.to_string(),
+                body,
+                signature,
+                ts,
+                DEFAULT_TOLERANCE_SECS
+            ),
+            Ok(()),
+            "{id}"
+        );
+    }
+}

@@ -63,8 +63,42 @@ enum Command {
     /// Read the audit log through a running server's API.
     #[command(subcommand)]
     Audit(client::AuditCommand),
+    /// Tools for receivers of keygate's webhooks.
+    #[command(subcommand)]
+    Webhooks(WebhooksCommand),
     /// Print the OpenAPI 3.1 document of this configuration's API (for client generators).
     Openapi(ConfigArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum WebhooksCommand {
+    /// Verify a Standard Webhooks signature; exits 0 when it is good, 1 with the reason.
+    Verify {
+        /// The endpoint's signing secret (whsec_…).
+        #[arg(long, env = "KEYGATE_WEBHOOK_SECRET", hide_env_values = true)]
+        secret: String,
+        /// The webhook-id header.
+        #[arg(long)]
+        id: Option<String>,
+        /// The webhook-timestamp header (Unix seconds).
+        #[arg(long)]
+        timestamp: Option<String>,
+        /// The webhook-signature header (`v1,…`, several space-separated).
+        #[arg(long)]
+        signature: Option<String>,
+        /// A file of `Name: value` lines holding the three headers, instead of the flags.
+        #[arg(long, value_name = "FILE")]
+        headers: Option<PathBuf>,
+        /// The raw request body (`-` for standard input).
+        #[arg(long, value_name = "FILE")]
+        body: PathBuf,
+        /// Seconds a timestamp may be from now.
+        #[arg(long, default_value_t = keygate_core::webhook::DEFAULT_TOLERANCE_SECS)]
+        tolerance: i64,
+        /// Verify as of this Unix time instead of now (for replaying a saved delivery).
+        #[arg(long, hide = true)]
+        at: Option<i64>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -291,6 +325,54 @@ async fn reset_password(data_dir: PathBuf, username: String, from_stdin: bool) -
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)] // One argument per command-line flag.
+fn verify_webhook(
+    secret: &str,
+    id: Option<String>,
+    timestamp: Option<String>,
+    signature: Option<String>,
+    headers: Option<PathBuf>,
+    body: &std::path::Path,
+    tolerance: i64,
+    at: Option<i64>,
+) -> Result<()> {
+    use std::io::Read;
+    let (mut id, mut timestamp, mut signature) = (id, timestamp, signature);
+    if let Some(path) = headers {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        for line in text.lines() {
+            let Some((name, value)) = line.split_once(':') else {
+                continue;
+            };
+            let value = Some(value.trim().to_string());
+            match name.trim().to_ascii_lowercase().as_str() {
+                "webhook-id" => id = id.or(value),
+                "webhook-timestamp" => timestamp = timestamp.or(value),
+                "webhook-signature" => signature = signature.or(value),
+                _ => {}
+            }
+        }
+    }
+    let missing = |what: &str| {
+        anyhow::anyhow!("no {what}: pass --{what} or a --headers file with webhook-{what}")
+    };
+    let id = id.ok_or_else(|| missing("id"))?;
+    let timestamp = timestamp.ok_or_else(|| missing("timestamp"))?;
+    let signature = signature.ok_or_else(|| missing("signature"))?;
+    let mut bytes = Vec::new();
+    if body == std::path::Path::new("-") {
+        std::io::stdin().read_to_end(&mut bytes)?;
+    } else {
+        bytes = std::fs::read(body).with_context(|| format!("cannot read {}", body.display()))?;
+    }
+    let now = at.unwrap_or_else(|| clock::now_ms() / 1000);
+    keygate_core::webhook::verify(secret, &id, &timestamp, &bytes, &signature, now, tolerance)
+        .map_err(|reason| anyhow::anyhow!("signature not valid: {reason}"))?;
+    println!("valid");
+    Ok(())
+}
+
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
@@ -315,6 +397,18 @@ async fn run(cli: Cli) -> Result<()> {
             expires_at,
         }) => admin_create_key(data_dir, name, scopes, prefix, expires_at).await,
         Command::Keys(command) => client::run(command).await,
+        Command::Webhooks(WebhooksCommand::Verify {
+            secret,
+            id,
+            timestamp,
+            signature,
+            headers,
+            body,
+            tolerance,
+            at,
+        }) => verify_webhook(
+            &secret, id, timestamp, signature, headers, &body, tolerance, at,
+        ),
         Command::Audit(command) => client::run_audit(command).await,
         Command::Admin(AdminCommand::ResetPassword {
             data_dir,

@@ -689,3 +689,135 @@ async fn admin_account_password_reset_audit_tail_and_quiet_logs() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("KEYGATE_ADMIN_PASSWORD"));
 }
+
+/// The Standard Webhooks vectors, verified by `keygate webhooks verify` and by the Python and
+/// Node.js receiver examples in examples/receivers (which the README shows).
+#[test]
+fn webhook_signatures_verify_with_the_cli_and_the_receiver_examples() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let vectors: Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{root}/tests/vectors/standard-webhooks.json"))
+            .expect("vectors"),
+    )
+    .expect("JSON");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let require_all = std::env::var("KEYGATE_REQUIRE_ALL").as_deref() == Ok("1");
+    let runtimes: Vec<(&str, String)> = [("python3", "verify.py"), ("node", "verify.js")]
+        .into_iter()
+        .filter_map(|(bin, script)| {
+            let found = Command::new(bin)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if !found {
+                assert!(
+                    !require_all,
+                    "{bin} is required (KEYGATE_REQUIRE_ALL=1) but not installed"
+                );
+                println!("SKIPPED: {bin} not found; the {script} receiver example is not run");
+            }
+            found.then(|| (bin, format!("{root}/examples/receivers/{script}")))
+        })
+        .collect();
+    for (n, case) in vectors["valid"]
+        .as_array()
+        .expect("cases")
+        .iter()
+        .enumerate()
+    {
+        let field = |name: &str| {
+            case[name]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| case[name].to_string())
+        };
+        let (secret, id, ts, signature) = (
+            field("secret"),
+            field("webhook_id"),
+            field("webhook_timestamp"),
+            field("webhook_signature"),
+        );
+        let body = dir.path().join(format!("body{n}"));
+        std::fs::write(&body, field("body")).expect("write body");
+        let tampered = dir.path().join(format!("tampered{n}"));
+        std::fs::write(&tampered, format!("{} ", field("body"))).expect("write body");
+
+        let cli = |body: &Path, at: &str| {
+            keygate()
+                .args([
+                    "webhooks",
+                    "verify",
+                    "--secret",
+                    &secret,
+                    "--id",
+                    &id,
+                    "--timestamp",
+                    &ts,
+                    "--signature",
+                    &signature,
+                    "--at",
+                    at,
+                ])
+                .arg("--body")
+                .arg(body)
+                .output()
+                .expect("run")
+        };
+        let good = cli(&body, &ts);
+        assert!(
+            good.status.success(),
+            "{}",
+            String::from_utf8_lossy(&good.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&good.stdout).trim(), "valid");
+        let bad = cli(&tampered, &ts);
+        assert!(!bad.status.success());
+        assert!(String::from_utf8_lossy(&bad.stderr).contains("no signature matches"));
+        let late = cli(&body, &(ts.parse::<i64>().expect("ts") + 301).to_string());
+        assert!(String::from_utf8_lossy(&late.stderr).contains("s old"));
+        // The same from a headers file; the secret never appears in the output.
+        let headers = dir.path().join(format!("headers{n}"));
+        std::fs::write(
+            &headers,
+            format!("webhook-id: {id}\nwebhook-timestamp: {ts}\nwebhook-signature: {signature}\n"),
+        )
+        .expect("write");
+        let from_file = keygate()
+            .args(["webhooks", "verify", "--at", &ts])
+            .arg("--headers")
+            .arg(&headers)
+            .arg("--body")
+            .arg(&body)
+            .env("KEYGATE_WEBHOOK_SECRET", &secret)
+            .output()
+            .expect("run");
+        assert!(
+            from_file.status.success(),
+            "{}",
+            String::from_utf8_lossy(&from_file.stderr)
+        );
+        assert!(!String::from_utf8_lossy(&bad.stderr).contains(&secret));
+
+        for (bin, script) in &runtimes {
+            let run = |body: &Path| {
+                Command::new(bin)
+                    .arg(script)
+                    .args([&secret, &id, &ts, &signature])
+                    .arg(body)
+                    .arg(&ts)
+                    .output()
+                    .expect("run example")
+            };
+            let ok = run(&body);
+            assert!(
+                ok.status.success(),
+                "{bin}: {}",
+                String::from_utf8_lossy(&ok.stderr)
+            );
+            assert!(
+                !run(&tampered).status.success(),
+                "{bin} accepted a tampered body"
+            );
+        }
+    }
+}
