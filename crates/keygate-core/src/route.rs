@@ -42,3 +42,89 @@ mod tests {
         }
     }
 }
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Access {
+    /// No credential needed.
+    Public,
+    /// A valid credential (and the route's scopes, if any).
+    #[default]
+    Authenticated,
+}
+
+/// Whether a route acts inside a project.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProjectRule {
+    /// A user-level key must name the project (`X-Project-ID`).
+    Required,
+    /// The route acts outside projects.
+    #[default]
+    Exempt,
+}
+
+/// A route policy: which requests it covers and what they need.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutePolicy {
+    /// A path pattern (see [`matches`]).
+    pub path: String,
+    /// Methods covered (upper case); empty: every method.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    #[serde(default)]
+    pub access: Access,
+    /// Scopes the credential must hold.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    #[serde(default)]
+    pub project: ProjectRule,
+}
+
+/// The first policy covering `method` and `path`; requests no policy covers are
+/// `authenticated` with no scopes and no project.
+pub fn policy_for<'a>(
+    policies: &'a [RoutePolicy],
+    method: &str,
+    path: &str,
+) -> Option<&'a RoutePolicy> {
+    policies.iter().find(|p| {
+        (p.methods.is_empty() || p.methods.iter().any(|m| m.eq_ignore_ascii_case(method)))
+            && matches(&p.path, path)
+    })
+}
+
+#[cfg(test)]
+mod policy_tests {
+    use super::*;
+
+    #[test]
+    fn first_matching_policy_wins() {
+        let policies: Vec<RoutePolicy> = serde_json::from_value(serde_json::json!([
+            {"path": "/health", "access": "public"},
+            {"path": "/files/*", "methods": ["DELETE"], "scopes": ["files:delete"]},
+            {"path": "/files/*", "scopes": ["files:read"], "project": "required"},
+        ]))
+        .expect("policies");
+        assert_eq!(
+            policy_for(&policies, "GET", "/health").map(|p| p.access),
+            Some(Access::Public)
+        );
+        assert_eq!(
+            policy_for(&policies, "delete", "/files/a").map(|p| p.scopes.clone()),
+            Some(vec!["files:delete".to_string()])
+        );
+        let read = policy_for(&policies, "GET", "/files/a").expect("policy");
+        assert_eq!(
+            (read.scopes.clone(), read.project),
+            (vec!["files:read".to_string()], ProjectRule::Required)
+        );
+        assert!(policy_for(&policies, "GET", "/other").is_none());
+        assert!(
+            serde_json::from_value::<RoutePolicy>(serde_json::json!({"path": "/", "colour": 1}))
+                .is_err()
+        );
+    }
+}

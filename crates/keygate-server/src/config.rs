@@ -33,6 +33,11 @@ pub struct ServerConfig {
     /// there (the project-keys seed's `/validate` and `/projects`). Every other route given
     /// to the verify API as `path` is project-scoped.
     pub project_exempt_paths: Vec<String>,
+    /// Route policies for forward auth (first match wins; unmatched routes need a valid
+    /// credential).
+    pub routes: Vec<keygate_core::route::RoutePolicy>,
+    /// Prefix of the identity headers forward auth answers with (`X-Keygate-Key-Id`, ...).
+    pub identity_header_prefix: String,
     /// The header a request names its project in (case-insensitive).
     pub project_header: String,
     /// Minute usage rows older than this are rolled up into hours.
@@ -59,6 +64,8 @@ impl Default for ServerConfig {
             client_ip_header: "x-forwarded-for".into(),
             self_rotation_grace: Duration::from_secs(24 * 3600),
             project_header: "x-project-id".into(),
+            routes: Vec::new(),
+            identity_header_prefix: "x-keygate-".into(),
             project_exempt_paths: Vec::new(),
             free_key_plan: None,
             free_keys_per_address: 5,

@@ -292,6 +292,19 @@ impl Engine {
         client_ip: Option<std::net::IpAddr>,
         now: UnixMillis,
     ) -> Result<Principal, Box<Decision>> {
+        self.authenticate_route(headers, query, required_scopes, client_ip, false, now)
+    }
+
+    /// As [`Engine::authenticate`], for a route that may act inside a project.
+    pub fn authenticate_route(
+        &self,
+        headers: &HeaderMap,
+        query: Option<&str>,
+        required_scopes: &[&str],
+        client_ip: Option<std::net::IpAddr>,
+        project_required: bool,
+        now: UnixMillis,
+    ) -> Result<Principal, Box<Decision>> {
         let settings = self.settings();
         let project = headers
             .get(&self.project_header)
@@ -343,7 +356,7 @@ impl Engine {
                 Request {
                     client_ip,
                     project,
-                    project_required: false,
+                    project_required,
                 },
                 now,
             ),

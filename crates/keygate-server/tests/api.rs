@@ -1092,6 +1092,7 @@ async fn openapi_document_and_swagger_ui() {
         ("/api/v1/keys/free", &["post"]),
         ("/api/v1/keys/{id}/usage", &["get"]),
         ("/api/v1/usage", &["get"]),
+        ("/api/v1/forward-auth", &["get"]),
         ("/api/v1/projects", &["get", "post"]),
         ("/api/v1/projects/{id}", &["get", "patch", "delete"]),
         (

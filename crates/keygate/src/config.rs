@@ -40,6 +40,9 @@ pub struct FileConfig {
     pub project_exempt_paths: Option<Vec<String>>,
     pub usage_minute_retention: Option<String>,
     pub usage_hour_retention: Option<String>,
+    pub identity_header_prefix: Option<String>,
+    /// Forward-auth route policies (`[[routes]]` tables; file only).
+    pub routes: Option<Vec<keygate_core::route::RoutePolicy>>,
 }
 
 /// The same settings from flags or the environment (already merged by clap).
@@ -164,6 +167,8 @@ pub struct Effective {
     pub usage_minute_retention: Duration,
     #[serde(serialize_with = "ser_duration")]
     pub usage_hour_retention: Duration,
+    pub identity_header_prefix: String,
+    pub routes: Vec<keygate_core::route::RoutePolicy>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -213,6 +218,8 @@ impl Effective {
             project_exempt_paths: self.project_exempt_paths.clone(),
             usage_minute_retention: self.usage_minute_retention,
             usage_hour_retention: self.usage_hour_retention,
+            identity_header_prefix: self.identity_header_prefix.clone(),
+            routes: self.routes.clone(),
             ..ServerConfig::default()
         }
     }
@@ -488,6 +495,22 @@ pub fn resolve(file: &FileConfig, over: &Overrides) -> Result<Effective, Vec<Str
         &file.usage_hour_retention,
         defaults.usage_hour_retention,
     );
+    let identity_header_prefix = file
+        .identity_header_prefix
+        .clone()
+        .unwrap_or_else(|| defaults.identity_header_prefix.clone())
+        .to_ascii_lowercase();
+    if axum_header_ok(&format!("{identity_header_prefix}key-id")).is_err() {
+        errors.push(format!(
+            "identity_header_prefix: {identity_header_prefix:?} does not make valid header names"
+        ));
+    }
+    let routes = file.routes.clone().unwrap_or_default();
+    for route in &routes {
+        if !route.path.starts_with('/') {
+            errors.push(format!("routes: path {:?} must start with /", route.path));
+        }
+    }
     let effective = Effective {
         listen,
         data_dir: over
@@ -516,6 +539,8 @@ pub fn resolve(file: &FileConfig, over: &Overrides) -> Result<Effective, Vec<Str
         project_exempt_paths,
         usage_minute_retention,
         usage_hour_retention,
+        identity_header_prefix,
+        routes,
     };
     if errors.is_empty() {
         Ok(effective)

@@ -1,7 +1,9 @@
 //! The OpenAPI 3.1 document of every endpoint, and Swagger UI with embedded assets.
 
 use crate::config::ServerConfig;
-use crate::http::{audit, auth, free, keys, plans, projects, system, usage, users, verify};
+use crate::http::{
+    audit, auth, forward, free, keys, plans, projects, system, usage, users, verify,
+};
 use utoipa::OpenApi;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 
@@ -21,7 +23,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
         users::get_me, users::change_my_password, users::permissions,
         auth::token, auth::refresh, auth::logout, auth::jwks, audit::list_audit,
         plans::list_plans, plans::create_plan, plans::get_plan, plans::update_plan,
-        usage::key_usage, usage::usage,
+        usage::key_usage, usage::usage, forward::forward_auth,
         projects::list_projects, projects::create_project, projects::get_project, projects::rename_project,
         projects::delete_project, projects::put_member, projects::remove_member,
         system::healthz, system::readyz, system::metrics, openapi_json,
@@ -35,6 +37,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
         (name = "auth", description = "Sign in for JWT access and refresh tokens."),
         (name = "audit", description = "The append-only audit log (audit:read)."),
         (name = "plans", description = "Rate limits and monthly quotas that keys take."),
+        (name = "gateway", description = "Forward auth for nginx, Traefik, Caddy and Envoy."),
         (name = "projects", description = "Projects and their members; project-level keys."),
         (name = "usage", description = "Decisions per key by outcome, for charts and billing."),
     )

@@ -6,6 +6,7 @@ pub mod context;
 pub mod docs;
 pub mod error;
 pub mod extract;
+pub mod forward;
 pub mod free;
 pub mod keys;
 pub mod plans;
@@ -100,6 +101,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/auth/logout", post(auth::logout))
         .route("/.well-known/jwks.json", get(auth::jwks))
         .route("/api/v1/audit", get(audit::list_audit))
+        .route(
+            "/api/v1/forward-auth",
+            axum::routing::any(forward::forward_auth),
+        )
         .route(
             "/api/v1/plans",
             get(plans::list_plans).post(plans::create_plan),

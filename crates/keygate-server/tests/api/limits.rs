@@ -637,3 +637,97 @@ async fn rotation_does_not_reset_limits() {
     let (status, body) = server.whoami(&new).await;
     assert_error(status, &body, 429, "quota_exceeded", &new);
 }
+
+#[tokio::test]
+async fn forward_auth_for_reverse_proxies() {
+    use keygate_core::route::RoutePolicy;
+    let routes: Vec<RoutePolicy> = serde_json::from_value(json!([
+        {"path": "/health", "access": "public"},
+        {"path": "/files/*", "methods": ["DELETE"], "scopes": ["files:delete"]},
+        {"path": "/files/*", "scopes": ["files:read"]},
+        {"path": "/sites/*", "project": "required"},
+    ]))
+    .expect("routes");
+    let server = TestServer::start_with(ServerConfig {
+        routes,
+        ..test_config()
+    })
+    .await;
+    let plan = server
+        .plan(json!({"name": "two", "rate_limits": [{"limit": 2, "period_seconds": 60}]}))
+        .await;
+    let (reader, created) = server
+        .create_key(json!({"name": "reader", "scopes": ["files:read"], "plan": plan}))
+        .await;
+    let ask = |method: &str, uri: &str, key: Option<&str>| {
+        let mut request = server
+            .request(Method::GET, "/api/v1/forward-auth")
+            .header("X-Forwarded-Method", method)
+            .header("X-Forwarded-Uri", uri);
+        if let Some(key) = key {
+            request = request.header("X-API-Key", key);
+        }
+        request.send()
+    };
+    // Public route: no credential, empty 200.
+    let response = ask("GET", "/health", None).await.expect("send");
+    assert_eq!(
+        (response.status(), header(&response, "content-length")),
+        (StatusCode::OK, "0".to_string())
+    );
+    // Allowed, with identity headers and an empty body.
+    let response = ask("GET", "/files/a.txt", Some(&reader))
+        .await
+        .expect("send");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(header(&response, "content-length"), "0");
+    assert_eq!(
+        header(&response, "x-keygate-key-id"),
+        created["id"].as_str().expect("id")
+    );
+    assert_eq!(header(&response, "x-keygate-scopes"), "files:read");
+    assert!(header(&response, "ratelimit").starts_with(r#""minute";r=1;"#));
+    assert!(response.text().await.expect("body").is_empty());
+    // The route's scopes, per method.
+    let (status, body) = read(
+        ask("DELETE", "/files/a.txt", Some(&reader))
+            .await
+            .expect("send"),
+    )
+    .await;
+    assert_error(status, &body, 403, "insufficient_permissions", &reader);
+    // No credential on a protected route; a project-scoped route without a project.
+    let (status, body) = read(ask("GET", "/files/a.txt", None).await.expect("send")).await;
+    assert_error(status, &body, 401, "missing_credentials", "");
+    let (status, body) = read(ask("GET", "/sites/1", Some(&reader)).await.expect("send")).await;
+    assert_error(status, &body, 400, "project_id_required", &reader);
+    // Rate limited (2 per minute; one spent above, one refused by scope did not count).
+    assert_eq!(
+        ask("GET", "/files/b", Some(&reader))
+            .await
+            .expect("send")
+            .status(),
+        StatusCode::OK
+    );
+    let response = ask("GET", "/files/c", Some(&reader)).await.expect("send");
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(header(&response, "retry-after"), "30");
+    // nginx's X-Original-URI works too, and the apikey parameter of the original URI when on.
+    server
+        .admin_json(
+            Method::PATCH,
+            "/api/v1/settings",
+            json!({"query_param_enabled": true}),
+        )
+        .await;
+    let response = server
+        .request(Method::POST, "/api/v1/forward-auth")
+        .header(
+            "X-Original-URI",
+            format!("/anything?apikey={}", server.admin),
+        )
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), StatusCode::OK);
+}

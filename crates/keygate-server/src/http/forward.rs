@@ -1,0 +1,122 @@
+//! Forward auth: nginx `auth_request`, Traefik ForwardAuth, Caddy `forward_auth` and Envoy
+//! `ext_authz` (HTTP) ask keygate about the request they are about to pass on.
+//!
+//! The original method and URI come from the proxy's headers; the route policy says what
+//! the request needs. The answer is 200 with identity headers and an empty body (nginx
+//! never reads an auth subrequest's body, and a non-empty one costs it a connection per
+//! request), or the error model's refusal.
+
+use crate::AppState;
+use crate::clock::now_ms;
+use crate::engine::Principal;
+use crate::http::context::set_request_limits;
+use crate::http::error::ApiError;
+use crate::http::extract::ClientAddr;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use keygate_core::route::{Access, ProjectRule, policy_for};
+
+fn header<'a>(headers: &'a HeaderMap, names: &[&str]) -> Option<&'a str> {
+    names
+        .iter()
+        .find_map(|name| headers.get(*name).and_then(|v| v.to_str().ok()))
+}
+
+#[utoipa::path(
+    get, path = "/api/v1/forward-auth", tag = "gateway",
+    params(
+        ("X-Forwarded-Method" = Option<String>, Header, description = "The original method (also X-Original-Method)"),
+        ("X-Forwarded-Uri" = Option<String>, Header, description = "The original URI (also X-Original-URI)"),
+    ),
+    responses(
+        (status = 200, description = "Allowed: identity in X-Keygate-* headers, empty body"),
+        (status = 401, description = "No valid credential", body = keygate_api::ErrorBody),
+        (status = 403, description = "Not permitted", body = keygate_api::ErrorBody),
+        (status = 429, description = "Rate limited or over quota", body = keygate_api::ErrorBody),
+    ),
+    security(("api_key" = []), ("bearer" = []))
+)]
+/// Any method is accepted: proxies forward the original one or send their own.
+pub async fn forward_auth(
+    State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
+    addr: ClientAddr,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let original_method =
+        header(&headers, &["x-forwarded-method", "x-original-method"]).unwrap_or(method.as_str());
+    let original_uri: Uri = header(&headers, &["x-forwarded-uri", "x-original-uri"])
+        .and_then(|u| u.parse().ok())
+        .unwrap_or(uri);
+    let path = original_uri.path();
+    let policy = policy_for(&state.config.routes, original_method, path);
+    if policy.is_some_and(|p| p.access == Access::Public) {
+        return Ok(empty(StatusCode::OK));
+    }
+    let scopes: Vec<&str> = policy
+        .map(|p| p.scopes.iter().map(String::as_str).collect())
+        .unwrap_or_default();
+    let project_required = policy.is_some_and(|p| p.project == ProjectRule::Required);
+    let client_ip = addr.0;
+    let principal = state
+        .engine
+        .authenticate_route(
+            &headers,
+            original_uri.query(),
+            &scopes,
+            client_ip,
+            project_required,
+            now_ms(),
+        )
+        .map_err(|decision| ApiError::from(*decision))?;
+    let mut response = empty(StatusCode::OK);
+    let prefix = &state.config.identity_header_prefix;
+    let mut put = |name: &str, value: String| {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::try_from(format!("{prefix}{name}")),
+            HeaderValue::try_from(value),
+        ) {
+            response.headers_mut().insert(name, value);
+        }
+    };
+    match &principal {
+        Principal::ApiKey {
+            key,
+            owner,
+            limits,
+            project,
+        } => {
+            set_request_limits(limits.as_slice());
+            put("key-id", key.record.id.to_string());
+            put("scopes", key.record.scopes.join(" "));
+            if let Some((user, _)) = owner {
+                put("user", user.to_string());
+            }
+            if let Some(project) = project {
+                put("project", project.to_string());
+            }
+        }
+        Principal::User {
+            id, role, project, ..
+        } => {
+            put("user", id.to_string());
+            put("scopes", role.permissions().join(" "));
+            if let Some(project) = project {
+                put("project", project.to_string());
+            }
+        }
+        Principal::Open => {}
+    }
+    Ok(response)
+}
+
+fn empty(status: StatusCode) -> Response {
+    let mut response = (status, "").into_response();
+    response.headers_mut().insert(
+        axum::http::header::CONTENT_LENGTH,
+        HeaderValue::from_static("0"),
+    );
+    response
+}
