@@ -681,6 +681,11 @@ impl Store for SqliteStore {
         let Some(mut user) = fetch_user(&mut tx, id).await? else {
             return Ok(None);
         };
+        let stays_admin = update.role.unwrap_or(user.role) == Role::Admin
+            && !update.disabled.unwrap_or(user.disabled);
+        if !stays_admin {
+            keep_an_admin(&mut tx, &user).await?;
+        }
         if let Some(role) = update.role {
             user.role = role;
         }
@@ -717,6 +722,7 @@ impl Store for SqliteStore {
         let Some(user) = fetch_user(&mut tx, id).await? else {
             return Ok(None);
         };
+        keep_an_admin(&mut tx, &user).await?;
         let key_ids: Vec<String> =
             sqlx::query_scalar("SELECT id FROM keys WHERE owner = ? AND revoked_at IS NULL")
                 .bind(id.to_string())
@@ -1387,6 +1393,27 @@ async fn fetch_user(tx: &mut Transaction<'static, Sqlite>, id: Uuid) -> Result<O
     .fetch_optional(&mut **tx)
     .await?;
     row.as_ref().map(user_from_row).transpose()
+}
+
+/// Refuses, inside the write transaction, a change that would leave no enabled
+/// administrator (checked here so two concurrent demotions cannot both pass).
+async fn keep_an_admin(tx: &mut Transaction<'static, Sqlite>, user: &UserRecord) -> Result<()> {
+    if user.role != Role::Admin || user.disabled {
+        return Ok(());
+    }
+    let others: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM users WHERE role = 'admin' AND disabled = 0 AND id != ?",
+    )
+    .bind(user.id.to_string())
+    .fetch_one(&mut **tx)
+    .await?;
+    if others == 0 {
+        return Err(StoreError::Conflict(
+            "this is the last enabled administrator; make another user an administrator first"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 async fn audit_tx(tx: &mut Transaction<'static, Sqlite>, entry: &AuditEntry) -> Result<()> {

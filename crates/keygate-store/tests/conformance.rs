@@ -593,6 +593,37 @@ async fn accounts_conformance(store: &dyn Store) {
             .is_empty()
     );
 
+    // The last enabled administrator cannot be disabled, demoted or deleted.
+    let root = user("root", Role::Admin);
+    store
+        .create_user(&root, "$h", &audit(1, "user.create"))
+        .await
+        .expect("admin");
+    let disable = UserUpdate {
+        disabled: Some(true),
+        ..Default::default()
+    };
+    assert!(matches!(
+        store
+            .update_user(root.id, &disable, &audit(2, "user.update"))
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    let demote = UserUpdate {
+        role: Some(Role::User),
+        ..Default::default()
+    };
+    assert!(matches!(
+        store
+            .update_user(root.id, &demote, &audit(2, "user.update"))
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        store.delete_user(root.id, &audit(2, "user.delete")).await,
+        Err(StoreError::Conflict(_))
+    ));
+
     // Projects: members, renames, deletion revoking project-level keys.
     let project = keygate_store::Project {
         id: Uuid::now_v7(),

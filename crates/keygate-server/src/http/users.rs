@@ -161,27 +161,6 @@ pub async fn get_user(
     Ok(Json(user_view(&user)))
 }
 
-/// Refuses a change that would leave the instance without an enabled administrator.
-async fn keep_an_admin(state: &AppState, id: Uuid, stays_admin: bool) -> Result<(), ApiError> {
-    if stays_admin {
-        return Ok(());
-    }
-    let users = state.store.load_users().await?;
-    let others = users
-        .iter()
-        .filter(|u| u.id != id && u.role == Role::Admin && !u.disabled)
-        .count();
-    let is_admin = users
-        .iter()
-        .any(|u| u.id == id && u.role == Role::Admin && !u.disabled);
-    if is_admin && others == 0 {
-        return Err(ApiError::new(ErrorCode::Conflict)
-            .message("This is the last enabled administrator.")
-            .hint("make another user an administrator first"));
-    }
-    Ok(())
-}
-
 #[utoipa::path(
     patch, path = "/api/v1/users/{id}", tag = "users",
     params(("id" = uuid::Uuid, Path, description = "User id")),
@@ -203,8 +182,6 @@ pub async fn update_user(
     if let Some(Some(email)) = &body.email {
         validate_email(email)?;
     }
-    let stays_admin = body.role.is_none_or(|r| r == Role::Admin) && body.disabled != Some(true);
-    keep_an_admin(&state, id, stays_admin).await?;
     let update = UserUpdate {
         role: body.role,
         email: body.email.clone(),
@@ -244,7 +221,6 @@ pub async fn delete_user(
     addr: ClientAddr,
     PathId(id): PathId,
 ) -> Result<Json<UserView>, ApiError> {
-    keep_an_admin(&state, id, false).await?;
     let entry = audit::entry(
         caller.principal(),
         &addr,
