@@ -1108,20 +1108,40 @@ impl Store for SqliteStore {
     }
 
     async fn load_projects(&self) -> Result<Vec<Project>> {
-        let rows = sqlx::query("SELECT id FROM projects ORDER BY created_at, id")
-            .fetch_all(&self.pool)
-            .await?;
-        let mut projects = Vec::with_capacity(rows.len());
-        for row in rows {
-            let id: String = row.try_get("id")?;
-            if let Some(project) = self
-                .get_project(Uuid::parse_str(&id).map_err(|e| corrupt("project id", e))?)
-                .await?
-            {
-                projects.push(project);
-            }
+        // Two queries for all projects, not one per project.
+        let rows = sqlx::query(
+            "SELECT id, name, created_at, updated_at FROM projects ORDER BY created_at, id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let members =
+            sqlx::query("SELECT project_id, user_id, role FROM project_members ORDER BY user_id")
+                .fetch_all(&self.pool)
+                .await?;
+        let mut by_project: std::collections::HashMap<String, Vec<(Uuid, String)>> =
+            std::collections::HashMap::new();
+        for m in &members {
+            let user: String = m.try_get("user_id")?;
+            by_project
+                .entry(m.try_get("project_id")?)
+                .or_default()
+                .push((
+                    Uuid::parse_str(&user).map_err(|e| corrupt("member id", e))?,
+                    m.try_get("role")?,
+                ));
         }
-        Ok(projects)
+        rows.iter()
+            .map(|row| {
+                let id: String = row.try_get("id")?;
+                Ok(Project {
+                    id: Uuid::parse_str(&id).map_err(|e| corrupt("project id", e))?,
+                    name: row.try_get("name")?,
+                    members: by_project.remove(&id).unwrap_or_default(),
+                    created_at: row.try_get("created_at")?,
+                    updated_at: row.try_get("updated_at")?,
+                })
+            })
+            .collect()
     }
 
     async fn get_project(&self, id: Uuid) -> Result<Option<Project>> {
