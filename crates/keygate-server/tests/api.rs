@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 #[path = "api/accounts.rs"]
 mod accounts;
+#[path = "api/gateway.rs"]
+mod gateway;
 #[path = "api/limits.rs"]
 mod limits;
 

@@ -3,7 +3,7 @@
 use super::*;
 
 impl TestServer {
-    async fn plan(&self, body: Value) -> String {
+    pub(super) async fn plan(&self, body: Value) -> String {
         let (status, plan) = self.admin_json(Method::POST, "/api/v1/plans", body).await;
         assert_eq!(status, StatusCode::CREATED, "{plan}");
         plan["id"].as_str().expect("id").to_string()
