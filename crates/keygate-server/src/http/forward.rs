@@ -47,8 +47,17 @@ pub async fn forward_auth(
 ) -> Result<Response, ApiError> {
     let original_method =
         header(&headers, &["x-forwarded-method", "x-original-method"]).unwrap_or(method.as_str());
+    // The original URI: from the proxy's header, else whatever follows our own path (the
+    // form Envoy's path_prefix produces), else the request's URI itself.
+    let suffix = uri
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .and_then(|pq| pq.strip_prefix("/api/v1/forward-auth"))
+        .filter(|rest| rest.starts_with('/'))
+        .and_then(|rest| rest.parse::<Uri>().ok());
     let original_uri: Uri = header(&headers, &["x-forwarded-uri", "x-original-uri"])
         .and_then(|u| u.parse().ok())
+        .or(suffix)
         .unwrap_or(uri);
     let path = original_uri.path();
     let policy = policy_for(&state.config.routes, original_method, path);

@@ -105,6 +105,11 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/forward-auth",
             axum::routing::any(forward::forward_auth),
         )
+        // Envoy's ext_authz appends the original path to its path prefix.
+        .route(
+            "/api/v1/forward-auth/{*original}",
+            axum::routing::any(forward::forward_auth),
+        )
         .route(
             "/api/v1/plans",
             get(plans::list_plans).post(plans::create_plan),

@@ -74,6 +74,9 @@ http {{
                 add_header Retry-After $kg_retry always;
                 return 429;
             }}
+            if ($kg_status = 400) {{
+                return 400;
+            }}
             return 500;
         }}
     }}
@@ -97,6 +100,7 @@ async fn nginx_auth_request_end_to_end() {
     let routes: Vec<RoutePolicy> = serde_json::from_value(json!([
         {"path": "/health", "access": "public"},
         {"path": "/admin/*", "scopes": ["app:admin"]},
+        {"path": "/projects/*", "project": "required"},
     ]))
     .expect("routes");
     let server = TestServer::start_with(ServerConfig {
@@ -188,7 +192,15 @@ async fn nginx_auth_request_end_to_end() {
         .await
         .expect("send");
     assert_eq!(response.status(), StatusCode::FORBIDDEN);
-    // Rate limited: 3 per minute; one used above, the refused one did not count.
+    // A project-scoped route without a project: 400 through nginx, not a 500.
+    let response = http
+        .get(format!("{base}/projects/1"))
+        .header("X-API-Key", &key)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    // Rate limited: 3 per minute; one used above, the refused ones did not count.
     for _ in 0..2 {
         let response = http
             .get(format!("{base}/data"))

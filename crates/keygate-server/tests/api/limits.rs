@@ -712,6 +712,23 @@ async fn forward_auth_for_reverse_proxies() {
     let response = ask("GET", "/files/c", Some(&reader)).await.expect("send");
     assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(header(&response, "retry-after"), "30");
+    // Envoy's form: the original path appended to the endpoint's path.
+    let response = server
+        .request(Method::GET, "/api/v1/forward-auth/health")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "public route reached through the path suffix"
+    );
+    let response = server
+        .request(Method::GET, "/api/v1/forward-auth/files/x")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     // nginx's X-Original-URI works too, and the apikey parameter of the original URI when on.
     server
         .admin_json(
