@@ -322,23 +322,12 @@ impl Engine {
             }
             _ => Vec::new(),
         };
-        let extraction = credential::extract(&self.transports, |transport| {
-            let values: Box<dyn Iterator<Item = &str>> = match transport {
-                Transport::Authorization => Box::new(
-                    headers
-                        .get_all(axum::http::header::AUTHORIZATION)
-                        .iter()
-                        .filter_map(|v| v.to_str().ok()),
-                ),
-                Transport::ApiKeyHeader => Box::new(
-                    headers
-                        .get_all(&self.api_key_header)
-                        .iter()
-                        .filter_map(|v| v.to_str().ok()),
-                ),
-                Transport::QueryParam => Box::new(query_values.iter().map(String::as_str)),
-            };
-            values
+        let extraction = credential::extract(&self.transports, |transport| match transport {
+            Transport::Authorization => {
+                Values::Header(headers.get_all(axum::http::header::AUTHORIZATION).iter())
+            }
+            Transport::ApiKeyHeader => Values::Header(headers.get_all(&self.api_key_header).iter()),
+            Transport::QueryParam => Values::Query(query_values.iter()),
         });
         let decision = match extraction {
             Extraction::Found(presented) if credential::looks_like_jwt(presented.value) => {
@@ -556,6 +545,24 @@ impl Engine {
             hint.push_str(", or as the `apikey` query parameter");
         }
         hint
+    }
+}
+
+/// The raw values of one transport, without boxing an iterator per request.
+enum Values<'a> {
+    Header(axum::http::header::ValueIter<'a, axum::http::HeaderValue>),
+    Query(std::slice::Iter<'a, String>),
+}
+
+impl<'a> Iterator for Values<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        match self {
+            // Header values that are not visible ASCII cannot be a credential; skip them.
+            Values::Header(values) => values.find_map(|v| v.to_str().ok()),
+            Values::Query(values) => values.next().map(String::as_str),
+        }
     }
 }
 

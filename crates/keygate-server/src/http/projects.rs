@@ -64,19 +64,6 @@ async fn owned(state: &AppState, principal: &Principal, id: Uuid) -> Result<Proj
     }
 }
 
-fn validate_name(name: &str) -> Result<(), ApiError> {
-    let ok = !name.trim().is_empty()
-        && name.chars().count() <= 100
-        && !name.chars().any(char::is_control);
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::invalid(
-            "`name` must be 1 to 100 characters, no control characters.",
-        ))
-    }
-}
-
 #[utoipa::path(
     get, path = "/api/v1/projects", tag = "projects",
     responses((status = 200, description = "Projects the caller may see", body = ProjectList)),
@@ -107,7 +94,7 @@ pub async fn create_project(
     addr: ClientAddr,
     JsonBody(body): JsonBody<ProjectRequest>,
 ) -> Result<(StatusCode, Json<ProjectView>), ApiError> {
-    validate_name(&body.name)?;
+    super::plans::validate_name(&body.name)?;
     let now = now_ms();
     let project = Project {
         id: Uuid::now_v7(),
@@ -160,7 +147,7 @@ pub async fn rename_project(
     PathId(id): PathId,
     JsonBody(body): JsonBody<ProjectRequest>,
 ) -> Result<Json<ProjectView>, ApiError> {
-    validate_name(&body.name)?;
+    super::plans::validate_name(&body.name)?;
     let mut project = owned(&state, caller.principal(), id).await?;
     let entry = audit::entry(
         caller.principal(),
