@@ -34,6 +34,10 @@ pub enum ErrorCode {
     UnsupportedMediaType,
     InternalError,
     ServiceUnavailable,
+    /// The upstream (reverse-proxy mode) refused the connection or broke off.
+    UpstreamUnavailable,
+    /// The upstream did not answer in time.
+    UpstreamTimeout,
 }
 
 impl ErrorCode {
@@ -63,6 +67,8 @@ impl ErrorCode {
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::InternalError => "internal_error",
             ErrorCode::ServiceUnavailable => "service_unavailable",
+            ErrorCode::UpstreamUnavailable => "upstream_unavailable",
+            ErrorCode::UpstreamTimeout => "upstream_timeout",
         }
     }
 
@@ -91,6 +97,8 @@ impl ErrorCode {
             ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::InternalError => 500,
             ErrorCode::ServiceUnavailable => 503,
+            ErrorCode::UpstreamUnavailable => 502,
+            ErrorCode::UpstreamTimeout => 504,
         }
     }
 
@@ -125,6 +133,8 @@ impl ErrorCode {
             ErrorCode::UnsupportedMediaType => "The request body must be JSON.",
             ErrorCode::InternalError => "Something went wrong inside keygate.",
             ErrorCode::ServiceUnavailable => "keygate is not ready to serve this request.",
+            ErrorCode::UpstreamUnavailable => "The upstream service could not be reached.",
+            ErrorCode::UpstreamTimeout => "The upstream service did not answer in time.",
         }
     }
 

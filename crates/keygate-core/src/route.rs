@@ -81,6 +81,10 @@ pub struct RoutePolicy {
     pub scopes: Vec<String>,
     #[serde(default)]
     pub project: ProjectRule,
+    /// Reverse-proxy mode: send matching requests to the upstream even where keygate has
+    /// an endpoint of the same path (a preset whose app owns `/api/v1/systeminfo`).
+    #[serde(default)]
+    pub upstream: bool,
 }
 
 /// The first policy covering `method` and `path`; requests no policy covers are

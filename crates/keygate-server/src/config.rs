@@ -46,6 +46,8 @@ pub struct ServerConfig {
     pub usage_hour_retention: Duration,
     /// Grace (default and maximum) when a key rotates itself.
     pub self_rotation_grace: Duration,
+    /// Reverse-proxy mode: where requests that are not keygate's own go.
+    pub upstream: Option<UpstreamConfig>,
     pub tokens: TokenConfig,
     pub password_cost: PasswordCost,
     pub throttle: ThrottleConfig,
@@ -71,10 +73,62 @@ impl Default for ServerConfig {
             free_keys_per_address: 5,
             usage_minute_retention: Duration::from_secs(7 * 86_400),
             usage_hour_retention: Duration::from_secs(90 * 86_400),
+            upstream: None,
             tokens: TokenConfig::default(),
             password_cost: PasswordCost::default(),
             throttle: ThrottleConfig::default(),
         }
+    }
+}
+
+/// The app behind keygate in reverse-proxy mode.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// `http://host:port`, optionally with a path prefix that every forwarded path is put under.
+    pub url: axum::http::Uri,
+    /// Longest wait for a TCP connection to the upstream (502 after it).
+    pub connect_timeout: Duration,
+    /// Longest wait for the upstream's response head, from the start of the request (504
+    /// after it). Bodies then stream for as long as they take.
+    pub timeout: Duration,
+    /// Forward the credential to the upstream too (off: it is stripped).
+    pub keep_credential: bool,
+    /// Pass the client's `Host` on (on) or send the upstream's own (off).
+    pub preserve_host: bool,
+    /// Idle pooled connections to the upstream are closed after this.
+    pub pool_idle_timeout: Duration,
+}
+
+impl UpstreamConfig {
+    /// An upstream at `url` with the default timeouts.
+    pub fn new(url: &str) -> Result<Self, String> {
+        let uri: axum::http::Uri = url
+            .parse()
+            .map_err(|e| format!("upstream `{url}` is not a URL: {e}"))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some("https") => {
+                return Err(format!(
+                    "upstream `{url}`: https upstreams are not supported; run keygate beside \
+                     the app and reach it over http on a private address"
+                ));
+            }
+            _ => return Err(format!("upstream `{url}` must start with http://")),
+        }
+        if uri.authority().is_none() {
+            return Err(format!("upstream `{url}` names no host"));
+        }
+        if uri.query().is_some() {
+            return Err(format!("upstream `{url}` must not have a query"));
+        }
+        Ok(Self {
+            url: uri,
+            connect_timeout: Duration::from_secs(5),
+            timeout: Duration::from_secs(60),
+            keep_credential: false,
+            preserve_host: true,
+            pool_idle_timeout: Duration::from_secs(90),
+        })
     }
 }
 

@@ -40,6 +40,8 @@ pub struct AppState {
     pub throttle: Arc<throttle::Throttle>,
     /// Free-key creations per client address.
     pub free_key_throttle: Arc<throttle::Throttle>,
+    /// Reverse-proxy mode's client to the app, when an upstream is configured.
+    pub upstream: Option<Arc<http::proxy::Upstream>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,11 +109,15 @@ impl Server {
                 engine,
                 store,
                 feed,
-                config: Arc::new(config),
+                config: Arc::new(config.clone()),
                 started: Instant::now(),
                 passwords,
                 throttle,
                 free_key_throttle,
+                upstream: config
+                    .upstream
+                    .clone()
+                    .map(|u| Arc::new(http::proxy::Upstream::new(u))),
             },
         })
     }

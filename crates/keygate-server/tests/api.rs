@@ -17,6 +17,8 @@ mod accounts;
 mod gateway;
 #[path = "api/limits.rs"]
 mod limits;
+#[path = "api/proxy.rs"]
+mod proxy;
 
 /// The `admin` user's password in every test server.
 const ADMIN_PASSWORD: &str = "admin-password-for-tests";

@@ -4,7 +4,7 @@
 //! both and the defaults under everything, and reports every bad key at once.
 
 use keygate_core::credential::Transport;
-use keygate_server::config::ServerConfig;
+use keygate_server::config::{ServerConfig, UpstreamConfig};
 use keygate_server::passwords::PasswordCost;
 use keygate_server::throttle::ThrottleConfig;
 use keygate_server::tokens::{JwtAlgorithm, TokenConfig};
@@ -41,8 +41,15 @@ pub struct FileConfig {
     pub usage_minute_retention: Option<String>,
     pub usage_hour_retention: Option<String>,
     pub identity_header_prefix: Option<String>,
-    /// Forward-auth route policies (`[[routes]]` tables; file only).
+    /// Route policies for forward auth and the reverse proxy (`[[routes]]` tables; file only).
     pub routes: Option<Vec<keygate_core::route::RoutePolicy>>,
+    pub upstream: Option<String>,
+    pub upstream_timeout: Option<String>,
+    pub upstream_connect_timeout: Option<String>,
+    /// Forward the credential to the upstream too (file only).
+    pub upstream_keep_credential: Option<bool>,
+    /// Pass the client's Host on (file only; default true).
+    pub upstream_preserve_host: Option<bool>,
 }
 
 /// The same settings from flags or the environment (already merged by clap).
@@ -132,6 +139,19 @@ pub struct Overrides {
     /// Hour usage rows older than this roll up into days.
     #[arg(long, env = "KEYGATE_USAGE_HOUR_RETENTION", value_name = "DURATION")]
     pub usage_hour_retention: Option<String>,
+    /// Reverse-proxy mode: the app to forward to (http://host:port).
+    #[arg(long, env = "KEYGATE_UPSTREAM", value_name = "URL")]
+    pub upstream: Option<String>,
+    /// Longest wait for the upstream's response head (504 after it), e.g. 60s.
+    #[arg(long, env = "KEYGATE_UPSTREAM_TIMEOUT", value_name = "DURATION")]
+    pub upstream_timeout: Option<String>,
+    /// Longest wait for a connection to the upstream (502 after it), e.g. 5s.
+    #[arg(
+        long,
+        env = "KEYGATE_UPSTREAM_CONNECT_TIMEOUT",
+        value_name = "DURATION"
+    )]
+    pub upstream_connect_timeout: Option<String>,
 }
 
 /// The effective configuration.
@@ -169,6 +189,13 @@ pub struct Effective {
     pub usage_hour_retention: Duration,
     pub identity_header_prefix: String,
     pub routes: Vec<keygate_core::route::RoutePolicy>,
+    pub upstream: Option<String>,
+    #[serde(serialize_with = "ser_duration")]
+    pub upstream_timeout: Duration,
+    #[serde(serialize_with = "ser_duration")]
+    pub upstream_connect_timeout: Duration,
+    pub upstream_keep_credential: bool,
+    pub upstream_preserve_host: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -220,6 +247,15 @@ impl Effective {
             usage_hour_retention: self.usage_hour_retention,
             identity_header_prefix: self.identity_header_prefix.clone(),
             routes: self.routes.clone(),
+            // Checked by `resolve`, so the URL parses here.
+            upstream: self.upstream.as_deref().and_then(|url| {
+                let mut upstream = UpstreamConfig::new(url).ok()?;
+                upstream.timeout = self.upstream_timeout;
+                upstream.connect_timeout = self.upstream_connect_timeout;
+                upstream.keep_credential = self.upstream_keep_credential;
+                upstream.preserve_host = self.upstream_preserve_host;
+                Some(upstream)
+            }),
             ..ServerConfig::default()
         }
     }
@@ -511,6 +547,31 @@ pub fn resolve(file: &FileConfig, over: &Overrides) -> Result<Effective, Vec<Str
             errors.push(format!("routes: path {:?} must start with /", route.path));
         }
     }
+    let upstream = over
+        .upstream
+        .clone()
+        .or_else(|| file.upstream.clone())
+        .filter(|u| !u.trim().is_empty());
+    let upstream_defaults = UpstreamConfig::new("http://127.0.0.1").map_err(|e| vec![e])?;
+    if let Some(url) = &upstream
+        && let Err(e) = UpstreamConfig::new(url)
+    {
+        errors.push(format!("upstream: {e}"));
+    }
+    let upstream_timeout = layered_duration(
+        &mut errors,
+        "upstream_timeout",
+        &over.upstream_timeout,
+        &file.upstream_timeout,
+        upstream_defaults.timeout,
+    );
+    let upstream_connect_timeout = layered_duration(
+        &mut errors,
+        "upstream_connect_timeout",
+        &over.upstream_connect_timeout,
+        &file.upstream_connect_timeout,
+        upstream_defaults.connect_timeout,
+    );
     let effective = Effective {
         listen,
         data_dir: over
@@ -541,6 +602,15 @@ pub fn resolve(file: &FileConfig, over: &Overrides) -> Result<Effective, Vec<Str
         usage_hour_retention,
         identity_header_prefix,
         routes,
+        upstream,
+        upstream_timeout,
+        upstream_connect_timeout,
+        upstream_keep_credential: file
+            .upstream_keep_credential
+            .unwrap_or(upstream_defaults.keep_credential),
+        upstream_preserve_host: file
+            .upstream_preserve_host
+            .unwrap_or(upstream_defaults.preserve_host),
     };
     if errors.is_empty() {
         Ok(effective)

@@ -821,3 +821,112 @@ fn webhook_signatures_verify_with_the_cli_and_the_receiver_examples() {
         }
     }
 }
+
+/// A stub upstream on loopback that reads each request body to the end and answers with
+/// the number of bytes it received. Raw TCP, so the test measures keygate, not a framework.
+async fn counting_upstream() -> String {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut stream = tokio::io::BufReader::new(stream);
+                loop {
+                    let mut length: u64 = 0;
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        if stream.read_line(&mut line).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        if let Some((name, value)) = line.split_once(':')
+                            && name.eq_ignore_ascii_case("content-length")
+                        {
+                            length = value.trim().parse().unwrap_or(0);
+                        }
+                    }
+                    let mut received: u64 = 0;
+                    let mut buf = vec![0u8; 1 << 16];
+                    while received < length {
+                        let want = usize::try_from((length - received).min(1 << 16)).unwrap_or(1);
+                        match stream.read(&mut buf[..want]).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => received += n as u64,
+                        }
+                    }
+                    let body = received.to_string();
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if stream.get_mut().write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// Peak resident memory of a process, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
+}
+
+#[tokio::test]
+async fn proxy_streams_a_gigabyte_upload_with_flat_memory() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = counting_upstream().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let running = serve(dir.path(), &[("KEYGATE_UPSTREAM", &upstream)]);
+    let key = running.first_key.clone().expect("global key");
+    let before = peak_rss_kib(running.child.id());
+
+    const SIZE: u64 = 1 << 30;
+    let addr = running.base.trim_start_matches("http://").to_string();
+    let mut stream = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nHost: {addr}\r\nX-API-Key: {key}\r\n\
+         Content-Length: {SIZE}\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.expect("head");
+    let chunk = vec![b'x'; 1 << 20];
+    for _ in 0..(SIZE >> 20) {
+        stream.write_all(&chunk).await.expect("body");
+    }
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.expect("answer");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with(&SIZE.to_string()), "{answer}");
+
+    // Without a credential the upload is refused before anything reaches the app.
+    let response = reqwest::Client::new()
+        .post(format!("{}/upload", running.base))
+        .body("small")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status().as_u16(), 401);
+
+    let grew_mib = peak_rss_kib(running.child.id()).saturating_sub(before) / 1024;
+    assert!(
+        grew_mib < 64,
+        "peak memory grew by {grew_mib} MiB while proxying 1 GiB"
+    );
+    let (status, _) = running.terminate();
+    assert!(status.success());
+}

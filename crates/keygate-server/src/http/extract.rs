@@ -139,6 +139,14 @@ fn peer_ip(parts: &Parts) -> Option<std::net::IpAddr> {
         .map(|info| info.0.ip())
 }
 
+/// The TCP peer of a whole request.
+pub fn peer_ip_of(request: &axum::extract::Request) -> Option<std::net::IpAddr> {
+    request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0.ip())
+}
+
 fn authenticate(parts: &Parts, state: &AppState, scopes: &[&str]) -> Result<Principal, ApiError> {
     let client_ip = state.config.client_ip(peer_ip(parts), &parts.headers);
     let principal = state

@@ -80,24 +80,35 @@ pub async fn forward_auth(
             now_ms(),
         )
         .map_err(|decision| ApiError::from(*decision))?;
+    if let Principal::ApiKey { limits, .. } = &principal {
+        set_request_limits(limits.as_slice());
+    }
     let mut response = empty(StatusCode::OK);
-    let prefix = &state.config.identity_header_prefix;
+    response.headers_mut().extend(identity_headers(
+        &state.config.identity_header_prefix,
+        &principal,
+    ));
+    Ok(response)
+}
+
+/// The identity headers that tell the app who is calling (`X-Keygate-Key-Id`, ...).
+pub fn identity_headers(prefix: &str, principal: &Principal) -> Vec<(HeaderName, HeaderValue)> {
+    let mut out = Vec::with_capacity(4);
     let mut put = |name: &str, value: String| {
         if let (Ok(name), Ok(value)) = (
             HeaderName::try_from(format!("{prefix}{name}")),
             HeaderValue::try_from(value),
         ) {
-            response.headers_mut().insert(name, value);
+            out.push((name, value));
         }
     };
-    match &principal {
+    match principal {
         Principal::ApiKey {
             key,
             owner,
-            limits,
             project,
+            ..
         } => {
-            set_request_limits(limits.as_slice());
             put("key-id", key.record.id.to_string());
             put("scopes", key.record.scopes.join(" "));
             if let Some((user, _)) = owner {
@@ -118,7 +129,7 @@ pub async fn forward_auth(
         }
         Principal::Open => {}
     }
-    Ok(response)
+    out
 }
 
 fn empty(status: StatusCode) -> Response {

@@ -11,6 +11,7 @@ pub mod free;
 pub mod keys;
 pub mod plans;
 pub mod projects;
+pub mod proxy;
 pub mod system;
 pub mod usage;
 pub mod users;
@@ -123,13 +124,20 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(system::metrics))
         .layer(DefaultBodyLimit::max(state.config.body_limit))
         .with_state(state.clone());
-    Router::new()
-        .merge(api)
-        .merge(
-            SwaggerUi::new("/api/docs").url("/api/v1/openapi.json", docs::openapi(&state.config)),
-        )
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
+    let mut app = Router::new().merge(api).merge(
+        SwaggerUi::new("/api/docs").url("/api/v1/openapi.json", docs::openapi(&state.config)),
+    );
+    // In reverse-proxy mode every path keygate does not answer itself goes to the app.
+    app = if state.upstream.is_some() {
+        app.fallback_service(axum::routing::any(proxy::proxy).with_state(state.clone()))
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                proxy::divert,
+            ))
+    } else {
+        app.fallback(not_found)
+    };
+    app.method_not_allowed_fallback(method_not_allowed)
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(axum::middleware::from_fn(context::request_context))
 }

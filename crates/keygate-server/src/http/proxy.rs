@@ -1,0 +1,379 @@
+//! Reverse-proxy mode: keygate in front of an app (`serve --upstream URL`).
+//!
+//! Requests keygate has no endpoint for (and those a route marks `upstream = true`) are
+//! checked against their route policy, stripped of the credential, given the identity
+//! headers and streamed to the upstream; the answer streams back. Bodies are never
+//! buffered, so memory stays flat whatever their size. WebSocket upgrades pass through
+//! once the handshake request is allowed.
+
+use crate::AppState;
+use crate::clock::now_ms;
+use crate::config::UpstreamConfig;
+use crate::engine::Principal;
+use crate::http::context::set_request_limits;
+use crate::http::error::ApiError;
+use crate::http::forward::identity_headers;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use axum::http::uri::{PathAndQuery, Uri};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use keygate_api::ErrorCode;
+use keygate_core::route::{Access, ProjectRule, RoutePolicy, policy_for};
+
+/// The pooled HTTP client to the upstream.
+pub struct Upstream {
+    config: UpstreamConfig,
+    client: Client<HttpConnector, Body>,
+}
+
+impl Upstream {
+    pub fn new(config: UpstreamConfig) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(config.pool_idle_timeout)
+            .build(connector);
+        Self { config, client }
+    }
+
+    /// The upstream URI for a request path and query.
+    fn target(&self, path: &str, query: Option<&str>) -> Result<Uri, ApiError> {
+        let base = &self.config.url;
+        let prefix = base.path().trim_end_matches('/');
+        let mut path_and_query = format!("{prefix}{path}");
+        if let Some(query) = query.filter(|q| !q.is_empty()) {
+            path_and_query.push('?');
+            path_and_query.push_str(query);
+        }
+        let mut parts = base.clone().into_parts();
+        parts.path_and_query = Some(
+            PathAndQuery::try_from(path_and_query)
+                .map_err(|_| ApiError::invalid("The request path cannot be forwarded."))?,
+        );
+        Uri::from_parts(parts)
+            .map_err(|_| ApiError::invalid("The request path cannot be forwarded."))
+    }
+}
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1); never
+/// forwarded, in either direction.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Removes hop-by-hop headers, including those the `Connection` header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::try_from(name.trim()).ok())
+        .collect();
+    for name in HOP_BY_HOP.iter().chain(named.iter()) {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+/// The `Upgrade` value of a WebSocket-style upgrade request, if it is one.
+fn upgrade_of(headers: &HeaderMap) -> Option<HeaderValue> {
+    let wants = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    wants
+        .then(|| headers.get(header::UPGRADE).cloned())
+        .flatten()
+}
+
+/// The query without `apikey` parameters, other parameters byte for byte as sent.
+fn query_without_credential(query: &str) -> String {
+    query
+        .split('&')
+        .filter(|pair| {
+            let name = pair.split('=').next().unwrap_or_default();
+            let decoded: String = form_urlencoded::parse(name.as_bytes())
+                .map(|(n, _)| n.into_owned())
+                .collect();
+            !decoded.eq_ignore_ascii_case("apikey")
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// True for an `Authorization` value whose scheme carries a keygate credential (the app's
+/// own `Basic` credentials pass through).
+fn is_credential_authorization(value: &HeaderValue) -> bool {
+    let scheme = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.split_whitespace().next())
+        .unwrap_or_default();
+    ["bearer", "apikey", "token"]
+        .iter()
+        .any(|s| scheme.eq_ignore_ascii_case(s))
+}
+
+/// Sends requests for paths a route marks `upstream = true` to the upstream before
+/// keygate's own router sees them.
+pub async fn divert(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let diverted = policy_for(
+        &state.config.routes,
+        request.method().as_str(),
+        request.uri().path(),
+    )
+    .is_some_and(|p| p.upstream);
+    if diverted {
+        proxy(State(state), request).await
+    } else {
+        next.run(request).await
+    }
+}
+
+/// The handler for every request keygate does not answer itself.
+pub async fn proxy(State(state): State<AppState>, request: Request) -> Response {
+    match forward(&state, request).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn forward(state: &AppState, mut request: Request) -> Result<Response, ApiError> {
+    let Some(upstream) = state.upstream.as_deref() else {
+        return Err(ApiError::new(ErrorCode::NotFound).message("No such endpoint."));
+    };
+    let peer = crate::http::extract::peer_ip_of(&request);
+    let client_ip = state.config.client_ip(peer, request.headers());
+    let policy: Option<&RoutePolicy> = policy_for(
+        &state.config.routes,
+        request.method().as_str(),
+        request.uri().path(),
+    );
+    let principal = if policy.is_some_and(|p| p.access == Access::Public) {
+        None
+    } else {
+        let scopes: Vec<&str> = policy
+            .map(|p| p.scopes.iter().map(String::as_str).collect())
+            .unwrap_or_default();
+        let principal = state
+            .engine
+            .authenticate_route(
+                request.headers(),
+                request.uri().query(),
+                &scopes,
+                client_ip,
+                policy.is_some_and(|p| p.project == ProjectRule::Required),
+                now_ms(),
+            )
+            .map_err(|decision| ApiError::from(*decision))?;
+        if let Principal::ApiKey { limits, .. } = &principal {
+            set_request_limits(limits.as_slice());
+        }
+        Some(principal)
+    };
+
+    let upgrade = upgrade_of(request.headers());
+    let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
+    let (mut parts, body) = request.into_parts();
+    let config = &upstream.config;
+    let query = parts.uri.query().map(|q| {
+        if config.keep_credential {
+            q.to_owned()
+        } else {
+            query_without_credential(q)
+        }
+    });
+    let target = upstream.target(parts.uri.path(), query.as_deref())?;
+
+    let headers = &mut parts.headers;
+    let original_host = headers.get(header::HOST).cloned();
+    strip_hop_by_hop(headers);
+    if !config.keep_credential {
+        headers.remove(state.config.api_key_header.as_str());
+        let app_authorization: Vec<HeaderValue> = headers
+            .get_all(header::AUTHORIZATION)
+            .iter()
+            .filter(|v| !is_credential_authorization(v))
+            .cloned()
+            .collect();
+        headers.remove(header::AUTHORIZATION);
+        for value in app_authorization {
+            headers.append(header::AUTHORIZATION, value);
+        }
+    }
+    // Identity headers come from keygate alone: a client's own copies are dropped.
+    let prefix = state.config.identity_header_prefix.to_ascii_lowercase();
+    let spoofed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with(&prefix))
+        .cloned()
+        .collect();
+    for name in spoofed {
+        headers.remove(&name);
+    }
+    if let Some(principal) = &principal {
+        headers.extend(identity_headers(&prefix, principal));
+    }
+    forwarded_headers(state, headers, peer, original_host.as_ref());
+    if !config.preserve_host {
+        headers.remove(header::HOST);
+    }
+    if let Some(protocol) = &upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, protocol.clone());
+    }
+    parts.uri = target;
+    // The client speaks HTTP/1.1 to the upstream whatever the caller used.
+    parts.version = axum::http::Version::HTTP_11;
+    let outgoing = Request::from_parts(parts, body);
+
+    let answer = tokio::time::timeout(config.timeout, upstream.client.request(outgoing)).await;
+    let mut response = match answer {
+        Err(_) => {
+            tracing::warn!("upstream did not answer in time");
+            return Err(ApiError::new(ErrorCode::UpstreamTimeout));
+        }
+        Ok(Err(err)) => {
+            tracing::warn!(error = %err, connect = err.is_connect(), "upstream request failed");
+            return Err(ApiError::new(ErrorCode::UpstreamUnavailable));
+        }
+        Ok(Ok(response)) => response,
+    };
+
+    if response.status() == axum::http::StatusCode::SWITCHING_PROTOCOLS {
+        let Some(client_upgrade) = client_upgrade else {
+            // An upstream may not switch protocols unasked.
+            return Err(ApiError::new(ErrorCode::UpstreamUnavailable));
+        };
+        let upstream_upgrade = hyper::upgrade::on(&mut response);
+        tokio::spawn(async move {
+            match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                Ok((client, upstream)) => {
+                    let mut client = TokioIo::new(client);
+                    let mut upstream = TokioIo::new(upstream);
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                }
+                Err(err) => tracing::debug!(error = %err, "upgrade failed"),
+            }
+        });
+        let (parts, _) = response.into_parts();
+        return Ok(Response::from_parts(parts, Body::empty()));
+    }
+
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Ok(Response::from_parts(parts, Body::new(body)))
+}
+
+/// `X-Forwarded-For/-Host/-Proto`: what the upstream needs to know about the original
+/// request. A chain sent by an untrusted client is replaced, not extended.
+fn forwarded_headers(
+    state: &AppState,
+    headers: &mut HeaderMap,
+    peer: Option<std::net::IpAddr>,
+    original_host: Option<&HeaderValue>,
+) {
+    let peer_trusted = peer.is_some_and(|ip| {
+        let ip = ip.to_canonical();
+        state.config.trusted_proxies.iter().any(|n| n.contains(&ip))
+    });
+    let xff = HeaderName::from_static("x-forwarded-for");
+    let earlier: Vec<String> = if peer_trusted {
+        headers
+            .get_all(&xff)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut chain = earlier.join(", ");
+    if let Some(peer) = peer {
+        if !chain.is_empty() {
+            chain.push_str(", ");
+        }
+        chain.push_str(&peer.to_canonical().to_string());
+    }
+    headers.remove(&xff);
+    if let Ok(value) = HeaderValue::try_from(chain)
+        && !value.is_empty()
+    {
+        headers.insert(xff, value);
+    }
+    let proto = HeaderName::from_static("x-forwarded-proto");
+    let host = HeaderName::from_static("x-forwarded-host");
+    if !peer_trusted || !headers.contains_key(&proto) {
+        headers.insert(proto, HeaderValue::from_static("http"));
+    }
+    if !peer_trusted || !headers.contains_key(&host) {
+        headers.remove(&host);
+        if let Some(original) = original_host {
+            headers.insert(host, original.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credential_query_parameters_are_dropped_and_the_rest_kept_verbatim() {
+        assert_eq!(
+            query_without_credential("a=1&apikey=secret&b=%20x&APIKEY=2&api%6Bey=3"),
+            "a=1&b=%20x"
+        );
+        assert_eq!(query_without_credential("apikey=only"), "");
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go_including_the_named_ones() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-trace"),
+        );
+        headers.insert("x-trace", HeaderValue::from_static("1"));
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        headers.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1, "{headers:?}");
+        assert!(headers.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn only_keygate_schemes_count_as_credentials() {
+        for (value, credential) in [
+            ("Bearer abc", true),
+            ("apikey abc", true),
+            ("Token abc", true),
+            ("Basic dXNlcjpwYXNz", false),
+        ] {
+            assert_eq!(
+                is_credential_authorization(&HeaderValue::from_static(value)),
+                credential,
+                "{value}"
+            );
+        }
+    }
+}

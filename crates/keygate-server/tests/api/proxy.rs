@@ -1,0 +1,343 @@
+//! Reverse-proxy mode against a stub upstream on loopback.
+
+use super::*;
+use keygate_core::route::RoutePolicy;
+use keygate_server::config::UpstreamConfig;
+use std::collections::HashSet;
+use std::sync::Mutex;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// What the stub upstream saw.
+#[derive(Default)]
+struct Seen {
+    requests: usize,
+    peers: HashSet<std::net::SocketAddr>,
+}
+
+/// A stub app: `/echo*` answers with what it received, `/slow` never answers,
+/// `/ws` switches protocols and echoes bytes.
+async fn stub_upstream() -> (String, Arc<Mutex<Seen>>) {
+    use axum::extract::{ConnectInfo, Request};
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let recorder = Arc::clone(&seen);
+    let app = axum::Router::new()
+        .route(
+            "/slow",
+            axum::routing::get(std::future::pending::<&'static str>),
+        )
+        .route(
+            "/ws",
+            axum::routing::get(|mut request: Request| async move {
+                let on_upgrade = hyper::upgrade::on(&mut request);
+                tokio::spawn(async move {
+                    let Ok(upgraded) = on_upgrade.await else {
+                        return;
+                    };
+                    let mut io = hyper_util::rt::TokioIo::new(upgraded);
+                    let mut buf = [0u8; 64];
+                    while let Ok(n) = io.read(&mut buf).await {
+                        if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                axum::http::Response::builder()
+                    .status(101)
+                    .header("connection", "upgrade")
+                    .header("upgrade", "websocket")
+                    .body(axum::body::Body::empty())
+                    .expect("response")
+            }),
+        )
+        .fallback(
+            move |ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>, request: Request| {
+                let recorder = Arc::clone(&recorder);
+                async move {
+                    {
+                        let mut seen = recorder.lock().expect("lock");
+                        seen.requests += 1;
+                        seen.peers.insert(peer);
+                    }
+                    let (parts, body) = request.into_parts();
+                    let body = axum::body::to_bytes(body, usize::MAX)
+                        .await
+                        .unwrap_or_default();
+                    let headers: serde_json::Map<String, Value> = parts
+                        .headers
+                        .iter()
+                        .map(|(k, v)| {
+                            (
+                                k.as_str().to_string(),
+                                Value::String(v.to_str().unwrap_or("?").to_string()),
+                            )
+                        })
+                        .collect();
+                    (
+                        [("x-upstream", "stub"), ("connection", "x-private")],
+                        axum::Json(json!({
+                            "method": parts.method.as_str(),
+                            "uri": parts.uri.to_string(),
+                            "headers": headers,
+                            "body": String::from_utf8_lossy(&body),
+                        })),
+                    )
+                }
+            },
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await
+    });
+    (base, seen)
+}
+
+async fn proxy_server(upstream: &str, routes: Value) -> TestServer {
+    let mut upstream = UpstreamConfig::new(upstream).expect("upstream");
+    upstream.timeout = Duration::from_millis(300);
+    let routes: Vec<RoutePolicy> = serde_json::from_value(routes).expect("routes");
+    TestServer::start_with(ServerConfig {
+        upstream: Some(upstream),
+        routes,
+        ..test_config()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn proxy_checks_strips_and_forwards() {
+    let (upstream, seen) = stub_upstream().await;
+    let server = proxy_server(
+        &upstream,
+        json!([
+            {"path": "/echo/public", "access": "public"},
+            {"path": "/echo/admin", "scopes": ["app:admin"]},
+            {"path": "/api/v1/systeminfo", "upstream": true},
+        ]),
+    )
+    .await;
+    let (key, created) = server.create_key(json!({"name": "client"})).await;
+    let key_id = created["id"].as_str().expect("id");
+    server
+        .admin_json(
+            Method::PATCH,
+            "/api/v1/settings",
+            json!({"query_param_enabled": true}),
+        )
+        .await;
+
+    // No credential: refused by keygate, the app never sees the request.
+    let (status, body) = read(
+        server
+            .request(Method::GET, "/echo/data")
+            .send()
+            .await
+            .expect("send"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(error_code(&body), "missing_credentials");
+    assert_eq!(seen.lock().expect("lock").requests, 0);
+
+    // Allowed: the credential is stripped, identity headers are added, a client's own
+    // identity headers are dropped, the body and method pass unchanged.
+    let response = server
+        .request(Method::POST, "/echo/data?a=1&b=%20two")
+        .header("X-API-Key", &key)
+        .header("X-Keygate-User", "forged")
+        .header("X-Forwarded-For", "203.0.113.1")
+        .header("Host", "app.example")
+        .body("hello upstream")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers().get("x-upstream").map(|v| v.as_bytes()),
+        Some(&b"stub"[..])
+    );
+    // The upstream's hop-by-hop `Connection: x-private` is not passed back.
+    assert!(response.headers().get("x-private").is_none());
+    let echoed: Value = response.json().await.expect("json");
+    assert_eq!(echoed["method"], "POST");
+    assert_eq!(echoed["uri"], "/echo/data?a=1&b=%20two");
+    assert_eq!(echoed["body"], "hello upstream");
+    let headers = &echoed["headers"];
+    assert_eq!(headers["x-keygate-key-id"], key_id);
+    assert!(headers.get("x-keygate-user").is_none(), "{headers}");
+    assert!(headers.get("x-api-key").is_none(), "{headers}");
+    assert_eq!(headers["host"], "app.example");
+    assert_eq!(headers["x-forwarded-host"], "app.example");
+    assert_eq!(headers["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(headers["x-forwarded-proto"], "http");
+    assert!(!echoed.to_string().contains(&key));
+
+    // The query-parameter credential is never forwarded either; an app's own Basic
+    // credentials are.
+    let echoed: Value = server
+        .request(Method::GET, &format!("/echo/q?apikey={key}&page=2"))
+        .header("Authorization", "Basic dXNlcjpwYXNz")
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(echoed["uri"], "/echo/q?page=2", "{echoed}");
+    assert_eq!(echoed["headers"]["authorization"], "Basic dXNlcjpwYXNz");
+    let echoed: Value = server
+        .request(Method::GET, "/echo/bearer")
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    assert!(echoed["headers"].get("authorization").is_none(), "{echoed}");
+
+    // Route policies: public needs nothing; a scope the key lacks is a 403.
+    let response = server
+        .request(Method::GET, "/echo/public")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), StatusCode::OK);
+    let (status, body) = read(
+        server
+            .request(Method::GET, "/echo/admin")
+            .header("X-API-Key", &key)
+            .send()
+            .await
+            .expect("send"),
+    )
+    .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::FORBIDDEN, "insufficient_permissions")
+    );
+
+    // keygate's own endpoints keep working beside the proxied ones, except a path a
+    // route hands to the upstream.
+    assert_eq!(server.whoami(&key).await.0, StatusCode::OK);
+    let echoed: Value = server
+        .request(Method::GET, "/api/v1/systeminfo")
+        .header("X-API-Key", &key)
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(echoed["uri"], "/api/v1/systeminfo", "{echoed}");
+
+    // Connections to the upstream are pooled and reused.
+    let before = seen.lock().expect("lock").peers.len();
+    for _ in 0..5 {
+        let response = server
+            .request(Method::GET, "/echo/again")
+            .header("X-API-Key", &key)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), StatusCode::OK);
+        response.bytes().await.expect("body");
+    }
+    assert_eq!(seen.lock().expect("lock").peers.len(), before.max(1));
+}
+
+#[tokio::test]
+async fn upstream_failures_are_502_and_504() {
+    let (upstream, _) = stub_upstream().await;
+    let server = proxy_server(&upstream, json!([{"path": "/", "access": "public"}])).await;
+    let (status, body) = read(
+        server
+            .request(Method::GET, "/slow")
+            .send()
+            .await
+            .expect("send"),
+    )
+    .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout")
+    );
+
+    // Nothing listens on a port taken and released.
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").port()
+    };
+    let server = proxy_server(
+        &format!("http://127.0.0.1:{closed}"),
+        json!([{"path": "/", "access": "public"}]),
+    )
+    .await;
+    let (status, body) = read(
+        server
+            .request(Method::GET, "/anything")
+            .send()
+            .await
+            .expect("send"),
+    )
+    .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::BAD_GATEWAY, "upstream_unavailable")
+    );
+    assert!(body["error"]["request_id"].is_string());
+}
+
+/// Sends a raw upgrade request and returns the stream and the response head.
+async fn raw_upgrade(base: &str, key: Option<&str>) -> (tokio::net::TcpStream, String) {
+    let addr = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let credential = key
+        .map(|k| format!("X-API-Key: {k}\r\n"))
+        .unwrap_or_default();
+    let head = format!(
+        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{credential}\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.expect("write");
+    let mut response = Vec::new();
+    let mut byte = [0u8; 1];
+    while !response.ends_with(b"\r\n\r\n") {
+        let n = stream.read(&mut byte).await.expect("read");
+        if n == 0 {
+            break;
+        }
+        response.push(byte[0]);
+    }
+    (stream, String::from_utf8_lossy(&response).into_owned())
+}
+
+#[tokio::test]
+async fn websocket_upgrades_pass_through_after_auth() {
+    let (upstream, _) = stub_upstream().await;
+    let server = proxy_server(&upstream, json!([])).await;
+    let (key, _) = server.create_key(json!({"name": "ws"})).await;
+
+    let (_, head) = raw_upgrade(&server.base, None).await;
+    assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+
+    let (mut stream, head) = raw_upgrade(&server.base, Some(&key)).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("upgrade: websocket"),
+        "{head}"
+    );
+    stream
+        .write_all(b"ping over the tunnel")
+        .await
+        .expect("write");
+    let mut echoed = vec![0u8; 20];
+    stream.read_exact(&mut echoed).await.expect("read");
+    assert_eq!(&echoed, b"ping over the tunnel");
+}
