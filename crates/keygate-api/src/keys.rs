@@ -65,16 +65,24 @@ pub struct CreatedKey {
     pub key: String,
 }
 
+fn default_key_name() -> String {
+    "API key".into()
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKeyRequest {
+    /// Default `API key`.
+    #[serde(default = "default_key_name")]
     pub name: String,
     /// The user who will own the key (admins only; others always create their own).
-    #[serde(default)]
+    /// `user` is accepted too (Dispatcharr's `{"user": id}`).
+    #[serde(default, alias = "user")]
     pub user_id: Option<Uuid>,
+    /// Absent: none, or for a user's key the instance's `user_key_scopes`.
     #[serde(default)]
-    pub scopes: Vec<String>,
-    /// Key prefix, `[a-z][a-z0-9_]{0,15}`; default `kg`.
+    pub scopes: Option<Vec<String>>,
+    /// Key prefix, `[a-z][a-z0-9_]{0,15}`; default: the instance's (`kg`).
     #[serde(default)]
     pub prefix: Option<String>,
     #[serde(default, with = "time::serde::rfc3339::option")]

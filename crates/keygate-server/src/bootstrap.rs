@@ -28,9 +28,11 @@ pub enum BootstrapError {
 pub async fn ensure_global_key(
     store: &dyn Store,
     now: UnixMillis,
+    prefix: &str,
 ) -> Result<Option<String>, BootstrapError> {
     let spec = KeySpec {
         name: "global admin key".into(),
+        prefix: Some(prefix.into()),
         scopes: vec!["*".into()],
         enabled: true,
         global: true,
@@ -89,4 +91,79 @@ pub async fn ensure_admin_user(
         Err(StoreError::Conflict(_)) => Ok(None),
         Err(err) => Err(err.into()),
     }
+}
+
+/// Settings and plans the configuration file declares, applied at every start (the file
+/// wins over what the API changed; what it leaves out keeps the API's value).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Declared {
+    pub settings: Option<keygate_api::system::SettingsPatch>,
+    pub plans: Vec<keygate_api::keys::PlanRequest>,
+}
+
+/// Applies `declared` to the store; each change is audited as the configuration's.
+pub async fn apply_declared(
+    store: &dyn Store,
+    declared: &Declared,
+    now: UnixMillis,
+) -> Result<(), BootstrapError> {
+    let entry = |action: &str, target: String| AuditEntry {
+        at: now,
+        actor: "config".into(),
+        action: action.into(),
+        target: Some(target),
+        ..Default::default()
+    };
+    if let Some(patch) = &declared.settings {
+        let current = store.settings().await?;
+        let mut wanted = current.clone();
+        if let Some(on) = patch.api_access_enabled {
+            wanted.api_access_enabled = on;
+        }
+        if let Some(on) = patch.query_param_enabled {
+            wanted.query_param_enabled = on;
+        }
+        if let Some(limit) = patch.keys_per_user {
+            wanted.keys_per_user = limit;
+        }
+        if wanted != current {
+            store
+                .put_settings(&wanted, &entry("settings.update", "settings".into()))
+                .await?;
+        }
+    }
+    let existing = store.load_plans().await?;
+    for declared in &declared.plans {
+        let limits = keygate_core::limit::Limits {
+            rate_limits: declared.rate_limits.clone(),
+            monthly_quota: declared.monthly_quota,
+            overage: declared.overage.unwrap_or_default(),
+        };
+        match existing.iter().find(|p| p.name == declared.name.trim()) {
+            Some(plan) if plan.limits == limits => {}
+            Some(plan) => {
+                let updated = keygate_store::Plan {
+                    limits,
+                    updated_at: now,
+                    ..plan.clone()
+                };
+                store
+                    .update_plan(&updated, &entry("plan.update", format!("plan:{}", plan.id)))
+                    .await?;
+            }
+            None => {
+                let plan = keygate_store::Plan {
+                    id: Uuid::now_v7(),
+                    name: declared.name.trim().to_string(),
+                    limits,
+                    created_at: now,
+                    updated_at: now,
+                };
+                store
+                    .create_plan(&plan, &entry("plan.create", format!("plan:{}", plan.id)))
+                    .await?;
+            }
+        }
+    }
+    Ok(())
 }

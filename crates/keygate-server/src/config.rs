@@ -46,6 +46,15 @@ pub struct ServerConfig {
     pub usage_hour_retention: Duration,
     /// Grace (default and maximum) when a key rotates itself.
     pub self_rotation_grace: Duration,
+    /// Paths at which keygate's own endpoints are also served (a preset's paths).
+    pub aliases: crate::http::alias::Aliases,
+    /// Prefix of generated keys when a request names none (`kg`; a preset's `ctf_sk`).
+    pub key_prefix: String,
+    /// Scopes of a user's key created without any (`[]`; a preset's `["*"]` makes such
+    /// a key act as its user, cut to the user's role).
+    pub user_key_scopes: Vec<String>,
+    /// How errors are written (a preset's status codes, messages and body style).
+    pub errors: crate::http::error::ErrorPolicy,
     /// Reverse-proxy mode: where requests that are not keygate's own go.
     pub upstream: Option<UpstreamConfig>,
     pub tokens: TokenConfig,
@@ -74,6 +83,10 @@ impl Default for ServerConfig {
             usage_minute_retention: Duration::from_secs(7 * 86_400),
             usage_hour_retention: Duration::from_secs(90 * 86_400),
             upstream: None,
+            errors: Default::default(),
+            aliases: Default::default(),
+            user_key_scopes: Vec::new(),
+            key_prefix: keygate_core::key_format::DEFAULT_PREFIX.into(),
             tokens: TokenConfig::default(),
             password_cost: PasswordCost::default(),
             throttle: ThrottleConfig::default(),

@@ -42,6 +42,8 @@ pub struct AppState {
     pub free_key_throttle: Arc<throttle::Throttle>,
     /// Reverse-proxy mode's client to the app, when an upstream is configured.
     pub upstream: Option<Arc<http::proxy::Upstream>>,
+    /// The deployment's error style; `None` when it is keygate's own.
+    pub error_policy: Option<Arc<http::error::ErrorPolicy>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +116,8 @@ impl Server {
                 passwords,
                 throttle,
                 free_key_throttle,
+                error_policy: (config.errors != http::error::ErrorPolicy::default())
+                    .then(|| Arc::new(config.errors.clone())),
                 upstream: config
                     .upstream
                     .clone()

@@ -66,9 +66,10 @@ impl TestServer {
 
     async fn start_in(dir: tempfile::TempDir, admin: Option<String>, config: ServerConfig) -> Self {
         let store = Arc::new(SqliteStore::open(dir.path()).await.expect("open store"));
-        let created = bootstrap::ensure_global_key(store.as_ref(), clock::now_ms())
-            .await
-            .expect("bootstrap");
+        let created =
+            bootstrap::ensure_global_key(store.as_ref(), clock::now_ms(), &config.key_prefix)
+                .await
+                .expect("bootstrap");
         let admin = created
             .or(admin)
             .expect("first start creates the global key");
@@ -746,7 +747,7 @@ async fn bad_input_gets_a_clear_4xx() {
             Method::POST,
             "/api/v1/keys",
             json_ct,
-            br#"{"scopes": []}"#.to_vec(),
+            br#"{"name": "  ", "scopes": []}"#.to_vec(),
             400,
             "invalid_request",
             "name",

@@ -270,7 +270,7 @@ pub async fn run(command: KeysCommand) -> Result<()> {
             let api = Client::new(&client)?;
             let body = CreateKeyRequest {
                 name,
-                scopes: scopes.into_iter().filter(|s| !s.is_empty()).collect(),
+                scopes: Some(scopes.into_iter().filter(|s| !s.is_empty()).collect()),
                 prefix,
                 expires_at,
                 ..Default::default()

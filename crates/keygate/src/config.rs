@@ -3,8 +3,12 @@
 //! clap resolves flag-over-environment for each setting; this module puts the file under
 //! both and the defaults under everything, and reports every bad key at once.
 
+use keygate_api::keys::PlanRequest;
+use keygate_api::system::SettingsPatch;
 use keygate_core::credential::Transport;
 use keygate_server::config::{ServerConfig, UpstreamConfig};
+use keygate_server::http::alias::{Alias, Aliases};
+use keygate_server::http::error::ErrorPolicy;
 use keygate_server::passwords::PasswordCost;
 use keygate_server::throttle::ThrottleConfig;
 use keygate_server::tokens::{JwtAlgorithm, TokenConfig};
@@ -50,6 +54,18 @@ pub struct FileConfig {
     pub upstream_keep_credential: Option<bool>,
     /// Pass the client's Host on (file only; default true).
     pub upstream_preserve_host: Option<bool>,
+    /// Prefix of generated keys (file only; default `kg`).
+    pub key_prefix: Option<String>,
+    /// Scopes of a user's key created without any (file only; default none).
+    pub user_key_scopes: Option<Vec<String>>,
+    /// Status codes, messages and body style of refusals (`[errors]`, file only).
+    pub errors: Option<ErrorPolicy>,
+    /// Extra paths for keygate's endpoints: `"/api/accounts/token/" = "/api/v1/auth/token"`.
+    pub aliases: Option<std::collections::BTreeMap<String, String>>,
+    /// Instance settings applied at every start (`[settings]`, file only).
+    pub settings: Option<SettingsPatch>,
+    /// Plans ensured at every start, by name (`[[plans]]`, file only).
+    pub plans: Option<Vec<PlanRequest>>,
 }
 
 /// The same settings from flags or the environment (already merged by clap).
@@ -196,6 +212,12 @@ pub struct Effective {
     pub upstream_connect_timeout: Duration,
     pub upstream_keep_credential: bool,
     pub upstream_preserve_host: bool,
+    pub key_prefix: String,
+    pub user_key_scopes: Vec<String>,
+    pub errors: ErrorPolicy,
+    pub aliases: std::collections::BTreeMap<String, String>,
+    pub settings: Option<SettingsPatch>,
+    pub plans: Vec<PlanRequest>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -210,6 +232,26 @@ fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Er
 }
 
 impl Effective {
+    /// What the file declares for the store (settings, plans).
+    pub fn declared(&self) -> keygate_server::bootstrap::Declared {
+        keygate_server::bootstrap::Declared {
+            settings: self.settings.clone(),
+            plans: self.plans.clone(),
+        }
+    }
+
+    fn aliases(&self) -> Result<Aliases, String> {
+        Aliases::new(
+            self.aliases
+                .iter()
+                .map(|(from, to)| Alias {
+                    from: from.clone(),
+                    to: to.clone(),
+                })
+                .collect(),
+        )
+    }
+
     pub fn server_config(&self) -> ServerConfig {
         ServerConfig {
             body_limit: self.body_limit,
@@ -256,6 +298,11 @@ impl Effective {
                 upstream.preserve_host = self.upstream_preserve_host;
                 Some(upstream)
             }),
+            key_prefix: self.key_prefix.clone(),
+            user_key_scopes: self.user_key_scopes.clone(),
+            errors: self.errors.clone(),
+            // Checked by `resolve`.
+            aliases: self.aliases().unwrap_or_default(),
             ..ServerConfig::default()
         }
     }
@@ -572,6 +619,35 @@ pub fn resolve(file: &FileConfig, over: &Overrides) -> Result<Effective, Vec<Str
         &file.upstream_connect_timeout,
         upstream_defaults.connect_timeout,
     );
+    let key_prefix = file
+        .key_prefix
+        .clone()
+        .unwrap_or_else(|| defaults.key_prefix.clone());
+    if keygate_core::key_format::validate_prefix(&key_prefix).is_err() {
+        errors.push(format!(
+            "key_prefix: {key_prefix:?} must be 1 to 16 lower-case letters, digits or _, starting with a letter"
+        ));
+    }
+    let user_key_scopes = file.user_key_scopes.clone().unwrap_or_default();
+    if let Err(e) = keygate_server::mint::validate_scopes(&user_key_scopes) {
+        errors.push(format!("user_key_scopes: {e}"));
+    }
+    let error_policy = file.errors.clone().unwrap_or_default();
+    if let Err(e) = error_policy.validate() {
+        errors.push(e);
+    }
+    let plans = file.plans.clone().unwrap_or_default();
+    for plan in &plans {
+        if let Err(e) = keygate_server::http::plans::validate_name(&plan.name) {
+            errors.push(format!("plans: {}", e.message));
+        }
+        if let Err(e) = keygate_server::http::plans::validate_rate_limits(&plan.rate_limits) {
+            errors.push(format!("plans: {:?}: {}", plan.name, e.message));
+        }
+    }
+    if let Some(Some(0)) = file.settings.as_ref().and_then(|s| s.keys_per_user) {
+        errors.push("settings.keys_per_user: must be at least 1".into());
+    }
     let effective = Effective {
         listen,
         data_dir: over
@@ -611,7 +687,16 @@ pub fn resolve(file: &FileConfig, over: &Overrides) -> Result<Effective, Vec<Str
         upstream_preserve_host: file
             .upstream_preserve_host
             .unwrap_or(upstream_defaults.preserve_host),
+        key_prefix,
+        user_key_scopes,
+        errors: error_policy,
+        aliases: file.aliases.clone().unwrap_or_default(),
+        settings: file.settings.clone(),
+        plans,
     };
+    if let Err(e) = effective.aliases() {
+        errors.push(e);
+    }
     if errors.is_empty() {
         Ok(effective)
     } else {
@@ -666,6 +751,32 @@ mod tests {
         let errors = resolve(&file, &Overrides::default()).expect_err("invalid");
         assert_eq!(errors.len(), 3, "{errors:?}");
         assert!(toml::from_str::<FileConfig>("colour = \"red\"").is_err());
+    }
+
+    #[test]
+    fn every_compatibility_preset_is_a_valid_configuration() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/compat");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).expect("examples/compat") {
+            let path = entry.expect("entry").path();
+            let file = read_file(&path).expect("parses");
+            let effective = resolve(&file, &Overrides::default())
+                .unwrap_or_else(|e| panic!("{}: {e:?}", path.display()));
+            let _ = effective.server_config();
+            seen += 1;
+        }
+        assert_eq!(seen, 5, "one preset per seed document");
+    }
+
+    #[test]
+    fn error_policies_are_checked() {
+        let file: FileConfig =
+            toml::from_str("[errors]\nstyle = \"detail\"\n[errors.unauthorized]\nstatus = 302\n")
+                .expect("toml");
+        let errors = resolve(&file, &Overrides::default()).expect_err("a 302 is no refusal");
+        assert!(errors[0].contains("302"), "{errors:?}");
+        assert!(toml::from_str::<FileConfig>("[errors]\nstyle = \"xml\"").is_err());
+        assert!(toml::from_str::<FileConfig>("[errors.codes.not_a_code]\nstatus = 400").is_err());
     }
 
     #[test]

@@ -209,7 +209,9 @@ async fn serve(args: ConfigArgs) -> Result<()> {
         .with_context(|| format!("cannot listen on {}", effective.listen))?;
     let url = format!("http://{}", listener.local_addr()?);
     let store = Arc::new(open_store(&effective.data_dir).await?);
-    if let Some(key) = bootstrap::ensure_global_key(store.as_ref(), clock::now_ms()).await? {
+    if let Some(key) =
+        bootstrap::ensure_global_key(store.as_ref(), clock::now_ms(), &config.key_prefix).await?
+    {
         print_global_key_banner(&key, &url);
     }
     let passwords = keygate_server::passwords::Passwords::new(config.password_cost)
@@ -219,6 +221,7 @@ async fn serve(args: ConfigArgs) -> Result<()> {
     {
         print_admin_password_banner(&password, &url);
     }
+    bootstrap::apply_declared(store.as_ref(), &effective.declared(), clock::now_ms()).await?;
     let server = Server::load(config, Arc::clone(&store) as Arc<dyn Store>).await?;
     println!(
         "keygate listening on {url} (data in {})",

@@ -34,7 +34,7 @@ struct Running {
 
 fn find_key(line: &str) -> Option<String> {
     line.split_whitespace()
-        .find(|w| w.starts_with("kg_") && w.len() == 52)
+        .find(|w| keygate_core::key_format::parse_key(w).is_ok())
         .map(str::to_string)
 }
 
@@ -930,3 +930,6 @@ async fn proxy_streams_a_gigabyte_upload_with_flat_memory() {
     let (status, _) = running.terminate();
     assert!(status.success());
 }
+
+#[path = "cli/compat.rs"]
+mod compat;

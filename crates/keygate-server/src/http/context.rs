@@ -1,7 +1,9 @@
 //! Per-request context: the request id (taken from `X-Request-Id` when sane, else made
 //! here), access logging with secrets kept out, and panics turned into the error model.
 
-use axum::extract::Request;
+use crate::AppState;
+use crate::http::error::ErrorPolicy;
+use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Uri};
 use axum::middleware::Next;
 use axum::response::Response;
@@ -15,6 +17,13 @@ tokio::task_local! {
     /// The limit states of the request's credential, set by the auth extractors and turned
     /// into `RateLimit-Policy` / `RateLimit` response fields here.
     static REQUEST_LIMITS: Arc<Mutex<Vec<LimitStatus>>>;
+    /// The deployment's error style, read by `ApiError` when it renders.
+    static ERROR_POLICY: Option<Arc<ErrorPolicy>>;
+}
+
+/// The error policy of the request being handled (`None`: keygate's own).
+pub fn current_error_policy() -> Option<Arc<ErrorPolicy>> {
+    ERROR_POLICY.try_with(Clone::clone).ok().flatten()
 }
 
 /// Records the credential's limit states for the response fields.
@@ -99,7 +108,11 @@ pub fn loggable_uri(uri: &Uri) -> String {
     format!("{path}?{}", redacted.join("&"))
 }
 
-pub async fn request_context(request: Request, next: Next) -> Response {
+pub async fn request_context(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
     let id = request
         .headers()
         .get(REQUEST_ID_HEADER)
@@ -112,7 +125,10 @@ pub async fn request_context(request: Request, next: Next) -> Response {
     let mut response = REQUEST_ID
         .scope(
             Arc::clone(&id),
-            REQUEST_LIMITS.scope(Arc::clone(&limits), next.run(request)),
+            REQUEST_LIMITS.scope(
+                Arc::clone(&limits),
+                ERROR_POLICY.scope(state.error_policy.clone(), next.run(request)),
+            ),
         )
         .await;
     if let Ok(value) = HeaderValue::from_str(&id) {

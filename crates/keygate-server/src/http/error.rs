@@ -1,7 +1,7 @@
 //! `ApiError`: every error and refusal leaves the server through this type, so every body
 //! has the same shape and carries the request id.
 
-use crate::http::context::current_request_id;
+use crate::http::context::{current_error_policy, current_request_id};
 use crate::mint::MintError;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -9,6 +9,63 @@ use keygate_api::{ErrorBody, ErrorCode, ErrorDetail};
 use keygate_core::Decision;
 use keygate_store::StoreError;
 use std::borrow::Cow;
+
+/// How refusals and errors are written (DESIGN.md: "the status and body style are
+/// configurable per deployment"), so a preset can answer the way the product it stands in
+/// for does.
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ErrorPolicy {
+    pub style: ErrorStyle,
+    /// One answer for every "no valid credential" refusal (the 401 codes except a failed
+    /// sign-in), unless `codes` names the code itself.
+    pub unauthorized: Option<Refusal>,
+    /// Answers for single codes.
+    pub codes: std::collections::BTreeMap<ErrorCode, Refusal>,
+}
+
+/// The body shape.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ErrorStyle {
+    /// `{"error":{"code","message","hint","request_id"}}`.
+    #[default]
+    Keygate,
+    /// `{"detail": "message"}` (Django REST framework).
+    Detail,
+    /// The message as a JSON string (`"Invalid access - API key invalid."`).
+    String,
+}
+
+/// What replaces a code's status, code or message; absent fields keep keygate's.
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Refusal {
+    pub status: Option<u16>,
+    pub code: Option<ErrorCode>,
+    pub message: Option<String>,
+}
+
+impl ErrorPolicy {
+    /// Checks the statuses (a refusal must stay a 4xx or 5xx).
+    pub fn validate(&self) -> Result<(), String> {
+        let refusals = self.unauthorized.iter().chain(self.codes.values());
+        for status in refusals.filter_map(|r| r.status) {
+            if !(400..=599).contains(&status) {
+                return Err(format!("errors: status {status} is not a 4xx or 5xx"));
+            }
+        }
+        Ok(())
+    }
+
+    fn refusal_for(&self, code: ErrorCode) -> Option<&Refusal> {
+        self.codes.get(&code).or_else(|| {
+            (code.status() == 401 && code != ErrorCode::InvalidCredentials)
+                .then_some(self.unauthorized.as_ref())
+                .flatten()
+        })
+    }
+}
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -124,20 +181,41 @@ fn www_authenticate(error: &ApiError) -> Option<String> {
 }
 
 impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status =
-            StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let challenge = www_authenticate(&self);
+    fn into_response(mut self) -> Response {
+        let policy = current_error_policy();
+        let mut status_code = self.code.status();
+        let mut style = ErrorStyle::Keygate;
+        if let Some(policy) = policy.as_deref() {
+            style = policy.style;
+            if let Some(refusal) = policy.refusal_for(self.code) {
+                if let Some(status) = refusal.status {
+                    status_code = status;
+                }
+                if let Some(message) = &refusal.message {
+                    self.message = Cow::Owned(message.clone());
+                }
+                if let Some(code) = refusal.code {
+                    self.code = code;
+                }
+            }
+        }
+        let status = StatusCode::from_u16(status_code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        // A challenge belongs on a 401 (and a scope challenge on a 403) only.
+        let challenge = www_authenticate(&self).filter(|_| matches!(status_code, 401 | 403));
         let retry_after = self.retry_after;
-        let body = ErrorBody {
-            error: ErrorDetail {
-                code: self.code,
-                message: self.message.into_owned(),
-                hint: self.hint,
-                request_id: current_request_id(),
-            },
-        };
-        let json = serde_json::to_vec(&body).unwrap_or_default();
+        let json = match style {
+            ErrorStyle::Keygate => serde_json::to_vec(&ErrorBody {
+                error: ErrorDetail {
+                    code: self.code,
+                    message: self.message.into_owned(),
+                    hint: self.hint,
+                    request_id: current_request_id(),
+                },
+            }),
+            ErrorStyle::Detail => serde_json::to_vec(&serde_json::json!({"detail": self.message})),
+            ErrorStyle::String => serde_json::to_vec(&self.message),
+        }
+        .unwrap_or_default();
         let mut response = (status, json).into_response();
         let headers = response.headers_mut();
         headers.insert(

@@ -72,6 +72,7 @@ pub async fn create_free_key(
         name: format!("free key for {email}"),
         meta,
         enabled: true,
+        prefix: Some(state.config.key_prefix.clone()),
         ..Default::default()
     };
     let (key, mut record) = mint::mint(&spec, now)?;

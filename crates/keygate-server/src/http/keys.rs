@@ -194,7 +194,14 @@ pub async fn create_key(
     let now = now_ms();
     let principal = caller.principal();
     let owner = owner_for(&state, principal, body.user_id).await?;
-    check_grantable(principal, &body.scopes)?;
+    // A user's key named without scopes takes the instance's default for user keys
+    // (`*` makes it act as the user: the decision cuts it to the owner's role).
+    let scopes = match (body.scopes, owner) {
+        (Some(scopes), _) => scopes,
+        (None, Some(_)) => state.config.user_key_scopes.clone(),
+        (None, None) => Vec::new(),
+    };
+    check_grantable(principal, &scopes)?;
     if (body.plan.is_some() || body.limits.is_some()) && !principal.acts_for_everyone() {
         return Err(
             ApiError::new(keygate_api::ErrorCode::InsufficientPermissions)
@@ -222,8 +229,10 @@ pub async fn create_key(
     };
     let spec = KeySpec {
         name: body.name,
-        scopes: body.scopes,
-        prefix: body.prefix,
+        scopes,
+        prefix: body
+            .prefix
+            .or_else(|| Some(state.config.key_prefix.clone())),
         expires_at: body.expires_at.map(millis_of),
         meta: body.meta.unwrap_or_default(),
         enabled: body.enabled.unwrap_or(true),

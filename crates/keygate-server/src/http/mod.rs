@@ -1,5 +1,6 @@
 //! The HTTP surface: routes, extractors, the error model and per-request context.
 
+pub mod alias;
 pub mod audit;
 pub mod auth;
 pub mod context;
@@ -137,7 +138,23 @@ pub fn router(state: AppState) -> Router {
     } else {
         app.fallback(not_found)
     };
-    app.method_not_allowed_fallback(method_not_allowed)
+    let app = app
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(CatchPanicLayer::custom(panic_response))
-        .layer(axum::middleware::from_fn(context::request_context))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            context::request_context,
+        ));
+    if state.config.aliases.is_empty() {
+        return app;
+    }
+    // Aliases rewrite the path before routing, so they wrap the whole router.
+    let aliases = std::sync::Arc::new(state.config.aliases.clone());
+    let rewriting = tower::Layer::layer(
+        &axum::middleware::from_fn(move |request, next| {
+            alias::rewrite(std::sync::Arc::clone(&aliases), request, next)
+        }),
+        app,
+    );
+    Router::new().fallback_service(rewriting)
 }

@@ -32,7 +32,7 @@ pub fn validate_rate_limits(limits: &[RateLimit]) -> Result<(), ApiError> {
 }
 
 /// A display name for a plan or a project: 1 to 100 characters, no control characters.
-pub(super) fn validate_name(name: &str) -> Result<(), ApiError> {
+pub fn validate_name(name: &str) -> Result<(), ApiError> {
     let ok = !name.trim().is_empty()
         && name.chars().count() <= 100
         && !name.chars().any(char::is_control);

@@ -224,6 +224,7 @@ pub async fn regenerate_global_key(
         meta: old.meta.clone(),
         enabled: true,
         global: true,
+        prefix: Some(state.config.key_prefix.clone()),
         ..Default::default()
     };
     let (key, replacement) = crate::mint::mint(&spec, now)?;
