@@ -6,5 +6,6 @@ pub mod accounts;
 pub mod error;
 pub mod keys;
 pub mod system;
+pub mod webhooks;
 
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};

@@ -32,10 +32,10 @@ pub struct SettingsPatch {
     pub keys_per_user: Option<Option<u32>>,
 }
 
-fn present_or_null<'de, D: serde::Deserializer<'de>>(
+pub(crate) fn present_or_null<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
     d: D,
-) -> Result<Option<Option<u32>>, D::Error> {
-    Option::<u32>::deserialize(d).map(Some)
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -30,7 +30,14 @@ impl Role {
         match self {
             Role::Admin => ALL_PERMISSIONS,
             // Users manage their own keys (handlers restrict them to keys they own).
-            Role::User => &[KEYS_READ, KEYS_WRITE, PROJECTS_READ, PROJECTS_WRITE],
+            Role::User => &[
+                KEYS_READ,
+                KEYS_WRITE,
+                PROJECTS_READ,
+                PROJECTS_WRITE,
+                WEBHOOKS_READ,
+                WEBHOOKS_WRITE,
+            ],
         }
     }
 
@@ -50,6 +57,8 @@ pub const PLANS_READ: &str = "plans:read";
 pub const PLANS_WRITE: &str = "plans:write";
 pub const PROJECTS_READ: &str = "projects:read";
 pub const PROJECTS_WRITE: &str = "projects:write";
+pub const WEBHOOKS_READ: &str = "webhooks:read";
+pub const WEBHOOKS_WRITE: &str = "webhooks:write";
 
 /// Every permission keygate itself checks, with what it allows.
 pub const PERMISSIONS: &[(&str, &str)] = &[
@@ -76,6 +85,14 @@ pub const PERMISSIONS: &[(&str, &str)] = &[
         PROJECTS_WRITE,
         "Create projects, rename, delete and manage members (a user: projects they own).",
     ),
+    (
+        WEBHOOKS_READ,
+        "List webhook endpoints and their deliveries (a user: their own and their projects').",
+    ),
+    (
+        WEBHOOKS_WRITE,
+        "Create, change, delete, test and rotate the secrets of webhook endpoints (a user: their own).",
+    ),
 ];
 
 const ALL_PERMISSIONS: &[&str] = &[
@@ -90,6 +107,8 @@ const ALL_PERMISSIONS: &[&str] = &[
     PLANS_WRITE,
     PROJECTS_READ,
     PROJECTS_WRITE,
+    WEBHOOKS_READ,
+    WEBHOOKS_WRITE,
 ];
 
 /// The scope that stands for every keygate permission on a key (kept from the first

@@ -139,6 +139,82 @@ pub fn verify(
     }
 }
 
+/// A Stripe-style single header value, `t=<ts>,v1=<hex>[,v1=<hex>…]`: HMAC-SHA256 of
+/// `"{ts}.{body}"` with each secret's key bytes (several during a secret overlap).
+pub fn sign_stripe_style(
+    secrets: &[&str],
+    timestamp: i64,
+    body: &[u8],
+) -> Result<String, VerifyError> {
+    let mut value = format!("t={timestamp}");
+    for secret in secrets {
+        let key = secret_bytes(secret)?;
+        let mut mac = HmacSha256::new_from_slice(&key)
+            .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
+        mac.update(timestamp.to_string().as_bytes());
+        mac.update(b".");
+        mac.update(body);
+        value.push_str(",v1=");
+        for byte in mac.finalize().into_bytes() {
+            value.push_str(&format!("{byte:02x}"));
+        }
+    }
+    Ok(value)
+}
+
+/// The Standard Webhooks retry schedule, in seconds after the previous attempt: the first
+/// attempt at once, then 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 14 h, 20 h and 24 h.
+pub const DEFAULT_RETRY_SCHEDULE: [u64; 10] =
+    [0, 5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400];
+
+/// Milliseconds until the next attempt after `attempts` failed ones, or `None` when the
+/// schedule is used up. `jitter` (0 to 1, random) spreads retries ±10 % so endpoints that
+/// failed together do not get hit together; a `Retry-After` of the receiver is honoured
+/// (up to a day).
+pub fn retry_delay_ms(
+    schedule_secs: &[u64],
+    attempts: u32,
+    jitter: f64,
+    retry_after_secs: Option<u64>,
+) -> Option<u64> {
+    let base = *schedule_secs.get(usize::try_from(attempts).ok()?)?;
+    let factor = 0.9 + 0.2 * jitter.clamp(0.0, 1.0);
+    let jittered = (base as f64 * 1000.0 * factor) as u64;
+    let floor = retry_after_secs.map_or(0, |s| s.min(86_400) * 1000);
+    Some(jittered.max(floor))
+}
+
+/// Whether keygate may send a webhook to `ip`. Link-local addresses (cloud metadata at
+/// 169.254.169.254), unspecified, multicast and broadcast ones never; loopback, private
+/// and shared (CGNAT) ranges only when `allow_private` (local development, tests).
+pub fn address_allowed(ip: std::net::IpAddr, allow_private: bool) -> bool {
+    use std::net::IpAddr;
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            if v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+                || a == 0
+            {
+                return false;
+            }
+            let private =
+                v4.is_loopback() || v4.is_private() || (a == 100 && (64..128).contains(&b));
+            !private || allow_private
+        }
+        IpAddr::V6(v6) => {
+            let first = v6.segments()[0];
+            if v6.is_unspecified() || v6.is_multicast() || (first & 0xffc0) == 0xfe80 {
+                return false;
+            }
+            let private = v6.is_loopback() || (first & 0xfe00) == 0xfc00;
+            !private || allow_private
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,5 +310,64 @@ mod tests {
         let secret = format_secret(&[7; 24]);
         assert!(secret.starts_with("whsec_"));
         assert_eq!(secret_bytes(&secret).expect("bytes"), vec![7; 24]);
+    }
+
+    #[test]
+    fn stripe_style_header() {
+        let secret = format_secret(&[7u8; 24]);
+        let one = sign_stripe_style(&[&secret], 1_700_000_000, b"{}").expect("sign");
+        assert!(one.starts_with("t=1700000000,v1="), "{one}");
+        assert_eq!(one.len(), "t=1700000000,v1=".len() + 64);
+        let other = format_secret(&[8u8; 24]);
+        let two = sign_stripe_style(&[&secret, &other], 1_700_000_000, b"{}").expect("sign");
+        assert!(two.starts_with(&one) && two.matches(",v1=").count() == 2);
+        assert_ne!(
+            sign_stripe_style(&[&secret], 1_700_000_000, b"{ }").expect("sign"),
+            one
+        );
+    }
+
+    #[test]
+    fn retry_schedule_with_jitter_and_retry_after() {
+        let s = &DEFAULT_RETRY_SCHEDULE;
+        assert_eq!(retry_delay_ms(s, 0, 0.5, None), Some(0));
+        assert_eq!(retry_delay_ms(s, 1, 0.5, None), Some(5_000));
+        assert_eq!(retry_delay_ms(s, 1, 0.0, None), Some(4_500));
+        assert_eq!(retry_delay_ms(s, 1, 1.0, None), Some(5_500));
+        assert_eq!(retry_delay_ms(s, 2, 0.5, Some(600)), Some(600_000));
+        assert_eq!(retry_delay_ms(s, 2, 0.5, Some(10)), Some(300_000));
+        assert_eq!(retry_delay_ms(s, 1, 0.5, Some(999_999)), Some(86_400_000));
+        assert_eq!(retry_delay_ms(s, 10, 0.5, None), None);
+    }
+
+    #[test]
+    fn outbound_addresses() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().expect("ip");
+        for never in [
+            "169.254.169.254",
+            "0.0.0.0",
+            "fe80::1",
+            "::",
+            "224.0.0.1",
+            "::ffff:169.254.169.254",
+        ] {
+            assert!(!address_allowed(ip(never), true), "{never}");
+        }
+        for private in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.0.1",
+            "172.16.5.4",
+            "100.64.0.1",
+            "::1",
+            "fd00::1",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(!address_allowed(ip(private), false), "{private}");
+            assert!(address_allowed(ip(private), true), "{private}");
+        }
+        for public in ["93.184.216.34", "2606:2800:220:1::1"] {
+            assert!(address_allowed(ip(public), false), "{public}");
+        }
     }
 }

@@ -53,6 +53,8 @@ pub struct ServerConfig {
     /// Scopes of a user's key created without any (`[]`; a preset's `["*"]` makes such
     /// a key act as its user, cut to the user's role).
     pub user_key_scopes: Vec<String>,
+    /// Webhook delivery.
+    pub webhooks: crate::webhooks::WebhookConfig,
     /// How errors are written (a preset's status codes, messages and body style).
     pub errors: crate::http::error::ErrorPolicy,
     /// Reverse-proxy mode: where requests that are not keygate's own go.
@@ -86,6 +88,7 @@ impl Default for ServerConfig {
             errors: Default::default(),
             aliases: Default::default(),
             user_key_scopes: Vec::new(),
+            webhooks: Default::default(),
             key_prefix: keygate_core::key_format::DEFAULT_PREFIX.into(),
             tokens: TokenConfig::default(),
             password_cost: PasswordCost::default(),

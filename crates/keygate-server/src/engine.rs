@@ -130,6 +130,11 @@ pub struct Engine {
     api_key_header: HeaderName,
     project_header: HeaderName,
     transports: Vec<Transport>,
+    /// Hot-path webhook events (rate limits, quotas, sign-in bursts).
+    pub notifier: crate::webhooks::Notifier,
+    /// The notifier's queue, taken by the writer task when the server starts.
+    pub(crate) notifier_queue:
+        std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<keygate_store::OutboxEvent>>>,
 }
 
 impl Engine {
@@ -185,7 +190,11 @@ impl Engine {
         for user in &users {
             index.upsert_owner(user.id, OwnerState::from(user));
         }
+        let (notifier, notifier_queue) =
+            crate::webhooks::Notifier::new(config.webhooks.quota_threshold_percent);
         let engine = Self {
+            notifier,
+            notifier_queue: std::sync::Mutex::new(Some(notifier_queue)),
             index: RwLock::new(index),
             revoked_families: RwLock::new(revoked_families.into_iter().collect()),
             tokens,
@@ -524,6 +533,7 @@ impl Engine {
                 .record_outcome(key.record.id, &key.usage, outcome, now);
         }
         count_outcome(decision.code);
+        self.notifier.observe(&decision, now);
         decision
     }
 

@@ -16,6 +16,7 @@ pub mod mint;
 pub mod passwords;
 pub mod throttle;
 pub mod tokens;
+pub mod webhooks;
 
 use config::ServerConfig;
 use engine::Engine;
@@ -42,6 +43,8 @@ pub struct AppState {
     pub free_key_throttle: Arc<throttle::Throttle>,
     /// Reverse-proxy mode's client to the app, when an upstream is configured.
     pub upstream: Option<Arc<http::proxy::Upstream>>,
+    /// Rung after writes that enqueue webhook events, so delivery starts at once.
+    pub webhook_wake: Arc<tokio::sync::Notify>,
     /// The deployment's error style; `None` when it is keygate's own.
     pub error_policy: Option<Arc<http::error::ErrorPolicy>>,
 }
@@ -116,6 +119,7 @@ impl Server {
                 passwords,
                 throttle,
                 free_key_throttle,
+                webhook_wake: Arc::new(tokio::sync::Notify::new()),
                 error_policy: (config.errors != http::error::ErrorPolicy::default())
                     .then(|| Arc::new(config.errors.clone())),
                 upstream: config
@@ -149,7 +153,28 @@ impl Server {
             usage_minute_retention: state.config.usage_minute_retention,
             usage_hour_retention: state.config.usage_hour_retention,
         };
-        let flusher = tokio::spawn(flusher.run(state.config.flush_interval, stop_rx));
+        let flusher = tokio::spawn(flusher.run(state.config.flush_interval, stop_rx.clone()));
+        let queue = state
+            .engine
+            .notifier_queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let event_writer = queue.map(|queue| {
+            tokio::spawn(webhooks::write_events(
+                Arc::clone(&state.store),
+                queue,
+                Arc::clone(&state.webhook_wake),
+                stop_rx.clone(),
+            ))
+        });
+        let deliverer = Arc::new(webhooks::Deliverer {
+            store: Arc::clone(&state.store),
+            engine: Arc::clone(&state.engine),
+            config: state.config.webhooks.clone(),
+            wake: Arc::clone(&state.webhook_wake),
+        });
+        let deliverer = tokio::spawn(deliverer.run(stop_rx));
         let app = http::router(state.clone());
         let served = axum::serve(
             listener,
@@ -160,6 +185,10 @@ impl Server {
         let _ = stop_tx.send(true);
         let _ = poller.await;
         let _ = flusher.await;
+        if let Some(writer) = event_writer {
+            let _ = writer.await;
+        }
+        let _ = deliverer.await;
         served
     }
 }

@@ -19,6 +19,8 @@ mod gateway;
 mod limits;
 #[path = "api/proxy.rs"]
 mod proxy;
+#[path = "api/webhooks.rs"]
+mod webhooks;
 
 /// The `admin` user's password in every test server.
 const ADMIN_PASSWORD: &str = "admin-password-for-tests";
@@ -1122,6 +1124,16 @@ async fn openapi_document_and_swagger_ui() {
         ("/api/v1/plans", &["get", "post"]),
         ("/api/v1/plans/{id}", &["get", "patch"]),
         ("/api/v1/systeminfo", &["get"]),
+        ("/api/v1/webhooks", &["get", "post"]),
+        ("/api/v1/webhooks/secret", &["post"]),
+        ("/api/v1/webhooks/{id}", &["get", "patch", "delete"]),
+        ("/api/v1/webhooks/{id}/secret", &["post"]),
+        ("/api/v1/webhooks/{id}/test", &["post"]),
+        ("/api/v1/webhooks/{id}/deliveries", &["get"]),
+        (
+            "/api/v1/webhooks/{id}/deliveries/{delivery_id}/retry",
+            &["post"],
+        ),
         ("/api/v1/openapi.json", &["get"]),
         ("/healthz", &["get"]),
         ("/readyz", &["get"]),

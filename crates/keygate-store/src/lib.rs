@@ -4,8 +4,11 @@
 //! server reads every key once at start-up and then follows [`Store::changes_since`].
 
 mod sqlite;
+mod sqlite_webhooks;
+pub mod webhooks;
 
 pub use sqlite::SqliteStore;
+pub use webhooks::{OutboxEvent, WebhookEndpoint, WebhookStore};
 
 use async_trait::async_trait;
 use keygate_core::limit::{Limits, LimitsOverride};
@@ -85,6 +88,8 @@ pub struct AuditEntry {
     pub ip: Option<String>,
     pub credential: Option<String>,
     pub detail: serde_json::Map<String, serde_json::Value>,
+    /// Webhook events the change raises, written in its transaction (not read back).
+    pub events: Vec<OutboxEvent>,
 }
 
 /// A stored audit entry.
@@ -193,7 +198,7 @@ pub struct KeyPage {
 }
 
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: WebhookStore + Send + Sync + 'static {
     /// Every key, for building the in-memory index, and the feed position it reflects.
     async fn load_keys(&self) -> Result<(Vec<KeyRecord>, u64)>;
     /// The newest change-feed sequence number (0 when empty).

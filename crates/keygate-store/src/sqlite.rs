@@ -73,7 +73,11 @@ impl SqliteStore {
         self.pool.close().await;
     }
 
-    async fn write_tx(&self) -> Result<Transaction<'static, Sqlite>> {
+    pub(crate) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    pub(crate) async fn write_tx(&self) -> Result<Transaction<'static, Sqlite>> {
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
 }
@@ -183,7 +187,7 @@ fn key_from_row(row: &SqliteRow) -> Result<KeyRecord> {
     })
 }
 
-fn json(value: &impl serde::Serialize) -> String {
+pub(crate) fn json(value: &impl serde::Serialize) -> String {
     // Serializing Vec<String> or a JSON map cannot fail.
     serde_json::to_string(value).unwrap_or_else(|_| "null".into())
 }
@@ -334,12 +338,19 @@ impl Store for SqliteStore {
             .await?;
             for id in ids {
                 revoke_key_tx(&mut tx, &id, record.created_at).await?;
+                let uuid = Uuid::parse_str(&id).map_err(|e| corrupt("key id", e))?;
                 let mut entry = audit.clone();
                 entry.action = "key.revoke".into();
                 entry.target = Some(format!("key:{id}"));
                 entry.detail.insert("reason".into(), "keys_per_user".into());
+                // This revocation's own event, not a copy of the creation's.
+                entry.events = fetch_key(&mut tx, uuid)
+                    .await?
+                    .map(|old| crate::OutboxEvent::for_key("key.revoked", &old, record.created_at))
+                    .into_iter()
+                    .collect();
                 audit_tx(&mut tx, &entry).await?;
-                revoked.push(Uuid::parse_str(&id).map_err(|e| corrupt("key id", e))?);
+                revoked.push(uuid);
             }
         }
         audit_tx(&mut tx, audit).await?;
@@ -944,6 +955,7 @@ impl Store for SqliteStore {
                         credential: row.try_get("credential")?,
                         detail: serde_json::from_str(&detail)
                             .map_err(|e| corrupt("audit detail", e))?,
+                        events: Vec::new(),
                     },
                 })
             })
@@ -1436,7 +1448,10 @@ async fn keep_an_admin(tx: &mut Transaction<'static, Sqlite>, user: &UserRecord)
     Ok(())
 }
 
-async fn audit_tx(tx: &mut Transaction<'static, Sqlite>, entry: &AuditEntry) -> Result<()> {
+pub(crate) async fn audit_tx(
+    tx: &mut Transaction<'static, Sqlite>,
+    entry: &AuditEntry,
+) -> Result<()> {
     sqlx::query(
         "INSERT INTO audit_log (at, actor, action, target, ip, credential, detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
     )
@@ -1449,7 +1464,8 @@ async fn audit_tx(tx: &mut Transaction<'static, Sqlite>, entry: &AuditEntry) -> 
     .bind(json(&entry.detail))
     .execute(&mut **tx)
     .await?;
-    Ok(())
+    // The events the change raises are written with it, or not at all.
+    crate::sqlite_webhooks::enqueue_tx(tx, &entry.events).await
 }
 
 async fn insert_refresh_tx(

@@ -4,10 +4,12 @@ use keygate_core::settings::InstanceSettings;
 use keygate_core::usage::UsageDelta;
 use keygate_core::{KeyOrigin, KeyRecord, key_format};
 use keygate_core::{Role, UserRecord};
+use keygate_store::webhooks::{AttemptOutcome, DeliveryStatus, DueDelivery};
 use keygate_store::{
     AuditEntry, AuditFilter, Entity, KeyPage, KeyUpdate, RefreshOutcome, RefreshToken, SqliteStore,
     Store, StoreError, UserUpdate,
 };
+use keygate_store::{OutboxEvent, WebhookEndpoint};
 use uuid::Uuid;
 
 fn record(n: u8, at: i64) -> KeyRecord {
@@ -725,6 +727,241 @@ async fn accounts_conformance(store: &dyn Store) {
     );
 }
 
+fn endpoint(owner: Option<Uuid>, project: Option<Uuid>, events: &[&str]) -> WebhookEndpoint {
+    WebhookEndpoint {
+        id: Uuid::now_v7(),
+        url: "http://receiver.example/hook".into(),
+        events: events.iter().map(|e| e.to_string()).collect(),
+        enabled: true,
+        description: String::new(),
+        owner,
+        project,
+        secret: "whsec_c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0".into(),
+        previous_secret: None,
+        previous_secret_until: None,
+        signature_header: None,
+        consecutive_failures: 0,
+        disabled_reason: None,
+        created_at: 1000,
+        updated_at: 1000,
+    }
+}
+
+/// The outbox: fan-out rules, claiming with a lease, finishing, releasing.
+async fn webhook_conformance(store: &dyn Store) {
+    let admin = user("boss", Role::Admin);
+    let member = user("member", Role::User);
+    for u in [&admin, &member] {
+        store
+            .create_user(u, "$argon2id$x", &audit(900, "user.create"))
+            .await
+            .expect("user");
+    }
+    let project = Uuid::now_v7();
+    let instance = endpoint(None, None, &[]);
+    let admins = endpoint(Some(admin.id), None, &["key.created"]);
+    let members = endpoint(Some(member.id), None, &[]);
+    let projects = endpoint(Some(member.id), Some(project), &["key.created"]);
+    let other_type = endpoint(None, None, &["user.created"]);
+    for e in [&instance, &admins, &members, &projects, &other_type] {
+        store
+            .create_webhook(e, &audit(1000, "webhook.create"))
+            .await
+            .expect("create");
+    }
+    assert_eq!(
+        store.get_webhook(members.id).await.expect("get"),
+        Some(members.clone())
+    );
+
+    // A key of the member in the project: instance, admin, member and project endpoints
+    // hear it; the endpoint for another type does not.
+    let mut key = record(40, 2000);
+    key.owner = Some(member.id);
+    key.project = Some(project);
+    let mut entry = audit(2000, "key.create");
+    entry
+        .events
+        .push(OutboxEvent::for_key("key.created", &key, 2000));
+    store.insert_key(&key, None, &entry).await.expect("insert");
+    let due = store
+        .claim_deliveries(2000, 62_000, 100)
+        .await
+        .expect("claim");
+    let mut endpoints: Vec<Uuid> = due.iter().map(|d| d.endpoint.id).collect();
+    endpoints.sort();
+    let mut expected = vec![instance.id, admins.id, members.id, projects.id];
+    expected.sort();
+    assert_eq!(endpoints, expected);
+    assert!(due.iter().all(|d| d.payload["type"] == "key.created"));
+    // Leased: not claimed again until the lease ends, unless released.
+    assert!(
+        store
+            .claim_deliveries(3000, 63_000, 100)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    assert_eq!(store.release_deliveries().await.expect("release"), 4);
+    let due = store
+        .claim_deliveries(3000, 63_000, 100)
+        .await
+        .expect("claim");
+    assert_eq!(due.len(), 4);
+
+    // One delivered, one retried later, one gone (410 disables its endpoint).
+    let outcome = |d: &DueDelivery, status, next| AttemptOutcome {
+        delivery: d.delivery.id,
+        endpoint: d.endpoint.id,
+        at: 4000,
+        status,
+        next_attempt_at: next,
+        status_code: Some(500),
+        error: None,
+        latency_ms: 3,
+        disable_endpoint: None,
+    };
+    store
+        .finish_attempt(&outcome(&due[0], DeliveryStatus::Delivered, None))
+        .await
+        .expect("finish");
+    store
+        .finish_attempt(&outcome(&due[1], DeliveryStatus::Pending, Some(9000)))
+        .await
+        .expect("finish");
+    let mut gone = outcome(&due[2], DeliveryStatus::Failed, None);
+    gone.disable_endpoint = Some("410".into());
+    store.finish_attempt(&gone).await.expect("finish");
+    let disabled = store
+        .get_webhook(due[2].endpoint.id)
+        .await
+        .expect("get")
+        .expect("endpoint");
+    assert!(!disabled.enabled);
+    assert_eq!(disabled.consecutive_failures, 1);
+    // The retried one is due at 9000, not before (the fourth was never finished: leased).
+    assert!(
+        store
+            .claim_deliveries(8000, 68_000, 100)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    let again = store
+        .claim_deliveries(9000, 69_000, 100)
+        .await
+        .expect("claim");
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].delivery.attempts, 1);
+    let listed = store
+        .list_deliveries(due[0].endpoint.id, 10)
+        .await
+        .expect("list");
+    assert_eq!(listed[0].status, DeliveryStatus::Delivered);
+    assert!(
+        store
+            .retry_delivery(due[0].endpoint.id, listed[0].id, 10_000)
+            .await
+            .expect("retry")
+    );
+    assert!(
+        !store
+            .retry_delivery(due[0].endpoint.id, Uuid::now_v7(), 10_000)
+            .await
+            .expect("retry")
+    );
+
+    // A test event reaches its one endpoint whatever it subscribed to; a notice is sent once.
+    let mut test = OutboxEvent::new("webhook.test", serde_json::json!({}), 11_000);
+    test.endpoint = Some(other_type.id);
+    store.enqueue_events(&[test]).await.expect("enqueue");
+    let expiring = OutboxEvent::for_key("key.expiring", &key, 11_000);
+    assert!(
+        store
+            .enqueue_once(key.id, "expiring", &expiring)
+            .await
+            .expect("once")
+    );
+    let expiring = OutboxEvent::for_key("key.expiring", &key, 11_500);
+    assert!(
+        !store
+            .enqueue_once(key.id, "expiring", &expiring)
+            .await
+            .expect("once")
+    );
+    let due = store
+        .claim_deliveries(12_000, 72_000, 100)
+        .await
+        .expect("claim");
+    assert_eq!(
+        due.iter()
+            .filter(|d| d.payload["type"] == "webhook.test")
+            .count(),
+        1
+    );
+    // key.expiring: the enabled endpoints that hear every type (instance, member); the
+    // one switched off by the 410 above hears nothing.
+    let hear_all = [instance.id, members.id]
+        .iter()
+        .filter(|id| **id != disabled.id)
+        .count();
+    assert_eq!(
+        due.iter()
+            .filter(|d| d.payload["type"] == "key.expiring")
+            .count(),
+        hear_all
+    );
+
+    // The account secret replaces the secrets of the owner's own endpoints, with overlap.
+    store
+        .set_account_webhook_secret(
+            member.id,
+            "whsec_bmV3LXNlY3JldA==",
+            50_000,
+            &audit(12_000, "x"),
+        )
+        .await
+        .expect("secret");
+    let rotated = store
+        .get_webhook(members.id)
+        .await
+        .expect("get")
+        .expect("endpoint");
+    assert_eq!(rotated.secret, "whsec_bmV3LXNlY3JldA==");
+    assert_eq!(rotated.signing_secrets(20_000).len(), 2);
+    assert_eq!(rotated.signing_secrets(60_000).len(), 1);
+    assert_eq!(
+        store
+            .account_webhook_secret(member.id)
+            .await
+            .expect("get")
+            .as_deref(),
+        Some("whsec_bmV3LXNlY3JldA==")
+    );
+    assert!(
+        store
+            .delete_webhook(members.id, &audit(13_000, "d"))
+            .await
+            .expect("delete")
+    );
+    assert!(
+        store
+            .list_deliveries(members.id, 10)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    assert_eq!(store.list_webhooks(None).await.expect("list").len(), 4);
+    assert_eq!(
+        store
+            .list_webhooks(Some((member.id, vec![project])))
+            .await
+            .expect("list")
+            .len(),
+        1
+    );
+}
+
 #[tokio::test]
 async fn sqlite_conforms() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -733,6 +970,9 @@ async fn sqlite_conforms() {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = SqliteStore::open(dir.path()).await.expect("open");
     accounts_conformance(&store).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = SqliteStore::open(dir.path()).await.expect("open");
+    webhook_conformance(&store).await;
 }
 
 #[tokio::test]

@@ -66,6 +66,15 @@ pub struct FileConfig {
     pub settings: Option<SettingsPatch>,
     /// Plans ensured at every start, by name (`[[plans]]`, file only).
     pub plans: Option<Vec<PlanRequest>>,
+    pub webhooks_allow_private: Option<bool>,
+    pub webhook_delivery: Option<bool>,
+    pub webhook_timeout: Option<String>,
+    /// Delays between attempts (file only), e.g. ["0s", "5s", "5m"].
+    pub webhook_retry_schedule: Option<Vec<String>>,
+    pub webhook_secret_overlap: Option<String>,
+    pub webhook_expiring_lead: Option<String>,
+    /// Quota use in percent that sends `quota.threshold` (file only; default 80).
+    pub webhook_quota_threshold_percent: Option<u64>,
 }
 
 /// The same settings from flags or the environment (already merged by clap).
@@ -168,6 +177,21 @@ pub struct Overrides {
         value_name = "DURATION"
     )]
     pub upstream_connect_timeout: Option<String>,
+    /// Let webhooks reach loopback and private addresses (development; never link-local).
+    #[arg(long, env = "KEYGATE_WEBHOOKS_ALLOW_PRIVATE", value_name = "BOOL")]
+    pub webhooks_allow_private: Option<bool>,
+    /// Deliver webhooks from this node (false: events are stored, not sent).
+    #[arg(long, env = "KEYGATE_WEBHOOK_DELIVERY", value_name = "BOOL")]
+    pub webhook_delivery: Option<bool>,
+    /// Longest wait for a webhook receiver's answer, e.g. 15s.
+    #[arg(long, env = "KEYGATE_WEBHOOK_TIMEOUT", value_name = "DURATION")]
+    pub webhook_timeout: Option<String>,
+    /// How long a rotated webhook secret keeps signing beside the new one, e.g. 24h.
+    #[arg(long, env = "KEYGATE_WEBHOOK_SECRET_OVERLAP", value_name = "DURATION")]
+    pub webhook_secret_overlap: Option<String>,
+    /// How long before a key expires `key.expiring` is sent, e.g. 168h.
+    #[arg(long, env = "KEYGATE_WEBHOOK_EXPIRING_LEAD", value_name = "DURATION")]
+    pub webhook_expiring_lead: Option<String>,
 }
 
 /// The effective configuration.
@@ -218,6 +242,7 @@ pub struct Effective {
     pub aliases: std::collections::BTreeMap<String, String>,
     pub settings: Option<SettingsPatch>,
     pub plans: Vec<PlanRequest>,
+    pub webhooks: keygate_server::webhooks::WebhookConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -300,6 +325,7 @@ impl Effective {
             }),
             key_prefix: self.key_prefix.clone(),
             user_key_scopes: self.user_key_scopes.clone(),
+            webhooks: self.webhooks.clone(),
             errors: self.errors.clone(),
             // Checked by `resolve`.
             aliases: self.aliases().unwrap_or_default(),
@@ -648,6 +674,63 @@ pub fn resolve(file: &FileConfig, over: &Overrides) -> Result<Effective, Vec<Str
     if let Some(Some(0)) = file.settings.as_ref().and_then(|s| s.keys_per_user) {
         errors.push("settings.keys_per_user: must be at least 1".into());
     }
+    let webhook_defaults = keygate_server::webhooks::WebhookConfig::default();
+    let mut retry_schedule = Vec::new();
+    for delay in file.webhook_retry_schedule.clone().unwrap_or_default() {
+        // "0s" is allowed here: the first attempt may be immediate.
+        let parsed = if delay.trim() == "0s" {
+            Ok(Duration::ZERO)
+        } else {
+            parse_duration(&delay)
+        };
+        match parsed {
+            Ok(d) => retry_schedule.push(d.as_secs()),
+            Err(e) => errors.push(format!("webhook_retry_schedule: {e}")),
+        }
+    }
+    let webhooks = keygate_server::webhooks::WebhookConfig {
+        deliver: over
+            .webhook_delivery
+            .or(file.webhook_delivery)
+            .unwrap_or(webhook_defaults.deliver),
+        allow_private: over
+            .webhooks_allow_private
+            .or(file.webhooks_allow_private)
+            .unwrap_or(webhook_defaults.allow_private),
+        timeout: layered_duration(
+            &mut errors,
+            "webhook_timeout",
+            &over.webhook_timeout,
+            &file.webhook_timeout,
+            webhook_defaults.timeout,
+        ),
+        secret_overlap: layered_duration(
+            &mut errors,
+            "webhook_secret_overlap",
+            &over.webhook_secret_overlap,
+            &file.webhook_secret_overlap,
+            webhook_defaults.secret_overlap,
+        ),
+        expiring_lead: layered_duration(
+            &mut errors,
+            "webhook_expiring_lead",
+            &over.webhook_expiring_lead,
+            &file.webhook_expiring_lead,
+            webhook_defaults.expiring_lead,
+        ),
+        retry_schedule: if retry_schedule.is_empty() {
+            webhook_defaults.retry_schedule.clone()
+        } else {
+            retry_schedule
+        },
+        quota_threshold_percent: file
+            .webhook_quota_threshold_percent
+            .unwrap_or(webhook_defaults.quota_threshold_percent),
+        ..webhook_defaults
+    };
+    if !(1..=100).contains(&webhooks.quota_threshold_percent) {
+        errors.push("webhook_quota_threshold_percent: must be 1 to 100".into());
+    }
     let effective = Effective {
         listen,
         data_dir: over
@@ -693,6 +776,7 @@ pub fn resolve(file: &FileConfig, over: &Overrides) -> Result<Effective, Vec<Str
         aliases: file.aliases.clone().unwrap_or_default(),
         settings: file.settings.clone(),
         plans,
+        webhooks,
     };
     if let Err(e) = effective.aliases() {
         errors.push(e);

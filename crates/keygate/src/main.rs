@@ -276,6 +276,11 @@ async fn admin_create_key(
         actor: "cli".into(),
         action: "key.create".into(),
         target: Some(format!("key:{}", record.id)),
+        events: vec![keygate_store::OutboxEvent::for_key(
+            "key.created",
+            &record,
+            record.created_at,
+        )],
         ..Default::default()
     };
     store.insert_key(&record, None, &entry).await?;

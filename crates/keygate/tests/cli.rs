@@ -933,3 +933,102 @@ async fn proxy_streams_a_gigabyte_upload_with_flat_memory() {
 
 #[path = "cli/compat.rs"]
 mod compat;
+
+/// A webhook receiver on loopback: records every body; the first request for a key named
+/// "hang" is never answered (keygate is then mid-delivery).
+async fn webhook_receiver() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
+    let recorder = std::sync::Arc::clone(&received);
+    let app = axum::Router::new().fallback(move |body: axum::body::Bytes| {
+        let recorder = std::sync::Arc::clone(&recorder);
+        async move {
+            let event: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let first_hang = {
+                let mut all = recorder.lock().expect("lock");
+                let seen = all.iter().any(|e| e == &event);
+                all.push(event.clone());
+                event["data"]["name"] == "hang" && !seen
+            };
+            if first_hang {
+                std::future::pending::<()>().await;
+            }
+            "ok"
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, received)
+}
+
+async fn post_json(base: &str, path: &str, key: &str, body: Value) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{base}{path}"))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .expect("send");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Waits until the receiver holds `n` events about the key `name`.
+async fn wait_for_events(received: &std::sync::Mutex<Vec<Value>>, name: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let count = received
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|e| e["type"] == "key.created" && e["data"]["name"] == name)
+            .count();
+        if count >= n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no event for {name}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test]
+async fn webhook_events_survive_sigkill() {
+    let (url, received) = webhook_receiver().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let env = [("KEYGATE_WEBHOOKS_ALLOW_PRIVATE", "true")];
+
+    // Stored but not sent (delivery off on this node), then killed.
+    let mut quiet = env.to_vec();
+    quiet.push(("KEYGATE_WEBHOOK_DELIVERY", "false"));
+    let running = serve(dir.path(), &quiet);
+    let key = running.first_key.clone().expect("global key");
+    let (status, body) =
+        post_json(&running.base, "/api/v1/webhooks", &key, json!({"url": url})).await;
+    assert_eq!(status, 201, "{body}");
+    let (status, _) = post_json(
+        &running.base,
+        "/api/v1/keys",
+        &key,
+        json!({"name": "queued"}),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (_, _) = running.signal("-KILL");
+    assert!(received.lock().expect("lock").is_empty());
+
+    // Mid-delivery (the receiver holds the request), then killed.
+    let running = serve(dir.path(), &env);
+    wait_for_events(&received, "queued", 1).await;
+    let (status, _) = post_json(&running.base, "/api/v1/keys", &key, json!({"name": "hang"})).await;
+    assert_eq!(status, 201);
+    wait_for_events(&received, "hang", 1).await;
+    let (_, _) = running.signal("-KILL");
+
+    // After a restart the interrupted delivery is made again (at least once).
+    let running = serve(dir.path(), &env);
+    wait_for_events(&received, "hang", 2).await;
+    let (status, _) = running.terminate();
+    assert!(status.success());
+}

@@ -28,6 +28,7 @@ pub fn entry(
         ip: addr.text(),
         credential: principal.credential(),
         detail: Default::default(),
+        events: Vec::new(),
     }
 }
 

@@ -75,6 +75,10 @@ pub async fn token(
         .throttle
         .attempt(&body.username, &address, Instant::now())
     {
+        state
+            .engine
+            .notifier
+            .login_failed_burst(&body.username, &address, crate::clock::now_ms());
         return Err(ApiError::new(ErrorCode::RateLimited)
             .message("Too many failed sign-ins.")
             .hint("wait for the time in Retry-After before trying again")

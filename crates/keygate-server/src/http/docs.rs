@@ -2,7 +2,7 @@
 
 use crate::config::ServerConfig;
 use crate::http::{
-    audit, auth, forward, free, keys, plans, projects, system, usage, users, verify,
+    audit, auth, forward, free, keys, plans, projects, system, usage, users, verify, webhooks,
 };
 use utoipa::OpenApi;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -26,6 +26,10 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
         usage::key_usage, usage::usage, forward::forward_auth,
         projects::list_projects, projects::create_project, projects::get_project, projects::rename_project,
         projects::delete_project, projects::put_member, projects::remove_member,
+        webhooks::create_webhook, webhooks::list_webhooks, webhooks::get_webhook,
+        webhooks::update_webhook, webhooks::delete_webhook, webhooks::rotate_secret,
+        webhooks::account_secret, webhooks::list_deliveries, webhooks::retry_delivery,
+        webhooks::send_test,
         system::healthz, system::readyz, system::metrics, openapi_json,
     ),
     tags(
@@ -40,6 +44,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
         (name = "gateway", description = "Forward auth for nginx, Traefik, Caddy and Envoy."),
         (name = "projects", description = "Projects and their members; project-level keys."),
         (name = "usage", description = "Decisions per key by outcome, for charts and billing."),
+        (name = "webhooks", description = "Signed event delivery: endpoints, secrets, deliveries."),
     )
 )]
 struct ApiDoc;

@@ -120,6 +120,8 @@ permissions! {
     PlansWrite => keygate_core::user::PLANS_WRITE,
     ProjectsRead => keygate_core::user::PROJECTS_READ,
     ProjectsWrite => keygate_core::user::PROJECTS_WRITE,
+    WebhooksRead => keygate_core::user::WEBHOOKS_READ,
+    WebhooksWrite => keygate_core::user::WEBHOOKS_WRITE,
 }
 
 /// A caller holding permission `P` (through a key's scopes and its owner's role, or a

@@ -84,6 +84,11 @@ pub async fn create_free_key(
         Some(format!("key:{}", record.id)),
     );
     entry.detail.insert("plan".into(), plan.name.clone().into());
+    entry.events.push(keygate_store::OutboxEvent::for_key(
+        "key.created",
+        &record,
+        now,
+    ));
     state.store.insert_free_key(&email, &record, &entry).await?;
     super::keys::sync_after_write(&state).await;
     Ok((

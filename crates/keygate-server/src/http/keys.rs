@@ -18,6 +18,7 @@ use keygate_api::keys::{
     SelfRotateRequest, UpdateKeyRequest,
 };
 use keygate_core::{KeyOrigin, KeyRecord, KeyState, UnixMillis};
+use keygate_store::OutboxEvent;
 use keygate_store::{KeyPage, KeyUpdate};
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -171,6 +172,8 @@ async fn check_limits(
 /// Applies this write to the index now, so the writer's next request sees it. If the
 /// store cannot be read right now, the poller applies it shortly.
 pub async fn sync_after_write(state: &AppState) {
+    // Any write may have queued webhook events.
+    state.webhook_wake.notify_one();
     if let Err(err) = state.feed.sync().await {
         tracing::warn!(error = %err, "change feed sync after a write failed; the poller will retry");
     }
@@ -245,12 +248,15 @@ pub async fn create_key(
     record.allowed_cidrs = body.allowed_cidrs.unwrap_or_default();
     record.project = project;
     let keep = state.engine.settings().keys_per_user;
-    let entry = audit::entry(
+    let mut entry = audit::entry(
         principal,
         &addr,
         "key.create",
         Some(format!("key:{}", record.id)),
     );
+    entry
+        .events
+        .push(OutboxEvent::for_key("key.created", &record, now));
     let revoked = state.store.insert_key(&record, keep, &entry).await?;
     sync_after_write(&state).await;
     tracing::info!(key_id = %record.id, start = %record.start, revoked_older = revoked.len(), "key created");
@@ -292,12 +298,15 @@ pub async fn import_key(
     check_grantable(principal, &spec.scopes)?;
     let mut record = mint::adopt(&body.key, &spec, now)?;
     record.owner = principal.user_id();
-    let entry = audit::entry(
+    let mut entry = audit::entry(
         principal,
         &addr,
         "key.import",
         Some(format!("key:{}", record.id)),
     );
+    entry
+        .events
+        .push(OutboxEvent::for_key("key.created", &record, now));
     let keep = state.engine.settings().keys_per_user;
     state.store.insert_key(&record, keep, &entry).await?;
     sync_after_write(&state).await;
@@ -472,14 +481,19 @@ pub async fn revoke_key(
     addr: ClientAddr,
     PathId(id): PathId,
 ) -> Result<Json<KeyView>, ApiError> {
-    visible_key(&state, caller.principal(), id).await?;
+    let existing = visible_key(&state, caller.principal(), id).await?;
     let now = now_ms();
-    let entry = audit::entry(
+    let mut entry = audit::entry(
         caller.principal(),
         &addr,
         "key.revoke",
         Some(format!("key:{id}")),
     );
+    if existing.revoked_at.is_none() {
+        entry
+            .events
+            .push(OutboxEvent::for_key("key.revoked", &existing, now));
+    }
     let record = state
         .store
         .revoke_key(id, &entry)
@@ -612,6 +626,12 @@ async fn rotate(
     entry
         .detail
         .insert("grace_seconds".into(), grace_seconds.into());
+    let mut event = OutboxEvent::for_key("key.rotated", &old, now);
+    event.payload["data"]["replacement"] = serde_json::json!({
+        "id": replacement.id, "start": replacement.start,
+    });
+    event.payload["data"]["grace_seconds"] = grace_seconds.into();
+    entry.events.push(event);
     let previous = state
         .store
         .rotate_key(id, &replacement, now.saturating_add(grace_ms), &entry)

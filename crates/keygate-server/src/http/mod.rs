@@ -17,6 +17,7 @@ pub mod system;
 pub mod usage;
 pub mod users;
 pub mod verify;
+pub mod webhooks;
 
 use crate::AppState;
 use axum::Router;
@@ -119,6 +120,30 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/v1/plans/{id}",
             get(plans::get_plan).patch(plans::update_plan),
+        )
+        .route(
+            "/api/v1/webhooks",
+            get(webhooks::list_webhooks).post(webhooks::create_webhook),
+        )
+        .route("/api/v1/webhooks/secret", post(webhooks::account_secret))
+        .route(
+            "/api/v1/webhooks/{id}",
+            get(webhooks::get_webhook)
+                .patch(webhooks::update_webhook)
+                .delete(webhooks::delete_webhook),
+        )
+        .route(
+            "/api/v1/webhooks/{id}/secret",
+            post(webhooks::rotate_secret),
+        )
+        .route("/api/v1/webhooks/{id}/test", post(webhooks::send_test))
+        .route(
+            "/api/v1/webhooks/{id}/deliveries",
+            get(webhooks::list_deliveries),
+        )
+        .route(
+            "/api/v1/webhooks/{id}/deliveries/{delivery_id}/retry",
+            post(webhooks::retry_delivery),
         )
         .route("/healthz", get(system::healthz))
         .route("/readyz", get(system::readyz))

@@ -228,12 +228,16 @@ pub async fn regenerate_global_key(
         ..Default::default()
     };
     let (key, replacement) = crate::mint::mint(&spec, now)?;
-    let entry = audit::entry(
+    let mut entry = audit::entry(
         caller.principal(),
         &addr,
         "key.regenerate",
         Some(format!("key:{}", old.id)),
     );
+    let mut event = keygate_store::OutboxEvent::for_key("key.rotated", &old, now);
+    event.payload["data"]["replacement"] =
+        serde_json::json!({"id": replacement.id, "start": replacement.start});
+    entry.events.push(event);
     state
         .store
         .rotate_key(old.id, &replacement, now, &entry)
@@ -242,6 +246,7 @@ pub async fn regenerate_global_key(
     if let Err(err) = state.feed.sync().await {
         tracing::warn!(error = %err, "change feed sync after regenerating the global key failed");
     }
+    state.webhook_wake.notify_one();
     tracing::info!(key_id = %replacement.id, "global key regenerated");
     Ok(Json(global_key_view(&replacement, Some(key), true)))
 }

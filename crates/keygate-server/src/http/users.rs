@@ -136,6 +136,9 @@ pub async fn create_user(
     entry
         .detail
         .insert("role".into(), record.role.as_str().into());
+    entry
+        .events
+        .push(crate::webhooks::Notifier::user_created_event(&record, now));
     state.store.create_user(&record, &hash, &entry).await?;
     super::keys::sync_after_write(&state).await;
     tracing::info!(user_id = %record.id, "user created");

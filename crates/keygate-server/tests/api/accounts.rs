@@ -187,7 +187,14 @@ async fn users_and_permissions() {
         .expect("user role");
     assert_eq!(
         user_role["permissions"],
-        json!(["keys:read", "keys:write", "projects:read", "projects:write"])
+        json!([
+            "keys:read",
+            "keys:write",
+            "projects:read",
+            "projects:write",
+            "webhooks:read",
+            "webhooks:write"
+        ])
     );
 
     // Promote, update email, disable, delete.
