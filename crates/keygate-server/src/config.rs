@@ -27,6 +27,8 @@ pub struct ServerConfig {
     pub client_ip_header: String,
     /// The plan (by name) of self-service free keys; `None` turns `POST /keys/free` off.
     pub free_key_plan: Option<String>,
+    /// A free key comes with a user account that owns it (ChangeThisFile's accounts).
+    pub free_key_accounts: bool,
     /// Free keys one client address may create per hour.
     pub free_keys_per_address: u32,
     /// Routes that act outside any project, so a user-level key needs no project header
@@ -82,6 +84,7 @@ impl Default for ServerConfig {
             project_exempt_paths: Vec::new(),
             free_key_plan: None,
             free_keys_per_address: 5,
+            free_key_accounts: false,
             usage_minute_retention: Duration::from_secs(7 * 86_400),
             usage_hour_retention: Duration::from_secs(90 * 86_400),
             upstream: None,

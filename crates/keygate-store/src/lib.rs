@@ -335,12 +335,14 @@ pub trait Store: WebhookStore + Send + Sync + 'static {
         audit: &AuditEntry,
     ) -> Result<bool>;
 
-    /// Stores a free key for a normalised email; [`StoreError::Conflict`] if that email
-    /// already has one.
+    /// Stores a free key for a normalised email, with the account that owns it if one is
+    /// given (user and password hash), in one transaction; [`StoreError::Conflict`] if that
+    /// email already has a free key (or the account's username is taken).
     async fn insert_free_key(
         &self,
         email: &str,
         record: &KeyRecord,
+        account: Option<(&UserRecord, &str)>,
         audit: &AuditEntry,
     ) -> Result<()>;
 

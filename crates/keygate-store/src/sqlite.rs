@@ -231,6 +231,44 @@ async fn insert_key_tx(tx: &mut Transaction<'static, Sqlite>, r: &KeyRecord) -> 
     record_change(tx, Entity::Key, &r.id.to_string(), "insert", r.created_at).await
 }
 
+async fn insert_user_tx(
+    tx: &mut Transaction<'static, Sqlite>,
+    user: &UserRecord,
+    password_hash: &str,
+) -> Result<()> {
+    let result = sqlx::query(
+        "INSERT INTO users (id, username, username_key, email, password_hash, role, disabled, \
+         created_at, updated_at, last_login_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(user.id.to_string())
+    .bind(&user.username)
+    .bind(user.username.to_lowercase())
+    .bind(&user.email)
+    .bind(password_hash)
+    .bind(user.role.as_str())
+    .bind(user.disabled)
+    .bind(user.created_at)
+    .bind(user.updated_at)
+    .bind(user.last_login_at)
+    .execute(&mut **tx)
+    .await;
+    match result {
+        Ok(_) => {}
+        Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+            return Err(StoreError::Conflict("this username is taken".into()));
+        }
+        Err(err) => return Err(err.into()),
+    }
+    record_change(
+        tx,
+        Entity::User,
+        &user.id.to_string(),
+        "insert",
+        user.created_at,
+    )
+    .await
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn load_keys(&self) -> Result<(Vec<KeyRecord>, u64)> {
@@ -612,37 +650,7 @@ impl Store for SqliteStore {
         audit: &AuditEntry,
     ) -> Result<()> {
         let mut tx = self.write_tx().await?;
-        let result = sqlx::query(
-            "INSERT INTO users (id, username, username_key, email, password_hash, role, disabled, \
-             created_at, updated_at, last_login_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(user.id.to_string())
-        .bind(&user.username)
-        .bind(user.username.to_lowercase())
-        .bind(&user.email)
-        .bind(password_hash)
-        .bind(user.role.as_str())
-        .bind(user.disabled)
-        .bind(user.created_at)
-        .bind(user.updated_at)
-        .bind(user.last_login_at)
-        .execute(&mut *tx)
-        .await;
-        match result {
-            Ok(_) => {}
-            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
-                return Err(StoreError::Conflict("this username is taken".into()));
-            }
-            Err(err) => return Err(err.into()),
-        }
-        record_change(
-            &mut tx,
-            Entity::User,
-            &user.id.to_string(),
-            "insert",
-            user.created_at,
-        )
-        .await?;
+        insert_user_tx(&mut tx, user, password_hash).await?;
         audit_tx(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(())
@@ -1324,9 +1332,13 @@ impl Store for SqliteStore {
         &self,
         email: &str,
         record: &KeyRecord,
+        account: Option<(&UserRecord, &str)>,
         audit: &AuditEntry,
     ) -> Result<()> {
         let mut tx = self.write_tx().await?;
+        if let Some((user, password_hash)) = account {
+            insert_user_tx(&mut tx, user, password_hash).await?;
+        }
         let result =
             sqlx::query("INSERT INTO free_keys (email, key_id, created_at) VALUES (?, ?, ?)")
                 .bind(email)

@@ -58,6 +58,8 @@ pub struct FileConfig {
     pub key_prefix: Option<String>,
     /// Scopes of a user's key created without any (file only; default none).
     pub user_key_scopes: Option<Vec<String>>,
+    /// A free key comes with an account that owns it (file only; default false).
+    pub free_key_accounts: Option<bool>,
     /// Status codes, messages and body style of refusals (`[errors]`, file only).
     pub errors: Option<ErrorPolicy>,
     /// Extra paths for keygate's endpoints: `"/api/accounts/token/" = "/api/v1/auth/token"`.
@@ -238,6 +240,7 @@ pub struct Effective {
     pub upstream_preserve_host: bool,
     pub key_prefix: String,
     pub user_key_scopes: Vec<String>,
+    pub free_key_accounts: bool,
     pub errors: ErrorPolicy,
     pub aliases: std::collections::BTreeMap<String, String>,
     pub settings: Option<SettingsPatch>,
@@ -325,6 +328,7 @@ impl Effective {
             }),
             key_prefix: self.key_prefix.clone(),
             user_key_scopes: self.user_key_scopes.clone(),
+            free_key_accounts: self.free_key_accounts,
             webhooks: self.webhooks.clone(),
             errors: self.errors.clone(),
             // Checked by `resolve`.
@@ -772,6 +776,7 @@ pub fn resolve(file: &FileConfig, over: &Overrides) -> Result<Effective, Vec<Str
             .unwrap_or(upstream_defaults.preserve_host),
         key_prefix,
         user_key_scopes,
+        free_key_accounts: file.free_key_accounts.unwrap_or(false),
         errors: error_policy,
         aliases: file.aliases.clone().unwrap_or_default(),
         settings: file.settings.clone(),

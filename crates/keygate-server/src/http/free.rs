@@ -77,6 +77,33 @@ pub async fn create_free_key(
     };
     let (key, mut record) = mint::mint(&spec, now)?;
     record.plan = Some(plan.id);
+    // With `free_key_accounts`, the key comes with an account of its own (named after the
+    // email, no password anyone knows), so it can do what an account does — manage its
+    // keys and webhooks — within the user role.
+    let account = if state.config.free_key_accounts {
+        let username = if keygate_core::user::validate_username(&email).is_ok() {
+            email.clone()
+        } else {
+            format!("free-{}", &record.id.simple().to_string()[..12])
+        };
+        let user = keygate_core::UserRecord {
+            id: uuid::Uuid::now_v7(),
+            username,
+            email: Some(email.clone()),
+            role: keygate_core::Role::User,
+            disabled: false,
+            created_at: now,
+            updated_at: now,
+            last_login_at: None,
+        };
+        let unknown = crate::passwords::generate_password().map_err(|e| ApiError::internal(&e))?;
+        let hash = super::users::hash_password(&state, unknown).await?;
+        record.owner = Some(user.id);
+        record.scopes = state.config.user_key_scopes.clone();
+        Some((user, hash))
+    } else {
+        None
+    };
     let mut entry = audit::entry(
         &Principal::Open,
         &addr,
@@ -89,7 +116,20 @@ pub async fn create_free_key(
         &record,
         now,
     ));
-    state.store.insert_free_key(&email, &record, &entry).await?;
+    if let Some((user, _)) = &account {
+        entry
+            .events
+            .push(crate::webhooks::Notifier::user_created_event(user, now));
+    }
+    state
+        .store
+        .insert_free_key(
+            &email,
+            &record,
+            account.as_ref().map(|(user, hash)| (user, hash.as_str())),
+            &entry,
+        )
+        .await?;
     super::keys::sync_after_write(&state).await;
     Ok((
         StatusCode::CREATED,

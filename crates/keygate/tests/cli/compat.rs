@@ -666,6 +666,35 @@ async fn changethisfile_preset() {
         assert_eq!(status, 200);
     }
 
+    // POST /v1/webhooks/secret: a whsec_ signing secret for the key's account.
+    let (status, _, secret) = p
+        .send(
+            Method::POST,
+            "/v1/webhooks/secret",
+            &[("authorization", &new_bearer)],
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 200, "{secret}");
+    assert!(
+        secret["secret"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("whsec_")),
+        "{secret}"
+    );
+    // It is not an API key, and keygate says so.
+    let whsec = format!("Bearer {}", secret["secret"].as_str().unwrap_or_default());
+    let (status, _, body) = p
+        .send(Method::GET, "/v1/usage", &[("authorization", &whsec)], None)
+        .await;
+    assert_eq!(status, 401, "{body}");
+    assert!(
+        body["error"]["hint"]
+            .as_str()
+            .is_some_and(|h| h.contains("webhook signing secret")),
+        "{body}"
+    );
+
     // The free tier's throttle, 10 a minute (carried over by the rotation): then 429
     // rate_limited with Retry-After.
     let mut allowed = 0;
