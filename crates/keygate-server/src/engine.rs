@@ -597,6 +597,21 @@ fn refusal(code: DecisionCode, hint: String) -> Decision {
     }
 }
 
+/// Counts a decision by code. The counter handles are made once (after the recorder is
+/// installed): looking a labelled counter up per request is a hash and a lock.
 fn count_outcome(code: DecisionCode) {
-    metrics::counter!("keygate_decisions_total", "code" => code.as_str()).increment(1);
+    static COUNTERS: std::sync::OnceLock<Vec<metrics::Counter>> = std::sync::OnceLock::new();
+    let counters = COUNTERS.get_or_init(|| {
+        DecisionCode::ALL
+            .iter()
+            .map(|c| metrics::counter!("keygate_decisions_total", "code" => c.as_str()))
+            .collect()
+    });
+    if let Some(counter) = DecisionCode::ALL
+        .iter()
+        .position(|c| *c == code)
+        .and_then(|i| counters.get(i))
+    {
+        counter.increment(1);
+    }
 }

@@ -29,9 +29,21 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 use tokio::net::TcpListener;
 
-/// What request handlers share.
+/// What request handlers share: one `Arc`, so the per-request clones axum makes of the
+/// state cost one reference count, not one per field.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The fields behind [`AppState`].
+pub struct Shared {
     pub engine: Arc<Engine>,
     pub store: Arc<dyn Store>,
     pub feed: Arc<Feed>,
@@ -110,7 +122,7 @@ impl Server {
         tracing::info!(keys = engine.index().len(), seq, "key index loaded");
         let feed = Arc::new(Feed::new(Arc::clone(&engine), Arc::clone(&store)));
         Ok(Self {
-            state: AppState {
+            state: AppState(Arc::new(Shared {
                 engine,
                 store,
                 feed,
@@ -126,7 +138,7 @@ impl Server {
                     .upstream
                     .clone()
                     .map(|u| Arc::new(http::proxy::Upstream::new(u))),
-            },
+            })),
         })
     }
 

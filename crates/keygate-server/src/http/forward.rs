@@ -11,9 +11,8 @@ use crate::clock::now_ms;
 use crate::engine::Principal;
 use crate::http::context::set_request_limits;
 use crate::http::error::ApiError;
-use crate::http::extract::ClientAddr;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use keygate_core::route::{Access, ProjectRule, policy_for};
 
@@ -38,15 +37,19 @@ fn header<'a>(headers: &'a HeaderMap, names: &[&str]) -> Option<&'a str> {
     security(("api_key" = []), ("bearer" = []))
 )]
 /// Any method is accepted: proxies forward the original one or send their own.
+// The whole request is taken by value and read by reference: the hot path copies no
+// header map.
 pub async fn forward_auth(
     State(state): State<AppState>,
-    method: Method,
-    uri: Uri,
-    addr: ClientAddr,
-    headers: HeaderMap,
+    request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
+    let client_ip = state
+        .config
+        .client_ip(crate::http::extract::peer_ip_of(&request), request.headers());
+    let (parts, _) = request.into_parts();
+    let (method, uri, headers) = (&parts.method, &parts.uri, &parts.headers);
     let original_method =
-        header(&headers, &["x-forwarded-method", "x-original-method"]).unwrap_or(method.as_str());
+        header(headers, &["x-forwarded-method", "x-original-method"]).unwrap_or(method.as_str());
     // The original URI: from the proxy's header, else whatever follows our own path (the
     // form Envoy's path_prefix produces), else the request's URI itself.
     let suffix = uri
@@ -55,10 +58,10 @@ pub async fn forward_auth(
         .and_then(|pq| pq.strip_prefix("/api/v1/forward-auth"))
         .filter(|rest| rest.starts_with('/'))
         .and_then(|rest| rest.parse::<Uri>().ok());
-    let original_uri: Uri = header(&headers, &["x-forwarded-uri", "x-original-uri"])
+    let original_uri: Uri = header(headers, &["x-forwarded-uri", "x-original-uri"])
         .and_then(|u| u.parse().ok())
         .or(suffix)
-        .unwrap_or(uri);
+        .unwrap_or_else(|| uri.clone());
     let path = original_uri.path();
     let policy = policy_for(&state.config.routes, original_method, path);
     if policy.is_some_and(|p| p.access == Access::Public) {
@@ -68,11 +71,10 @@ pub async fn forward_auth(
         .map(|p| p.scopes.iter().map(String::as_str).collect())
         .unwrap_or_default();
     let project_required = policy.is_some_and(|p| p.project == ProjectRule::Required);
-    let client_ip = addr.0;
     let principal = state
         .engine
         .authenticate_route(
-            &headers,
+            headers,
             original_uri.query(),
             &scopes,
             client_ip,
