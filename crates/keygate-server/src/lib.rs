@@ -55,6 +55,8 @@ pub struct Shared {
     pub free_key_throttle: Arc<throttle::Throttle>,
     /// Reverse-proxy mode's client to the app, when an upstream is configured.
     pub upstream: Option<Arc<http::proxy::Upstream>>,
+    /// TLS for https webhook receivers.
+    pub webhook_tls: Arc<rustls::ClientConfig>,
     /// Rung after writes that enqueue webhook events, so delivery starts at once.
     pub webhook_wake: Arc<tokio::sync::Notify>,
     /// The deployment's error style; `None` when it is keygate's own.
@@ -121,6 +123,8 @@ impl Server {
             Arc::new(Engine::new(&config, snapshot, tokens, now).map_err(StartError::Config)?);
         tracing::info!(keys = engine.index().len(), seq, "key index loaded");
         let feed = Arc::new(Feed::new(Arc::clone(&engine), Arc::clone(&store)));
+        let webhook_tls =
+            webhooks::tls_config(config.webhooks.ca_file.as_deref()).map_err(StartError::Config)?;
         Ok(Self {
             state: AppState(Arc::new(Shared {
                 engine,
@@ -132,6 +136,7 @@ impl Server {
                 throttle,
                 free_key_throttle,
                 webhook_wake: Arc::new(tokio::sync::Notify::new()),
+                webhook_tls,
                 error_policy: (config.errors != http::error::ErrorPolicy::default())
                     .then(|| Arc::new(config.errors.clone())),
                 upstream: config
@@ -184,6 +189,7 @@ impl Server {
             store: Arc::clone(&state.store),
             engine: Arc::clone(&state.engine),
             config: state.config.webhooks.clone(),
+            tls: Arc::clone(&state.webhook_tls),
             wake: Arc::clone(&state.webhook_wake),
         });
         let deliverer = tokio::spawn(deliverer.run(stop_rx));

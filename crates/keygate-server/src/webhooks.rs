@@ -9,6 +9,9 @@
 
 use crate::clock::now_ms;
 use crate::engine::Engine;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 use keygate_core::UnixMillis;
 use keygate_core::webhook::{self as signing, address_allowed, retry_delay_ms};
 use keygate_store::Store;
@@ -39,6 +42,8 @@ pub struct WebhookConfig {
     pub quota_threshold_percent: u64,
     /// How often the worker looks for due deliveries when nothing wakes it.
     pub poll_interval: Duration,
+    /// PEM certificates trusted for https receivers besides the system's (an internal CA).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for WebhookConfig {
@@ -53,6 +58,7 @@ impl Default for WebhookConfig {
             expiring_lead: Duration::from_secs(7 * 86_400),
             quota_threshold_percent: 80,
             poll_interval: Duration::from_secs(1),
+            ca_file: None,
         }
     }
 }
@@ -241,6 +247,8 @@ pub struct Deliverer {
     pub store: Arc<dyn Store>,
     pub engine: Arc<Engine>,
     pub config: WebhookConfig,
+    /// TLS for https receivers (see [`tls_config`]).
+    pub tls: Arc<rustls::ClientConfig>,
     /// Rung after a write that enqueued events, so they go out at once.
     pub wake: Arc<Notify>,
 }
@@ -295,7 +303,8 @@ impl Deliverer {
             let mut attempts = tokio::task::JoinSet::new();
             for delivery in due {
                 let config = self.config.clone();
-                attempts.spawn(async move { attempt(&config, delivery).await });
+                let tls = Arc::clone(&self.tls);
+                attempts.spawn(async move { attempt(&config, &tls, delivery).await });
             }
             while let Some(outcome) = attempts.join_next().await {
                 let Ok(outcome) = outcome else { continue };
@@ -342,45 +351,126 @@ impl Deliverer {
     }
 }
 
-/// Why an address or URL is refused, for the delivery's `last_error`.
+/// The address an attempt connects to: the URL's host resolved now and checked against
+/// the SSRF rules (every address the name has must pass). `Err` says why not.
 async fn resolve_allowed(
-    url: &reqwest::Url,
+    uri: &axum::http::Uri,
     allow_private: bool,
-) -> Result<Option<std::net::SocketAddr>, String> {
-    let host = url.host_str().ok_or("the URL names no host")?;
-    let port = url.port_or_known_default().ok_or("the URL names no port")?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
-        return if address_allowed(ip, allow_private) {
-            Ok(None)
+) -> Result<std::net::SocketAddr, String> {
+    let host = uri.host().ok_or("the URL names no host")?;
+    let port = uri
+        .port_u16()
+        .unwrap_or(if uri.scheme_str() == Some("https") {
+            443
         } else {
-            Err(format!("the address {ip} is not allowed for webhooks"))
-        };
-    }
-    let addresses: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host, port))
-        .await
-        .map_err(|e| format!("{host} did not resolve: {e}"))?
-        .collect();
-    // Every address the name has must be allowed: otherwise a name could point at both a
-    // public and an internal address and win the race.
-    match addresses
+            80
+        });
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let addresses: Vec<std::net::SocketAddr> = match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => vec![std::net::SocketAddr::new(ip, port)],
+        Err(_) => tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|e| format!("{host} did not resolve: {e}"))?
+            .collect(),
+    };
+    // Otherwise a name could point at both a public and an internal address and win the race.
+    if let Some(bad) = addresses
         .iter()
         .find(|a| !address_allowed(a.ip(), allow_private))
     {
-        Some(bad) => Err(format!(
+        return Err(format!(
             "{host} resolves to {}, which is not allowed for webhooks",
             bad.ip()
-        )),
-        None => addresses
-            .first()
-            .copied()
-            .map(Some)
-            .ok_or_else(|| format!("{host} has no address")),
+        ));
+    }
+    addresses
+        .first()
+        .copied()
+        .ok_or_else(|| format!("{host} has no address"))
+}
+
+/// A resolver that answers with the one address already checked, so the connection goes
+/// exactly there (a name that changes its answer between the check and the connect — DNS
+/// rebinding — cannot redirect it).
+#[derive(Clone)]
+struct Pinned(std::net::SocketAddr);
+
+impl tower::Service<hyper_util::client::legacy::connect::dns::Name> for Pinned {
+    type Response = std::iter::Once<std::net::SocketAddr>;
+    type Error = std::io::Error;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: hyper_util::client::legacy::connect::dns::Name) -> Self::Future {
+        std::future::ready(Ok(std::iter::once(self.0)))
     }
 }
 
+/// TLS for https receivers: the system's trusted roots plus those of `ca_file`, ring as
+/// the crypto provider.
+pub fn tls_config(ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for error in &native.errors {
+        tracing::warn!(%error, "a system CA certificate could not be loaded");
+    }
+    roots.add_parsable_certificates(native.certs);
+    if let Some(path) = ca_file {
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+            .and_then(|certs| certs.collect::<Result<_, _>>())
+            .map_err(|e| format!("webhook_ca_file {}: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!(
+                "webhook_ca_file {}: no PEM certificate in it",
+                path.display()
+            ));
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| format!("webhook_ca_file {}: {e}", path.display()))?;
+        }
+    }
+    if roots.is_empty() {
+        tracing::warn!("no trusted CA certificates found: https webhooks will fail");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| format!("TLS: {e}"))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// The error and its causes in one line (TLS and connect errors hide the useful part in
+/// the source chain). Holds no secret: only what went wrong on the wire.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// One attempt at one delivery.
-async fn attempt(config: &WebhookConfig, due: DueDelivery) -> AttemptOutcome {
+async fn attempt(
+    config: &WebhookConfig,
+    tls: &rustls::ClientConfig,
+    due: DueDelivery,
+) -> AttemptOutcome {
     let started = Instant::now();
     let now = now_ms();
     let delivery = &due.delivery;
@@ -419,42 +509,38 @@ async fn attempt(config: &WebhookConfig, due: DueDelivery) -> AttemptOutcome {
         outcome.error = Some("the endpoint is disabled".into());
         return outcome;
     }
-    let url = match reqwest::Url::parse(&endpoint.url) {
-        Ok(url) if matches!(url.scheme(), "http" | "https") => url,
+    let uri = match endpoint.url.parse::<axum::http::Uri>() {
+        Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) => uri,
         _ => {
             outcome.error = Some("the endpoint URL is not an http or https URL".into());
             return outcome;
         }
     };
-    let pinned = match resolve_allowed(&url, config.allow_private).await {
-        Ok(pinned) => pinned,
+    let address = match resolve_allowed(&uri, config.allow_private).await {
+        Ok(address) => address,
         Err(why) => {
             // A name that does not resolve may resolve later; a refused address will not.
-            if why.contains("not allowed") {
-                outcome.error = Some(why);
-            } else {
-                outcome.error = Some(why);
+            let refused = why.contains("not allowed");
+            outcome.error = Some(why);
+            if !refused {
                 retry(&mut outcome, None);
             }
             return outcome;
         }
     };
-    let mut client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(config.timeout)
-        .user_agent(concat!("keygate-webhooks/", env!("CARGO_PKG_VERSION")));
-    // Connect to the address that was checked, not whatever the name resolves to next.
-    if let (Some(address), Some(host)) = (pinned, url.host_str()) {
-        client = client.resolve(host, address);
-    }
-    let client = match client.build() {
-        Ok(client) => client,
-        Err(err) => {
-            outcome.error = Some(format!("HTTP client: {err}"));
-            retry(&mut outcome, None);
-            return outcome;
-        }
-    };
+    let mut http = HttpConnector::new_with_resolver(Pinned(address));
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(config.timeout));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls.clone())
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    // One connection per attempt: nothing pooled to an endpoint outlives its check.
+    let client: Client<_, axum::body::Body> = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(0)
+        .build(https);
+
     let body = serde_json::to_vec(&due.payload).unwrap_or_default();
     let timestamp = now / 1000;
     let secrets = endpoint.signing_secrets(now);
@@ -462,9 +548,12 @@ async fn attempt(config: &WebhookConfig, due: DueDelivery) -> AttemptOutcome {
         .iter()
         .filter_map(|s| signing::sign(s, &delivery.event_id, timestamp, &body).ok())
         .collect();
-    let mut request = client
-        .post(url)
+    let mut request = axum::http::Request::post(uri)
         .header("content-type", "application/json")
+        .header(
+            "user-agent",
+            concat!("keygate-webhooks/", env!("CARGO_PKG_VERSION")),
+        )
         .header("webhook-id", &delivery.event_id)
         .header("webhook-timestamp", timestamp.to_string())
         .header("webhook-signature", signatures.join(" "));
@@ -473,10 +562,18 @@ async fn attempt(config: &WebhookConfig, due: DueDelivery) -> AttemptOutcome {
     {
         request = request.header(name.as_str(), value);
     }
-    let response = request.body(body).send().await;
+    let request = match request.body(axum::body::Body::from(body)) {
+        Ok(request) => request,
+        Err(err) => {
+            outcome.error = Some(format!("the request could not be built: {err}"));
+            return outcome;
+        }
+    };
+    let response = tokio::time::timeout(config.timeout, client.request(request)).await;
     outcome.latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     match response {
-        Ok(response) => {
+        Ok(Ok(response)) => {
+            // The body is not read: receivers' answers are not keygate's business.
             let status = response.status();
             outcome.status_code = Some(status.as_u16());
             if status.is_success() {
@@ -485,7 +582,7 @@ async fn attempt(config: &WebhookConfig, due: DueDelivery) -> AttemptOutcome {
                 outcome.error = Some("the endpoint answered 410 Gone; it was disabled".into());
                 outcome.disable_endpoint = Some("the endpoint answered 410 Gone".into());
             } else {
-                let retry_after = (matches!(status.as_u16(), 429 | 503))
+                let retry_after = matches!(status.as_u16(), 429 | 503)
                     .then(|| {
                         response
                             .headers()
@@ -502,14 +599,16 @@ async fn attempt(config: &WebhookConfig, due: DueDelivery) -> AttemptOutcome {
                 retry(&mut outcome, retry_after);
             }
         }
-        Err(err) => {
-            outcome.error = Some(if err.is_timeout() {
-                format!("no answer within {} s", config.timeout.as_secs())
-            } else if err.is_connect() {
-                "could not connect to the endpoint".into()
+        Ok(Err(err)) => {
+            outcome.error = Some(if err.is_connect() {
+                format!("could not connect: {}", error_chain(&err))
             } else {
-                "the request failed".into()
+                format!("the request failed: {}", error_chain(&err))
             });
+            retry(&mut outcome, None);
+        }
+        Err(_) => {
+            outcome.error = Some(format!("no answer within {} s", config.timeout.as_secs()));
             retry(&mut outcome, None);
         }
     }

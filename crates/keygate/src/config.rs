@@ -77,6 +77,7 @@ pub struct FileConfig {
     pub webhook_expiring_lead: Option<String>,
     /// Quota use in percent that sends `quota.threshold` (file only; default 80).
     pub webhook_quota_threshold_percent: Option<u64>,
+    pub webhook_ca_file: Option<PathBuf>,
 }
 
 /// The same settings from flags or the environment (already merged by clap).
@@ -194,6 +195,9 @@ pub struct Overrides {
     /// How long before a key expires `key.expiring` is sent, e.g. 168h.
     #[arg(long, env = "KEYGATE_WEBHOOK_EXPIRING_LEAD", value_name = "DURATION")]
     pub webhook_expiring_lead: Option<String>,
+    /// PEM file of CA certificates trusted for https webhook receivers, besides the system's.
+    #[arg(long, env = "KEYGATE_WEBHOOK_CA_FILE", value_name = "FILE")]
+    pub webhook_ca_file: Option<PathBuf>,
 }
 
 /// The effective configuration.
@@ -730,8 +734,17 @@ pub fn resolve(file: &FileConfig, over: &Overrides) -> Result<Effective, Vec<Str
         quota_threshold_percent: file
             .webhook_quota_threshold_percent
             .unwrap_or(webhook_defaults.quota_threshold_percent),
+        ca_file: over
+            .webhook_ca_file
+            .clone()
+            .or_else(|| file.webhook_ca_file.clone()),
         ..webhook_defaults
     };
+    if let Some(path) = &webhooks.ca_file
+        && let Err(e) = keygate_server::webhooks::tls_config(Some(path))
+    {
+        errors.push(e);
+    }
     if !(1..=100).contains(&webhooks.quota_threshold_percent) {
         errors.push("webhook_quota_threshold_percent: must be 1 to 100".into());
     }

@@ -43,9 +43,10 @@ pub async fn forward_auth(
     State(state): State<AppState>,
     request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
-    let client_ip = state
-        .config
-        .client_ip(crate::http::extract::peer_ip_of(&request), request.headers());
+    let client_ip = state.config.client_ip(
+        crate::http::extract::peer_ip_of(&request),
+        request.headers(),
+    );
     let (parts, _) = request.into_parts();
     let (method, uri, headers) = (&parts.method, &parts.uri, &parts.headers);
     let original_method =

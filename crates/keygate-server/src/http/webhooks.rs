@@ -97,16 +97,18 @@ async fn visible_endpoint(
 
 fn validate_url(state: &AppState, url: &str) -> Result<String, ApiError> {
     let url = url.trim();
-    let parsed = reqwest::Url::parse(url).map_err(|_| ApiError::invalid("`url` is not a URL."))?;
-    if !matches!(parsed.scheme(), "http" | "https") {
+    let parsed: axum::http::Uri = url
+        .parse()
+        .map_err(|_| ApiError::invalid("`url` is not a URL."))?;
+    if !matches!(parsed.scheme_str(), Some("http" | "https")) {
         return Err(ApiError::invalid(
             "`url` must be an http:// or https:// URL.",
         ));
     }
-    let Some(host) = parsed.host_str() else {
+    let Some(host) = parsed.host().filter(|h| !h.is_empty()) else {
         return Err(ApiError::invalid("`url` names no host."));
     };
-    if !parsed.username().is_empty() || parsed.password().is_some() {
+    if parsed.authority().is_some_and(|a| a.as_str().contains('@')) {
         return Err(ApiError::invalid(
             "`url` must not carry credentials; receivers verify the signature instead.",
         ));

@@ -627,3 +627,113 @@ async fn hot_path_events_are_coalesced_and_users_see_their_own_endpoints() {
         .expect("send");
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
 }
+
+/// An https receiver with the test certificate (`tests/fixtures`, for localhost and
+/// 127.0.0.1); records the bodies it gets.
+async fn tls_receiver() -> (String, Arc<Mutex<Vec<Vec<u8>>>>) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    let certs = CertificateDer::pem_file_iter(format!("{fixtures}/receiver-cert.pem"))
+        .expect("cert file")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("certs");
+    let key = PrivateKeyDer::from_pem_file(format!("{fixtures}/receiver-key.pem")).expect("key");
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!(
+        "https://localhost:{}/tls",
+        listener.local_addr().expect("addr").port()
+    );
+    let bodies = Arc::new(Mutex::new(Vec::new()));
+    let recorder = Arc::clone(&bodies);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let recorder = Arc::clone(&recorder);
+            tokio::spawn(async move {
+                let Ok(stream) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(
+                    move |request: axum::extract::Request<hyper::body::Incoming>| {
+                        let recorder = Arc::clone(&recorder);
+                        async move {
+                            let body = axum::body::to_bytes(
+                                axum::body::Body::new(request.into_body()),
+                                usize::MAX,
+                            )
+                            .await
+                            .unwrap_or_default();
+                            recorder.lock().expect("lock").push(body.to_vec());
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(String::new()))
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (url, bodies)
+}
+
+#[tokio::test]
+async fn https_receivers_need_a_trusted_certificate() {
+    let (url, bodies) = tls_receiver().await;
+    let ca = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/receiver-cert.pem"
+    );
+
+    // Without trusting the receiver's certificate: refused at the handshake, not sent.
+    let server = TestServer::start_with(webhook_config(true)).await;
+    let (endpoint, _) = server.webhook(json!({"url": url})).await;
+    server.create_key(json!({"name": "untrusted"})).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, list) = server
+            .admin_get(&format!("/api/v1/webhooks/{endpoint}/deliveries"))
+            .await;
+        let delivery = &list["deliveries"][0];
+        if delivery["attempts"].as_u64().unwrap_or(0) >= 1 {
+            let error = delivery["last_error"].as_str().expect("error");
+            assert!(error.contains("certificate"), "{error}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{list}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(bodies.lock().expect("lock").is_empty());
+
+    // Trusting it (webhook_ca_file): delivered over TLS.
+    let mut config = webhook_config(true);
+    config.webhooks.ca_file = Some(ca.into());
+    let server = TestServer::start_with(config).await;
+    server
+        .webhook(json!({"url": url, "events": ["key.created"]}))
+        .await;
+    server.create_key(json!({"name": "trusted"})).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let delivered = bodies.lock().expect("lock").iter().any(|b| {
+            serde_json::from_slice::<Value>(b).is_ok_and(|v| v["data"]["name"] == "trusted")
+        });
+        if delivered {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no delivery over TLS");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
