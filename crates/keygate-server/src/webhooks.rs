@@ -44,6 +44,8 @@ pub struct WebhookConfig {
     pub poll_interval: Duration,
     /// PEM certificates trusted for https receivers besides the system's (an internal CA).
     pub ca_file: Option<std::path::PathBuf>,
+    /// How often keys are looked at for `key.expiring` / `key.expired`.
+    pub expiry_scan_interval: Duration,
 }
 
 impl Default for WebhookConfig {
@@ -59,6 +61,7 @@ impl Default for WebhookConfig {
             quota_threshold_percent: 80,
             poll_interval: Duration::from_secs(1),
             ca_file: None,
+            expiry_scan_interval: Duration::from_secs(30),
         }
     }
 }
@@ -257,8 +260,6 @@ pub struct Deliverer {
 const BATCH: u32 = 16;
 /// How long a claimed delivery stays with this node before another may take it.
 const LEASE: Duration = Duration::from_secs(60);
-/// How often expiring and expired keys are looked for.
-const EXPIRY_SCAN: Duration = Duration::from_secs(30);
 
 impl Deliverer {
     pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
@@ -271,7 +272,7 @@ impl Deliverer {
         }
         let mut last_scan: Option<Instant> = None;
         loop {
-            if last_scan.is_none_or(|at| at.elapsed() >= EXPIRY_SCAN) {
+            if last_scan.is_none_or(|at| at.elapsed() >= self.config.expiry_scan_interval) {
                 self.scan_expiry(now_ms()).await;
                 last_scan = Some(Instant::now());
             }

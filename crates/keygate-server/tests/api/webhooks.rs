@@ -108,6 +108,7 @@ fn webhook_config(allow_private: bool) -> ServerConfig {
             allow_private,
             retry_schedule: vec![0, 1, 1, 1],
             poll_interval: Duration::from_millis(50),
+            expiry_scan_interval: Duration::from_millis(100),
             failing_after: 2,
             ..WebhookConfig::default()
         },
@@ -736,4 +737,98 @@ async fn https_receivers_need_a_trusted_certificate() {
         assert!(Instant::now() < deadline, "no delivery over TLS");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test]
+async fn expiry_login_bursts_redirects_and_failing_endpoints() {
+    let (receiver, url) = Receiver::start().await;
+    let mut config = webhook_config(true);
+    config.throttle.max_failures_per_user = 2;
+    config.throttle.delay_step = Duration::ZERO;
+    config.throttle.delay_max = Duration::ZERO;
+    let server = TestServer::start_with(config).await;
+    let (endpoint, _) = server
+        .webhook(json!({"url": url, "events": [
+            "key.expiring", "key.expired", "auth.login_failed_burst", "webhook.test"
+        ]}))
+        .await;
+
+    // key.expiring within the lead time (7 days), once; key.expired after expiry, once.
+    let soon = time::OffsetDateTime::now_utc() + time::Duration::seconds(1);
+    let rfc3339 = |t: time::OffsetDateTime| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .expect("rfc3339")
+    };
+    let (_, created) = server
+        .create_key(json!({"name": "ephemeral", "expires_at": rfc3339(soon)}))
+        .await;
+    let expiring = receiver.wait_for("key.expiring", 1).await.remove(0);
+    assert_eq!(expiring.json()["data"]["id"], created["id"]);
+    let expired = receiver.wait_for("key.expired", 1).await.remove(0);
+    assert_eq!(expired.json()["data"]["id"], created["id"]);
+
+    // A burst of failed sign-ins: one event when the username is locked out.
+    for _ in 0..4 {
+        server
+            .request(Method::POST, "/api/v1/auth/token")
+            .json(&json!({"username": "admin", "password": "wrong-password-guess"}))
+            .send()
+            .await
+            .expect("send");
+    }
+    let burst = receiver
+        .wait_for("auth.login_failed_burst", 1)
+        .await
+        .remove(0);
+    assert_eq!(burst.json()["data"]["username"], "admin");
+    assert!(!String::from_utf8_lossy(&burst.body).contains("wrong-password-guess"));
+
+    // Redirects are not followed; two failures in a row show the endpoint as failing.
+    receiver.answer(302, None);
+    receiver.answer(500, None);
+    let (_, sent) = server
+        .admin_json(
+            Method::POST,
+            &format!("/api/v1/webhooks/{endpoint}/test"),
+            json!({}),
+        )
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let first = loop {
+        let (_, list) = server
+            .admin_get(&format!("/api/v1/webhooks/{endpoint}/deliveries"))
+            .await;
+        let found = list["deliveries"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .find(|d| d["event_id"] == sent["event_id"] && d["attempts"] == 1)
+            .cloned();
+        if let Some(found) = found {
+            break found;
+        }
+        assert!(Instant::now() < deadline, "{list}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(first["last_status_code"], 302);
+    assert!(
+        first["last_error"]
+            .as_str()
+            .expect("error")
+            .contains("redirects are not followed"),
+        "{first}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, view) = server
+            .admin_get(&format!("/api/v1/webhooks/{endpoint}"))
+            .await;
+        if view["status"] == "failing" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{view}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The third attempt succeeds; every attempt came to this receiver.
+    receiver.wait_for("webhook.test", 3).await;
 }
