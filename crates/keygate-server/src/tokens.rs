@@ -179,8 +179,9 @@ impl TokenKeys {
         let iat = u64::try_from(now / 1000).unwrap_or(0);
         let claims = Claims {
             sub: user.0.to_string(),
-            name: (typ == ACCESS).then(|| user.1.to_string()),
-            role: (typ == ACCESS).then_some(user.2),
+            // Refresh tokens carry no name or role: they are read back from the store.
+            name: (typ != REFRESH).then(|| user.1.to_string()),
+            role: (typ != REFRESH).then_some(user.2),
             iat,
             nbf: iat,
             exp: iat + ttl.as_secs(),

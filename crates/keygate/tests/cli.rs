@@ -933,6 +933,8 @@ async fn proxy_streams_a_gigabyte_upload_with_flat_memory() {
 
 #[path = "cli/compat.rs"]
 mod compat;
+#[path = "cli/dashboard.rs"]
+mod dashboard;
 
 /// A webhook receiver on loopback: records every body; the first request for a key named
 /// "hang" is never answered (keygate is then mid-delivery).

@@ -70,6 +70,24 @@ pub async fn token(
     addr: ClientAddr,
     JsonBody(body): JsonBody<TokenRequest>,
 ) -> Result<Json<TokenResponse>, ApiError> {
+    let user = sign_in(&state, &addr, body).await?;
+    let family = Uuid::now_v7().simple().to_string();
+    let (response, first) = issue_pair(&state, (user.id, &user.username, user.role), &family)?;
+    let mut entry = anonymous_entry(&addr, "auth.login", Some(format!("user:{}", user.id)));
+    entry.actor = format!("user:{}", user.id);
+    entry.credential = Some(format!("session:{family}"));
+    state.store.create_family(&first, &entry).await?;
+    state.store.record_login(user.id, entry.at).await?;
+    Ok(Json(response))
+}
+
+/// Checks a username and password with sign-in throttling, auditing a failure. Shared by
+/// the token endpoint and the dashboard's sign-in form.
+pub async fn sign_in(
+    state: &AppState,
+    addr: &ClientAddr,
+    body: TokenRequest,
+) -> Result<UserRecord, ApiError> {
     let address = addr.text().unwrap_or_default();
     if let Err(wait) = state
         .throttle
@@ -103,7 +121,7 @@ pub async fn token(
         (verified, found) => {
             let delay = state.throttle.failure_delay(&body.username, &address);
             let mut entry = anonymous_entry(
-                &addr,
+                addr,
                 "auth.login_failed",
                 found.as_ref().map(|(u, _)| format!("user:{}", u.id)),
             );
@@ -134,14 +152,7 @@ pub async fn token(
         }
     };
     state.throttle.success(&body.username, &address);
-    let family = Uuid::now_v7().simple().to_string();
-    let (response, first) = issue_pair(&state, (user.id, &user.username, user.role), &family)?;
-    let mut entry = anonymous_entry(&addr, "auth.login", Some(format!("user:{}", user.id)));
-    entry.actor = format!("user:{}", user.id);
-    entry.credential = Some(format!("session:{family}"));
-    state.store.create_family(&first, &entry).await?;
-    state.store.record_login(user.id, entry.at).await?;
-    Ok(Json(response))
+    Ok(user)
 }
 
 #[utoipa::path(

@@ -132,6 +132,19 @@ impl<P: Permission> Need<P> {
     pub fn principal(&self) -> &Principal {
         &self.0
     }
+
+    /// A signed-in user (the dashboard's session) whose role holds `P`.
+    pub fn for_user(principal: Principal) -> Result<Self, ApiError> {
+        match &principal {
+            Principal::User { role, .. } if role.grants(P::NAME) => {
+                Ok(Need(principal, std::marker::PhantomData))
+            }
+            _ => Err(
+                ApiError::new(keygate_api::ErrorCode::InsufficientPermissions)
+                    .message("Your account may not do this."),
+            ),
+        }
+    }
 }
 
 fn peer_ip(parts: &Parts) -> Option<std::net::IpAddr> {

@@ -14,6 +14,7 @@ pub mod plans;
 pub mod projects;
 pub mod proxy;
 pub mod system;
+pub mod ui;
 pub mod usage;
 pub mod users;
 pub mod verify;
@@ -145,6 +146,19 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/webhooks/{id}/deliveries/{delivery_id}/retry",
             post(webhooks::retry_delivery),
         )
+        .route(
+            "/ui",
+            get(|| async { axum::response::Redirect::permanent("/ui/") }),
+        )
+        .route("/ui/", get(ui::home))
+        .route("/ui/login", post(ui::login))
+        .route("/ui/logout", post(ui::logout))
+        .route("/ui/keys", get(ui::keys_list).post(ui::keys_create))
+        .route("/ui/keys/{id}/revoke", post(ui::keys_revoke))
+        .route("/ui/settings", get(ui::settings).post(ui::settings_save))
+        .route("/ui/settings/regenerate", post(ui::settings_regenerate))
+        .route("/ui/assets/app.css", get(ui::asset_css))
+        .route("/ui/assets/app.js", get(ui::asset_js))
         .route("/healthz", get(system::healthz))
         .route("/readyz", get(system::readyz))
         .route("/metrics", get(system::metrics))

@@ -137,6 +137,14 @@ pub struct RevealParams {
     reveal: Option<bool>,
 }
 
+impl RevealParams {
+    pub fn new(reveal: bool) -> Self {
+        Self {
+            reveal: Some(reveal),
+        }
+    }
+}
+
 fn global_key_view(
     record: &keygate_core::KeyRecord,
     key: Option<String>,
