@@ -16,6 +16,65 @@ pub fn matches(pattern: &str, path: &str) -> bool {
         || (pattern.is_empty() && path.starts_with('/'))
 }
 
+/// The canonical form of a request path, the one route policies are matched against and
+/// an upstream resolves: `.` and empty segments dropped, `..` applied, `%2e` read as `.`.
+/// `None` for a path that climbs above the root or hides a separator (`%2f`, `%5c`, `\`),
+/// which keygate refuses rather than guess how the upstream would read it.
+pub fn normalize_path(path: &str) -> Option<String> {
+    let lower = path.to_ascii_lowercase();
+    if lower.contains("%2f") || lower.contains("%5c") || path.contains('\\') {
+        return None;
+    }
+    let mut segments: Vec<&str> = Vec::new();
+    for raw in path.split('/') {
+        let decoded = raw.to_ascii_lowercase().replace("%2e", ".");
+        match decoded.as_str() {
+            "" | "." => {}
+            ".." => {
+                segments.pop()?;
+            }
+            _ => segments.push(raw),
+        }
+    }
+    let mut normalized = format!("/{}", segments.join("/"));
+    let last = path
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let trailing = matches!(last.replace("%2e", ".").as_str(), "" | "." | "..");
+    if trailing && normalized != "/" {
+        normalized.push('/');
+    }
+    Some(normalized)
+}
+
+#[cfg(test)]
+mod normalize_tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_normalized_or_refused() {
+        let cases = [
+            ("/admin/users", Some("/admin/users")),
+            ("/health/../admin/users", Some("/admin/users")),
+            ("/health/%2e%2e/admin", Some("/admin")),
+            ("/health/%2E%2e/admin", Some("/admin")),
+            ("//admin//users", Some("/admin/users")),
+            ("/./admin/./x/", Some("/admin/x/")),
+            ("/", Some("/")),
+            ("/..", None),
+            ("/a/../../b", None),
+            ("/admin%2fusers", None),
+            ("/admin%5Cusers", None),
+            ("/admin\\users", None),
+        ];
+        for (path, want) in cases {
+            assert_eq!(normalize_path(path).as_deref(), want, "{path}");
+        }
+    }
+}
+
 /// True when any of `patterns` covers `path`.
 pub fn any_matches<S: AsRef<str>>(patterns: &[S], path: &str) -> bool {
     patterns.iter().any(|p| matches(p.as_ref(), path))

@@ -112,15 +112,14 @@ pub fn verify(
         .trim()
         .parse()
         .map_err(|_| VerifyError::BadTimestamp)?;
-    if now - timestamp > tolerance_secs {
-        return Err(VerifyError::TooOld {
-            age_secs: now - timestamp,
-        });
+    // Saturating: a hostile timestamp near i64::MIN or MAX must not overflow.
+    let age = now.saturating_sub(timestamp);
+    if age > tolerance_secs {
+        return Err(VerifyError::TooOld { age_secs: age });
     }
-    if timestamp - now > tolerance_secs {
-        return Err(VerifyError::TooNew {
-            ahead_secs: timestamp - now,
-        });
+    let ahead = timestamp.saturating_sub(now);
+    if ahead > tolerance_secs {
+        return Err(VerifyError::TooNew { ahead_secs: ahead });
     }
     let expected = mac(&key, id, timestamp, body);
     let mut candidates = signatures
@@ -205,8 +204,17 @@ pub fn address_allowed(ip: std::net::IpAddr, allow_private: bool) -> bool {
             !private || allow_private
         }
         IpAddr::V6(v6) => {
-            let first = v6.segments()[0];
-            if v6.is_unspecified() || v6.is_multicast() || (first & 0xffc0) == 0xfe80 {
+            let segments = v6.segments();
+            let first = segments[0];
+            // Addresses that carry an IPv4 address a gateway may translate to: NAT64
+            // (64:ff9b::/96, 64:ff9b:1::/48), 6to4 (2002::/16), IPv4-compatible (::/96).
+            // Whatever IPv4 address they hide could be internal, so none is allowed.
+            let embeds_ipv4 = (segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0])
+                || (segments[0] == 0x64 && segments[1] == 0xff9b && segments[2] == 1)
+                || first == 0x2002
+                || (segments[..6] == [0; 6] && !v6.is_loopback());
+            if v6.is_unspecified() || v6.is_multicast() || (first & 0xffc0) == 0xfe80 || embeds_ipv4
+            {
                 return false;
             }
             let private = v6.is_loopback() || (first & 0xfe00) == 0xfc00;
@@ -313,6 +321,14 @@ mod tests {
     }
 
     #[test]
+    fn hostile_timestamps_do_not_overflow() {
+        let secret = format_secret(&[1u8; 24]);
+        for ts in ["-9223372036854775808", "9223372036854775807"] {
+            assert!(verify(&secret, "msg", ts, b"{}", "v1,x", 1_700_000_000, 300).is_err());
+        }
+    }
+
+    #[test]
     fn stripe_style_header() {
         let secret = format_secret(&[7u8; 24]);
         let one = sign_stripe_style(&[&secret], 1_700_000_000, b"{}").expect("sign");
@@ -350,6 +366,10 @@ mod tests {
             "::",
             "224.0.0.1",
             "::ffff:169.254.169.254",
+            "64:ff9b::a00:1",
+            "64:ff9b:1::a9fe:a9fe",
+            "2002:a00:1::1",
+            "::a00:1",
         ] {
             assert!(!address_allowed(ip(never), true), "{never}");
         }

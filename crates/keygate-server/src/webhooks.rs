@@ -28,7 +28,8 @@ pub struct WebhookConfig {
     pub deliver: bool,
     /// Longest wait for a receiver's answer.
     pub timeout: Duration,
-    /// Seconds between attempts (the first entry is the first attempt's delay).
+    /// The Standard Webhooks schedule: entry n is the wait after the n-th failed attempt
+    /// (entry 0 stands for the first attempt, which is always made at once).
     pub retry_schedule: Vec<u64>,
     /// Allow loopback and private receivers (never link-local).
     pub allow_private: bool,
@@ -263,11 +264,10 @@ const LEASE: Duration = Duration::from_secs(60);
 
 impl Deliverer {
     pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
-        if !self.config.deliver {
-            return;
-        }
         // One node per SQLite file: nothing can be in flight while it starts.
-        if let Err(err) = self.store.release_deliveries().await {
+        if self.config.deliver
+            && let Err(err) = self.store.release_deliveries().await
+        {
             tracing::warn!(error = %err, "could not release webhook leases");
         }
         let mut last_scan: Option<Instant> = None;
@@ -276,7 +276,10 @@ impl Deliverer {
                 self.scan_expiry(now_ms()).await;
                 last_scan = Some(Instant::now());
             }
-            self.deliver_due().await;
+            // Without delivery this node still stores the events it notices.
+            if self.config.deliver {
+                self.deliver_due().await;
+            }
             tokio::select! {
                 _ = stop.changed() => break,
                 () = self.wake.notified() => {}
@@ -374,14 +377,15 @@ async fn resolve_allowed(
             .map_err(|e| format!("{host} did not resolve: {e}"))?
             .collect(),
     };
-    // Otherwise a name could point at both a public and an internal address and win the race.
-    if let Some(bad) = addresses
+    // Otherwise a name could point at both a public and an internal address and win the
+    // race. The address itself is not named: users read this error, and it must not map
+    // internal names to internal addresses for them.
+    if addresses
         .iter()
-        .find(|a| !address_allowed(a.ip(), allow_private))
+        .any(|a| !address_allowed(a.ip(), allow_private))
     {
         return Err(format!(
-            "{host} resolves to {}, which is not allowed for webhooks",
-            bad.ip()
+            "{host} resolves to a loopback, private or link-local address, which is not allowed for webhooks"
         ));
     }
     addresses
@@ -501,7 +505,8 @@ async fn attempt(
         ) {
             Some(delay) => {
                 outcome.status = DeliveryStatus::Pending;
-                outcome.next_attempt_at = Some(now + i64::try_from(delay).unwrap_or(i64::MAX));
+                outcome.next_attempt_at =
+                    Some(now.saturating_add(i64::try_from(delay).unwrap_or(i64::MAX)));
             }
             None => outcome.status = DeliveryStatus::Failed,
         }

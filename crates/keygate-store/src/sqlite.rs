@@ -97,6 +97,24 @@ async fn revoke_key_tx(
     record_change(tx, Entity::Key, id, "revoke", now).await
 }
 
+/// Revokes keys as a side effect of another change (a user or project deleted), each with
+/// its own `key.revoked` event in the same transaction.
+async fn revoke_keys_announced_tx(
+    tx: &mut Transaction<'static, Sqlite>,
+    ids: &[String],
+    now: UnixMillis,
+) -> Result<()> {
+    let mut events = Vec::with_capacity(ids.len());
+    for id in ids {
+        revoke_key_tx(tx, id, now).await?;
+        let uuid = Uuid::parse_str(id).map_err(|e| corrupt("key id", e))?;
+        if let Some(record) = fetch_key(tx, uuid).await? {
+            events.push(crate::OutboxEvent::for_key("key.revoked", &record, now));
+        }
+    }
+    crate::sqlite_webhooks::enqueue_tx(tx, &events).await
+}
+
 async fn record_change(
     tx: &mut Transaction<'static, Sqlite>,
     entity: Entity,
@@ -747,9 +765,7 @@ impl Store for SqliteStore {
                 .bind(id.to_string())
                 .fetch_all(&mut *tx)
                 .await?;
-        for key_id in key_ids {
-            revoke_key_tx(&mut tx, &key_id, now).await?;
-        }
+        revoke_keys_announced_tx(&mut tx, &key_ids, now).await?;
         revoke_user_families_tx(&mut tx, id, "user deleted", now).await?;
         sqlx::query("DELETE FROM users WHERE id = ?")
             .bind(id.to_string())
@@ -1270,9 +1286,7 @@ impl Store for SqliteStore {
                 .bind(id.to_string())
                 .fetch_all(&mut *tx)
                 .await?;
-        for key in keys {
-            revoke_key_tx(&mut tx, &key, now).await?;
-        }
+        revoke_keys_announced_tx(&mut tx, &keys, now).await?;
         record_change(&mut tx, Entity::Project, &id.to_string(), "delete", now).await?;
         audit_tx(&mut tx, audit).await?;
         tx.commit().await?;

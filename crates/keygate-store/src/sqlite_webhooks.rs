@@ -109,7 +109,16 @@ pub(crate) async fn enqueue_tx(
                              OR (e.project IS NULL AND e.owner = ?4)
                              OR (e.project IS NULL AND EXISTS (
                                     SELECT 1 FROM users u
-                                    WHERE u.id = e.owner AND u.role = 'admin')))))",
+                                    WHERE u.id = e.owner AND u.role = 'admin')))))
+               -- An owner who was disabled or deleted hears nothing more; a project's
+               -- endpoint only while its owner still belongs to the project (or is an
+               -- administrator).
+               AND (e.owner IS NULL
+                    OR EXISTS (SELECT 1 FROM users u WHERE u.id = e.owner AND u.disabled = 0))
+               AND (e.project IS NULL OR e.owner IS NULL
+                    OR EXISTS (SELECT 1 FROM project_members m
+                               WHERE m.project_id = e.project AND m.user_id = e.owner)
+                    OR EXISTS (SELECT 1 FROM users u WHERE u.id = e.owner AND u.role = 'admin'))",
         )
         .bind(&event.event_type)
         .bind(event.endpoint.map(|id| id.to_string()))
@@ -335,8 +344,11 @@ impl WebhookStore for SqliteStore {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {DELIVERY_COLUMNS}, e.payload FROM webhook_deliveries d
              JOIN webhook_events e ON e.id = d.event_id
+             JOIN webhook_endpoints w ON w.id = d.endpoint_id
              WHERE d.status = 'pending' AND d.next_attempt_at <= ?1
                AND (d.leased_until IS NULL OR d.leased_until <= ?1)
+               -- A paused endpoint keeps its deliveries pending until it is enabled again.
+               AND w.enabled = 1
              ORDER BY d.next_attempt_at LIMIT ?2"
         )))
         .bind(now)

@@ -757,7 +757,31 @@ async fn webhook_conformance(store: &dyn Store) {
             .await
             .expect("user");
     }
+    let outsider = user("outsider", Role::User);
+    store
+        .create_user(&outsider, "$argon2id$x", &audit(900, "user.create"))
+        .await
+        .expect("user");
     let project = Uuid::now_v7();
+    store
+        .create_project(
+            &keygate_store::Project {
+                id: project,
+                name: "p".into(),
+                members: vec![(member.id, "owner".into())],
+                created_at: 950,
+                updated_at: 950,
+            },
+            &audit(950, "project.create"),
+        )
+        .await
+        .expect("project");
+    // Not a member of the project: its endpoint there hears nothing.
+    let outsiders = endpoint(Some(outsider.id), Some(project), &[]);
+    store
+        .create_webhook(&outsiders, &audit(1000, "webhook.create"))
+        .await
+        .expect("create");
     let instance = endpoint(None, None, &[]);
     let admins = endpoint(Some(admin.id), None, &["key.created"]);
     let members = endpoint(Some(member.id), None, &[]);
@@ -951,14 +975,14 @@ async fn webhook_conformance(store: &dyn Store) {
             .expect("list")
             .is_empty()
     );
-    assert_eq!(store.list_webhooks(None).await.expect("list").len(), 4);
+    assert_eq!(store.list_webhooks(None).await.expect("list").len(), 5);
     assert_eq!(
         store
             .list_webhooks(Some((member.id, vec![project])))
             .await
             .expect("list")
             .len(),
-        1
+        2
     );
 }
 

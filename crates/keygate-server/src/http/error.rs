@@ -188,6 +188,13 @@ impl IntoResponse for ApiError {
         if let Some(policy) = policy.as_deref() {
             style = policy.style;
             if let Some(refusal) = policy.refusal_for(self.code) {
+                // A deployment that chose one answer must not leak the reason in a hint
+                // ("revoked" vs "unknown" tells which keys exist). A malformed key's hint
+                // is about its shape (a whsec_ secret, a JWT), found without any lookup,
+                // so it stays.
+                if self.code != ErrorCode::MalformedApiKey {
+                    self.hint = None;
+                }
                 if let Some(status) = refusal.status {
                     status_code = status;
                 }

@@ -14,7 +14,7 @@ use crate::http::error::ApiError;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use keygate_core::route::{Access, ProjectRule, policy_for};
+use keygate_core::route::{Access, ProjectRule, normalize_path, policy_for};
 
 fn header<'a>(headers: &'a HeaderMap, names: &[&str]) -> Option<&'a str> {
     names
@@ -63,8 +63,14 @@ pub async fn forward_auth(
         .and_then(|u| u.parse().ok())
         .or(suffix)
         .unwrap_or_else(|| uri.clone());
-    let path = original_uri.path();
-    let policy = policy_for(&state.config.routes, original_method, path);
+    // Matched on the path as the upstream will resolve it: a raw `/public/../admin` (what
+    // nginx's $request_uri holds) must be checked as /admin.
+    let Some(path) = normalize_path(original_uri.path()) else {
+        return Err(ApiError::invalid(
+            "The original path climbs above the root or hides a separator (%2f, %5c).",
+        ));
+    };
+    let policy = policy_for(&state.config.routes, original_method, &path);
     if policy.is_some_and(|p| p.access == Access::Public) {
         return Ok(empty(StatusCode::OK));
     }

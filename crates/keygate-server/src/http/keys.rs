@@ -247,6 +247,14 @@ pub async fn create_key(
     record.limits = body.limits.unwrap_or_default();
     record.allowed_cidrs = body.allowed_cidrs.unwrap_or_default();
     record.project = project;
+    // A key made by a limited key (a free key's account, say) is limited the same way:
+    // otherwise minting a new key would shed the plan.
+    if !principal.acts_for_everyone()
+        && let Principal::ApiKey { key, .. } = principal
+    {
+        record.plan = key.record.plan;
+        record.limits = key.record.limits.clone();
+    }
     let keep = state.engine.settings().keys_per_user;
     let mut entry = audit::entry(
         principal,

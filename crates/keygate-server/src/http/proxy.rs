@@ -23,7 +23,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use keygate_api::ErrorCode;
-use keygate_core::route::{Access, ProjectRule, RoutePolicy, policy_for};
+use keygate_core::route::{Access, ProjectRule, RoutePolicy, normalize_path, policy_for};
 
 /// The pooled HTTP client to the upstream.
 pub struct Upstream {
@@ -133,12 +133,14 @@ fn is_credential_authorization(value: &HeaderValue) -> bool {
 /// Sends requests for paths a route marks `upstream = true` to the upstream before
 /// keygate's own router sees them.
 pub async fn divert(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let diverted = policy_for(
-        &state.config.routes,
-        request.method().as_str(),
-        request.uri().path(),
-    )
-    .is_some_and(|p| p.upstream);
+    let path = normalize_path(request.uri().path());
+    let diverted = path.is_none()
+        || policy_for(
+            &state.config.routes,
+            request.method().as_str(),
+            path.as_deref().unwrap_or_default(),
+        )
+        .is_some_and(|p| p.upstream);
     if diverted {
         proxy(State(state), request).await
     } else {
@@ -158,6 +160,15 @@ async fn forward(state: &AppState, mut request: Request) -> Result<Response, Api
     let Some(upstream) = state.upstream.as_deref() else {
         return Err(ApiError::new(ErrorCode::NotFound).message("No such endpoint."));
     };
+    // The policy is matched on the path the upstream will resolve, so the path must
+    // already be in that form: `/public/../admin` or `//admin` would otherwise be checked
+    // as one route and served as another.
+    if normalize_path(request.uri().path()).as_deref() != Some(request.uri().path()) {
+        return Err(ApiError::invalid(
+            "The request path is not in canonical form (dot segments, empty segments or an encoded separator).",
+        )
+        .hint("send the path as the server should read it, e.g. /a/b rather than /a/./b or /x/../a/b"));
+    }
     let peer = crate::http::extract::peer_ip_of(&request);
     let client_ip = state.config.client_ip(peer, request.headers());
     let policy: Option<&RoutePolicy> = policy_for(
@@ -192,13 +203,8 @@ async fn forward(state: &AppState, mut request: Request) -> Result<Response, Api
     let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
     let (mut parts, body) = request.into_parts();
     let config = &upstream.config;
-    let query = parts.uri.query().map(|q| {
-        if config.keep_credential {
-            q.to_owned()
-        } else {
-            query_without_credential(q)
-        }
-    });
+    // The `apikey` parameter is never forwarded (DESIGN.md), even with keep_credential.
+    let query = parts.uri.query().map(query_without_credential);
     let target = upstream.target(parts.uri.path(), query.as_deref())?;
 
     let headers = &mut parts.headers;
@@ -218,10 +224,11 @@ async fn forward(state: &AppState, mut request: Request) -> Result<Response, Api
         }
     }
     // Identity headers come from keygate alone: a client's own copies are dropped.
+    // `_` counts as `-`: CGI-style upstreams read X_Keygate_User as X-Keygate-User.
     let prefix = state.config.identity_header_prefix.to_ascii_lowercase();
     let spoofed: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| name.as_str().starts_with(&prefix))
+        .filter(|name| name.as_str().replace('_', "-").starts_with(&prefix))
         .cloned()
         .collect();
     for name in spoofed {
@@ -293,6 +300,19 @@ fn forwarded_headers(
         let ip = ip.to_canonical();
         state.config.trusted_proxies.iter().any(|n| n.contains(&ip))
     });
+    if !peer_trusted {
+        // What an untrusted client says about addresses and hops is not passed on.
+        for name in [
+            "forwarded",
+            "x-real-ip",
+            "x-forwarded-port",
+            "x-forwarded-prefix",
+            "x-forwarded-server",
+            state.config.client_ip_header.as_str(),
+        ] {
+            headers.remove(name);
+        }
+    }
     let xff = HeaderName::from_static("x-forwarded-for");
     let earlier: Vec<String> = if peer_trusted {
         headers

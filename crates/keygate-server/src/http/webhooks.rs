@@ -95,6 +95,26 @@ async fn visible_endpoint(
     }
 }
 
+/// An endpoint the caller may change: its owner's, or anyone's for an administrator.
+/// Other members of its project may see it, not redirect, pause or re-key it.
+async fn writable_endpoint(
+    state: &AppState,
+    principal: &Principal,
+    id: Uuid,
+) -> Result<WebhookEndpoint, ApiError> {
+    let endpoint = visible_endpoint(state, principal, id).await?;
+    if principal.acts_for_everyone()
+        || endpoint
+            .owner
+            .is_some_and(|o| Some(o) == principal.user_id())
+    {
+        Ok(endpoint)
+    } else {
+        Err(ApiError::new(ErrorCode::InsufficientPermissions)
+            .message("Only the endpoint's owner or an administrator may change it."))
+    }
+}
+
 fn validate_url(state: &AppState, url: &str) -> Result<String, ApiError> {
     let url = url.trim();
     let parsed: axum::http::Uri = url
@@ -330,7 +350,7 @@ pub async fn update_webhook(
     PathId(id): PathId,
     JsonBody(body): JsonBody<UpdateWebhookRequest>,
 ) -> Result<Json<WebhookView>, ApiError> {
-    let mut endpoint = visible_endpoint(&state, caller.principal(), id).await?;
+    let mut endpoint = writable_endpoint(&state, caller.principal(), id).await?;
     if let Some(url) = &body.url {
         endpoint.url = validate_url(&state, url)?;
     }
@@ -376,7 +396,7 @@ pub async fn delete_webhook(
     addr: ClientAddr,
     PathId(id): PathId,
 ) -> Result<StatusCode, ApiError> {
-    visible_endpoint(&state, caller.principal(), id).await?;
+    writable_endpoint(&state, caller.principal(), id).await?;
     let entry = audit::entry(
         caller.principal(),
         &addr,
@@ -403,7 +423,7 @@ pub async fn rotate_secret(
     PathId(id): PathId,
     JsonBody(body): JsonBody<RotateSecretRequest>,
 ) -> Result<Json<WebhookSecret>, ApiError> {
-    let mut endpoint = visible_endpoint(&state, caller.principal(), id).await?;
+    let mut endpoint = writable_endpoint(&state, caller.principal(), id).await?;
     let overlap = overlap_ms(&state, body.overlap_seconds)?;
     let now = now_ms();
     let secret = new_secret()?;
@@ -508,7 +528,7 @@ pub async fn retry_delivery(
         Uuid::parse_str(text).map_err(|_| ApiError::invalid("The ids in the path must be UUIDs."))
     };
     let (id, delivery) = (parse(&id)?, parse(&delivery)?);
-    let endpoint = visible_endpoint(&state, caller.principal(), id).await?;
+    let endpoint = writable_endpoint(&state, caller.principal(), id).await?;
     if !endpoint.enabled {
         return Err(ApiError::new(ErrorCode::Conflict)
             .message("The endpoint is disabled; enable it first."));
@@ -531,7 +551,7 @@ pub async fn send_test(
     caller: Need<WebhooksWrite>,
     PathId(id): PathId,
 ) -> Result<(StatusCode, Json<TestEventSent>), ApiError> {
-    let endpoint = visible_endpoint(&state, caller.principal(), id).await?;
+    let endpoint = writable_endpoint(&state, caller.principal(), id).await?;
     if !endpoint.enabled {
         return Err(ApiError::new(ErrorCode::Conflict)
             .message("The endpoint is disabled; enable it first."));

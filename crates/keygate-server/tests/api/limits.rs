@@ -696,6 +696,22 @@ async fn forward_auth_for_reverse_proxies() {
     )
     .await;
     assert_error(status, &body, 403, "insufficient_permissions", &reader);
+    // The original path is checked as the upstream will resolve it: a raw URI that dots
+    // its way out of a public route is the protected route it lands on.
+    let (status, body) = read(
+        ask("GET", "/health/../files/a.txt", None)
+            .await
+            .expect("send"),
+    )
+    .await;
+    assert_error(status, &body, 401, "missing_credentials", &reader);
+    let (status, _) = read(
+        ask("GET", "/health/%2e%2e/%2e%2e/x", None)
+            .await
+            .expect("send"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
     // No credential on a protected route; a project-scoped route without a project.
     let (status, body) = read(ask("GET", "/files/a.txt", None).await.expect("send")).await;
     assert_error(status, &body, 401, "missing_credentials", "");

@@ -223,6 +223,40 @@ async fn proxy_checks_strips_and_forwards() {
         (StatusCode::FORBIDDEN, "insufficient_permissions")
     );
 
+    // A path in any but its canonical form is refused: it could be checked as one route
+    // and served by the upstream as another.
+    for path in [
+        "/echo/public/../admin",
+        "/echo/public/%2e%2e/admin",
+        "//echo/admin",
+        "/echo/admin%2fx",
+    ] {
+        // Over raw TCP: HTTP clients normalise such paths before sending them.
+        let head = raw_get(&server.base, path).await;
+        assert!(head.starts_with("HTTP/1.1 400"), "{path}: {head}");
+    }
+    // Identity and address headers a client makes up do not reach the app, whatever
+    // their spelling.
+    let echoed: Value = server
+        .request(Method::GET, "/echo/spoof")
+        .header("X-API-Key", &key)
+        .header("X_Keygate_User", "forged")
+        .header("Forwarded", "for=203.0.113.7")
+        .header("X-Real-IP", "203.0.113.7")
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    let headers = &echoed["headers"];
+    for name in ["x_keygate_user", "forwarded", "x-real-ip"] {
+        assert!(
+            headers.get(name).is_none(),
+            "{name} reached the app: {headers}"
+        );
+    }
+
     // keygate's own endpoints keep working beside the proxied ones, except a path a
     // route hands to the upstream.
     assert_eq!(server.whoami(&key).await.0, StatusCode::OK);
@@ -292,6 +326,17 @@ async fn upstream_failures_are_502_and_504() {
         (StatusCode::BAD_GATEWAY, "upstream_unavailable")
     );
     assert!(body["error"]["request_id"].is_string());
+}
+
+/// Sends `GET path` exactly as given and returns the whole response.
+async fn raw_get(base: &str, path: &str) -> String {
+    let addr = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.expect("read");
+    String::from_utf8_lossy(&response).into_owned()
 }
 
 /// Sends a raw upgrade request and returns the stream and the response head.

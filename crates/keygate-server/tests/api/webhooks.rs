@@ -832,3 +832,117 @@ async fn expiry_login_bursts_redirects_and_failing_endpoints() {
     // The third attempt succeeds; every attempt came to this receiver.
     receiver.wait_for("webhook.test", 3).await;
 }
+
+#[tokio::test]
+async fn project_members_see_but_only_owners_change_endpoints() {
+    let (_receiver, url) = Receiver::start().await;
+    let server = TestServer::start_with(webhook_config(true)).await;
+    let mut tokens = Vec::new();
+    for name in ["owner", "member"] {
+        let (status, _) = server
+            .admin_json(
+                Method::POST,
+                "/api/v1/users",
+                json!({"username": name, "password": format!("{name}-password-12")}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+        let response = server
+            .request(Method::POST, "/api/v1/auth/token")
+            .json(&json!({"username": name, "password": format!("{name}-password-12")}))
+            .send()
+            .await
+            .expect("send");
+        let (_, pair) = read(response).await;
+        tokens.push(pair["access"].as_str().expect("access").to_string());
+    }
+    let as_user = |i: usize, method: Method, path: &str, body: Value| {
+        server
+            .request(method, path)
+            .bearer_auth(&tokens[i])
+            .json(&body)
+            .send()
+    };
+    let (status, project) = read(
+        as_user(
+            0,
+            Method::POST,
+            "/api/v1/projects",
+            json!({"name": "shared"}),
+        )
+        .await
+        .expect("send"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{project}");
+    let project = project["id"].as_str().expect("id").to_string();
+    let (_, users) = server.admin_get("/api/v1/users").await;
+    let member_id = users["users"]
+        .as_array()
+        .expect("users")
+        .iter()
+        .find(|u| u["username"] == "member")
+        .expect("member")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let (status, body) = read(
+        as_user(
+            0,
+            Method::PUT,
+            &format!("/api/v1/projects/{project}/members/{member_id}"),
+            json!({"role": "member"}),
+        )
+        .await
+        .expect("send"),
+    )
+    .await;
+    assert!(status.is_success(), "{status} {body}");
+    let (status, endpoint) = read(
+        as_user(
+            0,
+            Method::POST,
+            "/api/v1/webhooks",
+            json!({"url": url, "project_id": project}),
+        )
+        .await
+        .expect("send"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{endpoint}");
+    let path = format!("/api/v1/webhooks/{}", endpoint["id"].as_str().expect("id"));
+
+    // The member sees it, but may not redirect, pause or re-key it.
+    let response = server
+        .request(Method::GET, &path)
+        .bearer_auth(&tokens[1])
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), StatusCode::OK);
+    for (method, suffix, body) in [
+        (
+            Method::PATCH,
+            "",
+            json!({"url": "http://127.0.0.1:9/elsewhere"}),
+        ),
+        (Method::POST, "/secret", json!({})),
+        (Method::DELETE, "", json!({})),
+    ] {
+        let (status, body) = read(
+            as_user(1, method.clone(), &format!("{path}{suffix}"), body)
+                .await
+                .expect("send"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{method} {suffix}: {body}");
+    }
+    // The owner may.
+    let (status, _) = read(
+        as_user(0, Method::PATCH, &path, json!({"description": "mine"}))
+            .await
+            .expect("send"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+}

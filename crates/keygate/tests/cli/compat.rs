@@ -666,6 +666,19 @@ async fn changethisfile_preset() {
         assert_eq!(status, 200);
     }
 
+    // A key the free account makes for itself is on the free plan too.
+    let (status, _, minted) = p
+        .send(
+            Method::POST,
+            "/api/v1/keys",
+            &[("authorization", &new_bearer)],
+            Some(json!({"name": "second"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{minted}");
+    assert!(minted["plan"].is_string(), "{minted}");
+    assert_eq!(minted["plan"], rotated["plan"]);
+
     // POST /v1/webhooks/secret: a whsec_ signing secret for the key's account.
     let (status, _, secret) = p
         .send(
@@ -872,11 +885,16 @@ async fn project_keys_preset() {
     while time::OffsetDateTime::now_utc() <= expires {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    for key in ["wrong-key-value-123", expiring.as_str()] {
+    let unknown = keygate_core::key_format::format_key("kg", &[9; 32]).expect("key");
+    for key in ["wrong-key-value-123", unknown.as_str(), expiring.as_str()] {
         let (status, _, body) = p
             .send(Method::GET, "/validate", &[("x-api-key", key)], None)
             .await;
         assert_eq!(status, 401, "{body}");
         assert_eq!(body["error"]["message"], "Invalid API key");
+        // One answer: no hint tells an unknown key from an expired one.
+        if key != "wrong-key-value-123" {
+            assert!(body["error"].get("hint").is_none(), "{body}");
+        }
     }
 }
