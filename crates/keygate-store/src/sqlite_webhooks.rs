@@ -232,11 +232,28 @@ impl WebhookStore for SqliteStore {
         rows.iter().map(endpoint_from_row).collect()
     }
 
-    async fn update_webhook(&self, endpoint: &WebhookEndpoint, audit: &AuditEntry) -> Result<bool> {
+    async fn update_webhook(
+        &self,
+        endpoint: &WebhookEndpoint,
+        read_at: UnixMillis,
+        audit: &AuditEntry,
+    ) -> Result<bool> {
         let mut tx = self.write_tx().await?;
-        if write_endpoint_tx(&mut tx, endpoint, false).await? == 0 {
-            return Ok(false);
+        let current: Option<i64> =
+            sqlx::query_scalar("SELECT updated_at FROM webhook_endpoints WHERE id = ?")
+                .bind(endpoint.id.to_string())
+                .fetch_optional(&mut *tx)
+                .await?;
+        match current {
+            None => return Ok(false),
+            Some(at) if at != read_at => {
+                return Err(StoreError::Conflict(
+                    "the endpoint changed meanwhile; read it again and retry".into(),
+                ));
+            }
+            Some(_) => {}
         }
+        write_endpoint_tx(&mut tx, endpoint, false).await?;
         audit_tx(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(true)

@@ -188,10 +188,13 @@ pub trait WebhookStore: Send + Sync + 'static {
     /// Endpoints owned by `owner` or in one of `projects`; `None`: every endpoint.
     async fn list_webhooks(&self, owner: Option<(Uuid, Vec<Uuid>)>)
     -> Result<Vec<WebhookEndpoint>>;
-    /// Stores every field of `endpoint` (by id); false if there is none.
+    /// Stores every field of `endpoint` (by id) if it is unchanged since it was read
+    /// (`read_at`, its `updated_at` then; else [`StoreError::Conflict`](crate::StoreError),
+    /// so a stale read cannot undo a concurrent change); false if there is none.
     async fn update_webhook(
         &self,
         endpoint: &WebhookEndpoint,
+        read_at: UnixMillis,
         audit: &crate::AuditEntry,
     ) -> Result<bool>;
     /// Deletes the endpoint and its deliveries.

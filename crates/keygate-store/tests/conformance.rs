@@ -952,6 +952,24 @@ async fn webhook_conformance(store: &dyn Store) {
         .expect("get")
         .expect("endpoint");
     assert_eq!(rotated.secret, "whsec_bmV3LXNlY3JldA==");
+    // A write based on a read from before that change is refused, not applied over it.
+    let mut stale = members.clone();
+    stale.description = "stale".into();
+    assert!(matches!(
+        store
+            .update_webhook(&stale, members.updated_at, &audit(12_500, "webhook.update"))
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    let mut fresh = rotated.clone();
+    fresh.description = "fresh".into();
+    fresh.updated_at = 12_600;
+    assert!(
+        store
+            .update_webhook(&fresh, rotated.updated_at, &audit(12_600, "webhook.update"))
+            .await
+            .expect("update")
+    );
     assert_eq!(rotated.signing_secrets(20_000).len(), 2);
     assert_eq!(rotated.signing_secrets(60_000).len(), 1);
     assert_eq!(

@@ -84,7 +84,9 @@ pub async fn create_free_key(
         let username = if keygate_core::user::validate_username(&email).is_ok() {
             email.clone()
         } else {
-            format!("free-{}", &record.id.simple().to_string()[..12])
+            // The key id's first digits are its creation time; its last are random.
+            let id = record.id.simple().to_string();
+            format!("free-{}", &id[id.len() - 12..])
         };
         let user = keygate_core::UserRecord {
             id: uuid::Uuid::now_v7(),

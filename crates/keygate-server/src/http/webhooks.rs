@@ -351,6 +351,7 @@ pub async fn update_webhook(
     JsonBody(body): JsonBody<UpdateWebhookRequest>,
 ) -> Result<Json<WebhookView>, ApiError> {
     let mut endpoint = writable_endpoint(&state, caller.principal(), id).await?;
+    let read_at = endpoint.updated_at;
     if let Some(url) = &body.url {
         endpoint.url = validate_url(&state, url)?;
     }
@@ -371,14 +372,18 @@ pub async fn update_webhook(
         }
     }
     let now = now_ms();
-    endpoint.updated_at = now;
+    endpoint.updated_at = now.max(read_at + 1);
     let entry = audit::entry(
         caller.principal(),
         &addr,
         "webhook.update",
         Some(format!("webhook:{id}")),
     );
-    if !state.store.update_webhook(&endpoint, &entry).await? {
+    if !state
+        .store
+        .update_webhook(&endpoint, read_at, &entry)
+        .await?
+    {
         return Err(ApiError::not_found("webhook endpoint"));
     }
     Ok(Json(view(&state, &endpoint, now)))
@@ -424,19 +429,24 @@ pub async fn rotate_secret(
     JsonBody(body): JsonBody<RotateSecretRequest>,
 ) -> Result<Json<WebhookSecret>, ApiError> {
     let mut endpoint = writable_endpoint(&state, caller.principal(), id).await?;
+    let read_at = endpoint.updated_at;
     let overlap = overlap_ms(&state, body.overlap_seconds)?;
     let now = now_ms();
     let secret = new_secret()?;
     endpoint.previous_secret = Some(std::mem::replace(&mut endpoint.secret, secret.clone()));
     endpoint.previous_secret_until = Some(now + overlap);
-    endpoint.updated_at = now;
+    endpoint.updated_at = now.max(read_at + 1);
     let entry = audit::entry(
         caller.principal(),
         &addr,
         "webhook.rotate_secret",
         Some(format!("webhook:{id}")),
     );
-    if !state.store.update_webhook(&endpoint, &entry).await? {
+    if !state
+        .store
+        .update_webhook(&endpoint, read_at, &entry)
+        .await?
+    {
         return Err(ApiError::not_found("webhook endpoint"));
     }
     Ok(Json(WebhookSecret {
