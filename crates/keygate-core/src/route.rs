@@ -20,7 +20,16 @@ pub fn matches(pattern: &str, path: &str) -> bool {
 /// an upstream resolves: `.` and empty segments dropped, `..` applied, `%2e` read as `.`.
 /// `None` for a path that climbs above the root or hides a separator (`%2f`, `%5c`, `\`),
 /// which keygate refuses rather than guess how the upstream would read it.
-pub fn normalize_path(path: &str) -> Option<String> {
+pub fn normalize_path(path: &str) -> Option<std::borrow::Cow<'_, str>> {
+    // Nearly every path is canonical already: answer without allocating.
+    if path.starts_with('/')
+        && !path.contains("//")
+        && !path.contains("/.")
+        && !path.contains('%')
+        && !path.contains('\\')
+    {
+        return Some(std::borrow::Cow::Borrowed(path));
+    }
     let lower = path.to_ascii_lowercase();
     if lower.contains("%2f") || lower.contains("%5c") || path.contains('\\') {
         return None;
@@ -46,7 +55,7 @@ pub fn normalize_path(path: &str) -> Option<String> {
     if trailing && normalized != "/" {
         normalized.push('/');
     }
-    Some(normalized)
+    Some(std::borrow::Cow::Owned(normalized))
 }
 
 #[cfg(test)]

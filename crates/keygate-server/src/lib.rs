@@ -55,6 +55,8 @@ pub struct Shared {
     pub free_key_throttle: Arc<throttle::Throttle>,
     /// Reverse-proxy mode's client to the app, when an upstream is configured.
     pub upstream: Option<Arc<http::proxy::Upstream>>,
+    /// The identity headers' names, made once from the configured prefix.
+    pub identity_names: http::forward::IdentityNames,
     /// TLS for https webhook receivers.
     pub webhook_tls: Arc<rustls::ClientConfig>,
     /// Rung after writes that enqueue webhook events, so delivery starts at once.
@@ -137,6 +139,8 @@ impl Server {
                 free_key_throttle,
                 webhook_wake: Arc::new(tokio::sync::Notify::new()),
                 webhook_tls,
+                identity_names: http::forward::IdentityNames::new(&config.identity_header_prefix)
+                    .map_err(StartError::Config)?,
                 error_policy: (config.errors != http::error::ErrorPolicy::default())
                     .then(|| Arc::new(config.errors.clone())),
                 upstream: config
@@ -194,6 +198,13 @@ impl Server {
         });
         let deliverer = tokio::spawn(deliverer.run(stop_rx));
         let app = http::router(state.clone());
+        // Answers are small and written whole: Nagle's algorithm would only hold them back
+        // behind the client's delayed ACKs.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
+            if let Err(err) = stream.set_nodelay(true) {
+                tracing::debug!(error = %err, "could not set TCP_NODELAY");
+            }
+        });
         let served = axum::serve(
             listener,
             app.into_make_service_with_connect_info::<std::net::SocketAddr>(),

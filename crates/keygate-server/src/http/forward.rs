@@ -70,7 +70,7 @@ pub async fn forward_auth(
             "The original path climbs above the root or hides a separator (%2f, %5c).",
         ));
     };
-    let policy = policy_for(&state.config.routes, original_method, &path);
+    let policy = policy_for(&state.config.routes, original_method, path.as_ref());
     if policy.is_some_and(|p| p.access == Access::Public) {
         return Ok(empty(StatusCode::OK));
     }
@@ -93,22 +93,46 @@ pub async fn forward_auth(
         set_request_limits(limits.as_slice());
     }
     let mut response = empty(StatusCode::OK);
-    response.headers_mut().extend(identity_headers(
-        &state.config.identity_header_prefix,
-        &principal,
-    ));
+    response
+        .headers_mut()
+        .extend(identity_headers(&state.identity_names, &principal));
     Ok(response)
 }
 
+/// The names of the identity headers, made once from the configured prefix.
+#[derive(Debug, Clone)]
+pub struct IdentityNames {
+    key_id: HeaderName,
+    user: HeaderName,
+    project: HeaderName,
+    scopes: HeaderName,
+}
+
+impl IdentityNames {
+    pub fn new(prefix: &str) -> Result<Self, String> {
+        let name = |suffix: &str| {
+            HeaderName::try_from(format!("{prefix}{suffix}")).map_err(|_| {
+                format!("identity_header_prefix {prefix:?} makes no valid header name")
+            })
+        };
+        Ok(Self {
+            key_id: name("key-id")?,
+            user: name("user")?,
+            project: name("project")?,
+            scopes: name("scopes")?,
+        })
+    }
+}
+
 /// The identity headers that tell the app who is calling (`X-Keygate-Key-Id`, ...).
-pub fn identity_headers(prefix: &str, principal: &Principal) -> Vec<(HeaderName, HeaderValue)> {
+pub fn identity_headers(
+    names: &IdentityNames,
+    principal: &Principal,
+) -> Vec<(HeaderName, HeaderValue)> {
     let mut out = Vec::with_capacity(4);
-    let mut put = |name: &str, value: String| {
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::try_from(format!("{prefix}{name}")),
-            HeaderValue::try_from(value),
-        ) {
-            out.push((name, value));
+    let mut put = |name: &HeaderName, value: String| {
+        if let Ok(value) = HeaderValue::try_from(value) {
+            out.push((name.clone(), value));
         }
     };
     match principal {
@@ -118,22 +142,22 @@ pub fn identity_headers(prefix: &str, principal: &Principal) -> Vec<(HeaderName,
             project,
             ..
         } => {
-            put("key-id", key.record.id.to_string());
-            put("scopes", key.record.scopes.join(" "));
+            put(&names.key_id, key.record.id.to_string());
+            put(&names.scopes, key.record.scopes.join(" "));
             if let Some((user, _)) = owner {
-                put("user", user.to_string());
+                put(&names.user, user.to_string());
             }
             if let Some(project) = project {
-                put("project", project.to_string());
+                put(&names.project, project.to_string());
             }
         }
         Principal::User {
             id, role, project, ..
         } => {
-            put("user", id.to_string());
-            put("scopes", role.permissions().join(" "));
+            put(&names.user, id.to_string());
+            put(&names.scopes, role.permissions().join(" "));
             if let Some(project) = project {
-                put("project", project.to_string());
+                put(&names.project, project.to_string());
             }
         }
         Principal::Open => {}

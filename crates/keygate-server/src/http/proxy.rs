@@ -235,7 +235,7 @@ async fn forward(state: &AppState, mut request: Request) -> Result<Response, Api
         headers.remove(&name);
     }
     if let Some(principal) = &principal {
-        headers.extend(identity_headers(&prefix, principal));
+        headers.extend(identity_headers(&state.identity_names, principal));
     }
     forwarded_headers(state, headers, peer, original_host.as_ref());
     if !config.preserve_host {

@@ -247,7 +247,23 @@ impl Browser {
 }
 
 impl Drop for Browser {
+    /// Ends the WebDriver session (which closes Chromium) before stopping chromedriver:
+    /// killing the driver alone would leave the browser running. Plain blocking HTTP, as
+    /// this may run while a failed test unwinds.
     fn drop(&mut self) {
+        use std::io::Write;
+        if let Some(rest) = self.session.strip_prefix("http://")
+            && let Some((addr, path)) = rest.split_once('/')
+            && let Ok(mut stream) = std::net::TcpStream::connect(addr)
+        {
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+            let request =
+                format!("DELETE /{path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+            if stream.write_all(request.as_bytes()).is_ok() {
+                let mut answer = Vec::new();
+                let _ = stream.read_to_end(&mut answer);
+            }
+        }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
