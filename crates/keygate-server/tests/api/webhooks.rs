@@ -102,6 +102,22 @@ impl Receiver {
     }
 }
 
+/// The delivery of `event_id` to `endpoint` as it is after its first attempt.
+async fn first_attempt(server: &TestServer, endpoint: &str, event_id: &Value) -> Value {
+    let matches = |d: &&Value| d["event_id"] == *event_id && d["attempts"] == 1;
+    let list = server
+        .poll_get(&format!("/api/v1/webhooks/{endpoint}/deliveries"), |l| {
+            l["deliveries"]
+                .as_array()
+                .is_some_and(|d| d.iter().any(|x| matches(&x)))
+        })
+        .await;
+    list["deliveries"]
+        .as_array()
+        .and_then(|d| d.iter().find(matches).cloned())
+        .expect("delivery")
+}
+
 fn webhook_config(allow_private: bool) -> ServerConfig {
     ServerConfig {
         webhooks: WebhookConfig {
@@ -129,6 +145,21 @@ fn verify(secret: &str, received: &Received) -> Result<(), keygate_core::webhook
 }
 
 impl TestServer {
+    /// GETs `path` as the administrator until `done` holds for the body (a condition,
+    /// polled every 10 ms, with a deadline), and returns that body.
+    async fn poll_get(&self, path: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (status, body) = self.admin_get(path).await;
+            assert_eq!(status, StatusCode::OK, "{path}: {body}");
+            if done(&body) {
+                return body;
+            }
+            assert!(Instant::now() < deadline, "{path}: {body}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     async fn webhook(&self, body: Value) -> (String, String) {
         let (status, created) = self
             .admin_json(Method::POST, "/api/v1/webhooks", body)
@@ -240,20 +271,16 @@ async fn key_events_arrive_signed_and_verifiable() {
     receiver.wait_for("key.revoked", 1).await;
 
     // The deliveries API shows them delivered (once the worker has recorded the answers).
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let (status, list) = server
-            .admin_get(&format!("/api/v1/webhooks/{endpoint}/deliveries"))
-            .await;
-        assert_eq!(status, StatusCode::OK);
-        let deliveries = list["deliveries"].as_array().expect("deliveries");
-        if deliveries.len() >= 3 && deliveries.iter().all(|d| d["status"] == "delivered") {
-            assert_eq!(deliveries[0]["last_status_code"], 200);
-            break;
-        }
-        assert!(Instant::now() < deadline, "{list}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let list = server
+        .poll_get(&format!("/api/v1/webhooks/{endpoint}/deliveries"), |l| {
+            let deliveries = l["deliveries"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            deliveries.len() >= 3 && deliveries.iter().all(|d| d["status"] == "delivered")
+        })
+        .await;
+    assert_eq!(list["deliveries"][0]["last_status_code"], 200);
 }
 
 #[tokio::test]
@@ -271,20 +298,13 @@ async fn failed_deliveries_are_retried_and_410_disables() {
         attempts[1].header("webhook-id")
     );
     verify(&secret, &attempts[1]).expect("verifies");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let (_, list) = server
-            .admin_get(&format!("/api/v1/webhooks/{endpoint}/deliveries"))
-            .await;
-        let delivery = &list["deliveries"][0];
-        if delivery["status"] == "delivered" {
-            assert_eq!(delivery["attempts"], 2);
-            assert_eq!(delivery["last_status_code"], 200);
-            break;
-        }
-        assert!(Instant::now() < deadline, "{list}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let list = server
+        .poll_get(&format!("/api/v1/webhooks/{endpoint}/deliveries"), |l| {
+            l["deliveries"][0]["status"] == "delivered"
+        })
+        .await;
+    assert_eq!(list["deliveries"][0]["attempts"], 2);
+    assert_eq!(list["deliveries"][0]["last_status_code"], 200);
 
     // 429 with Retry-After: the next attempt waits at least that long.
     receiver.answer(429, Some("120"));
@@ -297,23 +317,7 @@ async fn failed_deliveries_are_retried_and_410_disables() {
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{sent}");
     receiver.wait_for("webhook.test", 1).await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let delivery = loop {
-        let (_, list) = server
-            .admin_get(&format!("/api/v1/webhooks/{endpoint}/deliveries"))
-            .await;
-        let found = list["deliveries"]
-            .as_array()
-            .expect("list")
-            .iter()
-            .find(|d| d["event_id"] == sent["event_id"] && d["attempts"] == 1)
-            .cloned();
-        if let Some(found) = found {
-            break found;
-        }
-        assert!(Instant::now() < deadline, "{list}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let delivery = first_attempt(&server, &endpoint, &sent["event_id"]).await;
     assert_eq!(delivery["status"], "pending");
     assert_eq!(delivery["last_status_code"], 429);
     let next = time::OffsetDateTime::parse(
@@ -339,24 +343,18 @@ async fn failed_deliveries_are_retried_and_410_disables() {
     // 410 Gone: the endpoint is switched off and nothing more is sent.
     receiver.answer(410, None);
     server.create_key(json!({"name": "gone"})).await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let (_, endpoint) = server
-            .admin_get(&format!("/api/v1/webhooks/{endpoint}"))
-            .await;
-        if endpoint["enabled"] == false {
-            assert_eq!(endpoint["status"], "disabled");
-            assert!(
-                endpoint["disabled_reason"]
-                    .as_str()
-                    .expect("reason")
-                    .contains("410")
-            );
-            break;
-        }
-        assert!(Instant::now() < deadline, "{endpoint}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let view = server
+        .poll_get(&format!("/api/v1/webhooks/{endpoint}"), |e| {
+            e["enabled"] == false
+        })
+        .await;
+    assert_eq!(view["status"], "disabled");
+    assert!(
+        view["disabled_reason"]
+            .as_str()
+            .expect("reason")
+            .contains("410")
+    );
     let before = receiver.all().len();
     server.create_key(json!({"name": "unheard"})).await;
     let (status, _) = server
@@ -501,25 +499,13 @@ async fn outbound_addresses_are_checked() {
     let named = url.replace("127.0.0.1", "localhost");
     let (endpoint, _) = server.webhook(json!({"url": named})).await;
     server.create_key(json!({"name": "ssrf"})).await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let (_, list) = server
-            .admin_get(&format!("/api/v1/webhooks/{endpoint}/deliveries"))
-            .await;
-        let delivery = &list["deliveries"][0];
-        if delivery["status"] == "failed" {
-            assert!(
-                delivery["last_error"]
-                    .as_str()
-                    .expect("error")
-                    .contains("not allowed"),
-                "{delivery}"
-            );
-            break;
-        }
-        assert!(Instant::now() < deadline, "{list}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let list = server
+        .poll_get(&format!("/api/v1/webhooks/{endpoint}/deliveries"), |l| {
+            l["deliveries"][0]["status"] == "failed"
+        })
+        .await;
+    let error = list["deliveries"][0]["last_error"].as_str().expect("error");
+    assert!(error.contains("not allowed"), "{error}");
     assert!(receiver.all().is_empty());
 
     // With it, loopback is allowed but link-local (cloud metadata) never is.
@@ -702,20 +688,13 @@ async fn https_receivers_need_a_trusted_certificate() {
     let server = TestServer::start_with(webhook_config(true)).await;
     let (endpoint, _) = server.webhook(json!({"url": url})).await;
     server.create_key(json!({"name": "untrusted"})).await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let (_, list) = server
-            .admin_get(&format!("/api/v1/webhooks/{endpoint}/deliveries"))
-            .await;
-        let delivery = &list["deliveries"][0];
-        if delivery["attempts"].as_u64().unwrap_or(0) >= 1 {
-            let error = delivery["last_error"].as_str().expect("error");
-            assert!(error.contains("certificate"), "{error}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "{list}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let list = server
+        .poll_get(&format!("/api/v1/webhooks/{endpoint}/deliveries"), |l| {
+            l["deliveries"][0]["attempts"].as_u64().unwrap_or(0) >= 1
+        })
+        .await;
+    let error = list["deliveries"][0]["last_error"].as_str().expect("error");
+    assert!(error.contains("certificate"), "{error}");
     assert!(bodies.lock().expect("lock").is_empty());
 
     // Trusting it (webhook_ca_file): delivered over TLS.
@@ -793,23 +772,7 @@ async fn expiry_login_bursts_redirects_and_failing_endpoints() {
             json!({}),
         )
         .await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let first = loop {
-        let (_, list) = server
-            .admin_get(&format!("/api/v1/webhooks/{endpoint}/deliveries"))
-            .await;
-        let found = list["deliveries"]
-            .as_array()
-            .expect("list")
-            .iter()
-            .find(|d| d["event_id"] == sent["event_id"] && d["attempts"] == 1)
-            .cloned();
-        if let Some(found) = found {
-            break found;
-        }
-        assert!(Instant::now() < deadline, "{list}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let first = first_attempt(&server, &endpoint, &sent["event_id"]).await;
     assert_eq!(first["last_status_code"], 302);
     assert!(
         first["last_error"]
@@ -818,17 +781,11 @@ async fn expiry_login_bursts_redirects_and_failing_endpoints() {
             .contains("redirects are not followed"),
         "{first}"
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, view) = server
-            .admin_get(&format!("/api/v1/webhooks/{endpoint}"))
-            .await;
-        if view["status"] == "failing" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{view}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    server
+        .poll_get(&format!("/api/v1/webhooks/{endpoint}"), |v| {
+            v["status"] == "failing"
+        })
+        .await;
     // The third attempt succeeds; every attempt came to this receiver.
     receiver.wait_for("webhook.test", 3).await;
 }
