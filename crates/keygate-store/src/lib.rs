@@ -188,6 +188,14 @@ pub struct Plan {
     pub updated_at: UnixMillis,
 }
 
+/// One sign-in (token family) as the profile page lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignIn {
+    pub family: String,
+    pub created_at: UnixMillis,
+    pub expires_at: UnixMillis,
+}
+
 /// A page of the key list, newest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeyPage {
@@ -289,6 +297,8 @@ pub trait Store: WebhookStore + Send + Sync + 'static {
     /// Families revoked and not yet expired at `now` (for the in-memory deny list).
     async fn revoked_families(&self, now: UnixMillis) -> Result<Vec<(String, UnixMillis)>>;
     async fn family(&self, family: &str) -> Result<Option<(Uuid, UnixMillis, Option<UnixMillis>)>>;
+    /// A user's sign-ins that are neither revoked nor expired at `now`, newest first.
+    async fn active_sign_ins(&self, user: Uuid, now: UnixMillis) -> Result<Vec<SignIn>>;
 
     async fn append_audit(&self, entry: &AuditEntry) -> Result<()>;
     async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>>;

@@ -808,6 +808,27 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn active_sign_ins(&self, user: Uuid, now: UnixMillis) -> Result<Vec<crate::SignIn>> {
+        let rows = sqlx::query(
+            "SELECT family, created_at, expires_at FROM token_families
+             WHERE user_id = ? AND revoked_at IS NULL AND expires_at > ?
+             ORDER BY created_at DESC, family DESC",
+        )
+        .bind(user.to_string())
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(crate::SignIn {
+                    family: row.try_get("family")?,
+                    created_at: row.try_get("created_at")?,
+                    expires_at: row.try_get("expires_at")?,
+                })
+            })
+            .collect()
+    }
+
     async fn create_family(&self, first: &RefreshToken, audit: &AuditEntry) -> Result<()> {
         let mut tx = self.write_tx().await?;
         sqlx::query("INSERT INTO token_families (family, user_id, created_at, expires_at) VALUES (?, ?, ?, ?)")

@@ -407,6 +407,19 @@ async fn accounts_conformance(store: &dyn Store) {
         .create_family(&other, &audit(900, "auth.login"))
         .await
         .expect("family");
+    // Only the live sign-in is listed (f1 was revoked on reuse); none once expired.
+    let live = store.active_sign_ins(ana.id, 920).await.expect("sign-ins");
+    assert_eq!(
+        live.iter().map(|s| s.family.as_str()).collect::<Vec<_>>(),
+        vec!["f2"]
+    );
+    assert!(
+        store
+            .active_sign_ins(ana.id, 10_000)
+            .await
+            .expect("sign-ins")
+            .is_empty()
+    );
     assert!(
         store
             .set_password(ana.id, "$new", &audit(950, "user.password"))

@@ -157,6 +157,12 @@ pub fn router(state: AppState) -> Router {
         .route("/ui/keys/{id}/revoke", post(ui::keys_revoke))
         .route("/ui/settings", get(ui::settings).post(ui::settings_save))
         .route("/ui/settings/regenerate", post(ui::settings_regenerate))
+        .route("/ui/profile", get(ui::profile))
+        .route("/ui/profile/password", post(ui::change_password))
+        .route(
+            "/ui/profile/sessions/{family}/revoke",
+            post(ui::end_session),
+        )
         .route("/ui/assets/app.css", get(ui::asset_css))
         .route("/ui/assets/app.js", get(ui::asset_js))
         .route("/healthz", get(system::healthz))

@@ -840,3 +840,172 @@ pub async fn settings_regenerate(
         Err(err) => err.into_response(),
     }
 }
+
+struct SessionRow {
+    id: String,
+    started: String,
+    ends: String,
+    current: bool,
+}
+
+#[derive(Template)]
+#[template(path = "ui/profile.html")]
+struct ProfilePage {
+    me: Option<Me>,
+    me_csrf: String,
+    username: String,
+    role: String,
+    sessions: Vec<SessionRow>,
+    message: Option<String>,
+    old_password_error: Option<String>,
+    new_password_error: Option<String>,
+}
+
+async fn profile_page(
+    state: &AppState,
+    session: Session,
+    message: Option<String>,
+    errors: (Option<String>, Option<String>),
+) -> Response {
+    let Some(user) = session.principal.user_id() else {
+        return Redirect::to("/ui/").into_response();
+    };
+    let sign_ins = match state.store.active_sign_ins(user, now_ms()).await {
+        Ok(sign_ins) => sign_ins,
+        Err(err) => return ApiError::from(err).into_response(),
+    };
+    let sessions = sign_ins
+        .into_iter()
+        .map(|s| SessionRow {
+            current: s.family == session.family,
+            started: when(Some(time_of(s.created_at))),
+            ends: when(Some(time_of(s.expires_at))),
+            id: s.family,
+        })
+        .collect();
+    let role = if session.me.admin {
+        "administrator"
+    } else {
+        "user"
+    };
+    let csrf = session.me.csrf.clone();
+    let username = session.me.username.clone();
+    render(&ProfilePage {
+        me: Some(session.me),
+        me_csrf: csrf,
+        username,
+        role: role.into(),
+        sessions,
+        message,
+        old_password_error: errors.0,
+        new_password_error: errors.1,
+    })
+}
+
+pub async fn profile(State(state): State<AppState>, session: Session) -> Response {
+    profile_page(&state, session, None, (None, None)).await
+}
+
+#[derive(serde::Deserialize)]
+pub struct PasswordForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    old_password: String,
+    #[serde(default)]
+    new_password: String,
+}
+
+pub async fn change_password(
+    State(state): State<AppState>,
+    session: Session,
+    addr: ClientAddr,
+    headers: HeaderMap,
+    Form(form): Form<PasswordForm>,
+) -> Response {
+    if let Err(refused) = session.check(&form.csrf) {
+        return refused.into_response();
+    }
+    let request = keygate_api::accounts::ChangePasswordRequest {
+        old_password: form.old_password,
+        new_password: form.new_password,
+    };
+    let caller = crate::http::extract::Caller(session.principal.clone());
+    match crate::http::users::change_my_password(
+        State(state.clone()),
+        caller,
+        addr,
+        JsonBody(request),
+    )
+    .await
+    {
+        Ok(_) => {
+            // Every sign-in ended with the old password, this one included.
+            let mut response = Redirect::to("/ui/").into_response();
+            response.headers_mut().append(
+                header::SET_COOKIE,
+                set_cookie(&headers, SESSION_COOKIE, "", Some(0)),
+            );
+            response
+        }
+        Err(err) => {
+            let message = err.message.to_string();
+            let errors = if err.code == ErrorCode::InvalidCredentials {
+                (Some(message), None)
+            } else {
+                (None, Some(message))
+            };
+            with_status(
+                profile_page(&state, session, None, errors).await,
+                StatusCode::BAD_REQUEST,
+            )
+        }
+    }
+}
+
+pub async fn end_session(
+    State(state): State<AppState>,
+    session: Session,
+    addr: ClientAddr,
+    axum::extract::Path(family): axum::extract::Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    if let Err(refused) = session.check(&form.csrf) {
+        return refused.into_response();
+    }
+    let Some(user) = session.principal.user_id() else {
+        return Redirect::to("/ui/").into_response();
+    };
+    // Only one's own sign-ins: a family of someone else's is "not found".
+    let owned = match state.store.family(&family).await {
+        Ok(found) => found.is_some_and(|(owner, _, _)| owner == user),
+        Err(err) => return ApiError::from(err).into_response(),
+    };
+    if !owned {
+        return ApiError::not_found("sign-in").into_response();
+    }
+    let entry = crate::http::audit::entry(
+        &session.principal,
+        &addr,
+        "auth.logout",
+        Some(format!("user:{user}")),
+    );
+    if let Err(err) = state
+        .store
+        .revoke_family(&family, "ended from the profile page", &entry)
+        .await
+    {
+        return ApiError::from(err).into_response();
+    }
+    keys::sync_after_write(&state).await;
+    if family == session.family {
+        return Redirect::to("/ui/").into_response();
+    }
+    profile_page(
+        &state,
+        session,
+        Some("That sign-in has ended.".into()),
+        (None, None),
+    )
+    .await
+}

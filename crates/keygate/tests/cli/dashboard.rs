@@ -395,12 +395,24 @@ async fn dashboard_in_a_real_browser() {
     }
     assert_eq!(get(&base, "/api/v1/whoami", &fresh).await.0, 200);
 
+    // Profile: this sign-in is listed; a wrong current password is refused next to its
+    // field (and nothing changes).
+    browser.go(&format!("{base}/ui/profile")).await;
+    assert!(browser.text("#sessions").await.contains("this one"));
+    browser.type_into("#old_password", "not-my-password").await;
+    browser
+        .type_into("#new_password", "a-new-password-123")
+        .await;
+    browser.click("#change-password").await;
+    assert!(browser.text("#old-password-error").await.contains("wrong"));
+    browser.screenshot("06-profile").await;
+
     // Sign out: back to the sign-in form; the keys page needs signing in again.
     browser.click("#sign-out").await;
     browser.find("#sign-in").await;
     browser.go(&format!("{base}/ui/keys")).await;
     browser.find("#sign-in").await;
-    browser.screenshot("06-signed-out").await;
+    browser.screenshot("07-signed-out").await;
     let (status, _) = running.terminate();
     assert!(status.success());
 }
