@@ -115,6 +115,36 @@ async fn writable_endpoint(
     }
 }
 
+/// Stores a changed endpoint read at `read_at`, audited as `action`; 409 if it changed
+/// since, 404 if it is gone.
+async fn save(
+    state: &AppState,
+    principal: &Principal,
+    addr: &ClientAddr,
+    endpoint: &mut WebhookEndpoint,
+    read_at: i64,
+    now: i64,
+    action: &str,
+) -> Result<(), ApiError> {
+    // Strictly later than the read, so the compare-and-swap sees every write.
+    endpoint.updated_at = now.max(read_at + 1);
+    let entry = audit::entry(
+        principal,
+        addr,
+        action,
+        Some(format!("webhook:{}", endpoint.id)),
+    );
+    if state
+        .store
+        .update_webhook(endpoint, read_at, &entry)
+        .await?
+    {
+        Ok(())
+    } else {
+        Err(ApiError::not_found("webhook endpoint"))
+    }
+}
+
 fn validate_url(state: &AppState, url: &str) -> Result<String, ApiError> {
     let url = url.trim();
     let parsed: axum::http::Uri = url
@@ -372,20 +402,16 @@ pub async fn update_webhook(
         }
     }
     let now = now_ms();
-    endpoint.updated_at = now.max(read_at + 1);
-    let entry = audit::entry(
+    save(
+        &state,
         caller.principal(),
         &addr,
+        &mut endpoint,
+        read_at,
+        now,
         "webhook.update",
-        Some(format!("webhook:{id}")),
-    );
-    if !state
-        .store
-        .update_webhook(&endpoint, read_at, &entry)
-        .await?
-    {
-        return Err(ApiError::not_found("webhook endpoint"));
-    }
+    )
+    .await?;
     Ok(Json(view(&state, &endpoint, now)))
 }
 
@@ -435,20 +461,16 @@ pub async fn rotate_secret(
     let secret = new_secret()?;
     endpoint.previous_secret = Some(std::mem::replace(&mut endpoint.secret, secret.clone()));
     endpoint.previous_secret_until = Some(now + overlap);
-    endpoint.updated_at = now.max(read_at + 1);
-    let entry = audit::entry(
+    save(
+        &state,
         caller.principal(),
         &addr,
+        &mut endpoint,
+        read_at,
+        now,
         "webhook.rotate_secret",
-        Some(format!("webhook:{id}")),
-    );
-    if !state
-        .store
-        .update_webhook(&endpoint, read_at, &entry)
-        .await?
-    {
-        return Err(ApiError::not_found("webhook endpoint"));
-    }
+    )
+    .await?;
     Ok(Json(WebhookSecret {
         secret,
         previous_secret_expires_at: (overlap > 0).then(|| time_of(now + overlap)),
