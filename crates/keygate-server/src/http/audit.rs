@@ -32,24 +32,24 @@ pub fn entry(
     }
 }
 
-#[derive(Debug, Deserialize, IntoParams)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AuditParams {
     /// An action (`key.create`) or a family of them (`key`).
-    action: Option<String>,
+    pub action: Option<String>,
     /// `user:<id>`, `instance`, `anonymous`, ...
-    actor: Option<String>,
+    pub actor: Option<String>,
     /// `key:<id>`, `user:<id>`, ...
-    target: Option<String>,
+    pub target: Option<String>,
     /// Entries at or after this time (RFC 3339).
-    since: Option<String>,
+    pub since: Option<String>,
     /// Entries older than this sequence number (from `next_before`).
-    before: Option<u64>,
+    pub before: Option<u64>,
     /// Entries newer than this sequence number, oldest first (for following the log).
-    after: Option<u64>,
+    pub after: Option<u64>,
     /// 1–1000, default 100.
-    limit: Option<u32>,
+    pub limit: Option<u32>,
 }
 
 #[utoipa::path(

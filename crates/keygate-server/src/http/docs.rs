@@ -27,7 +27,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
         projects::list_projects, projects::create_project, projects::get_project, projects::rename_project,
         projects::delete_project, projects::put_member, projects::remove_member,
         webhooks::create_webhook, webhooks::list_webhooks, webhooks::get_webhook,
-        webhooks::update_webhook, webhooks::delete_webhook, webhooks::rotate_secret,
+        webhooks::update_webhook, webhooks::delete_webhook, webhooks::rotate_secret, webhooks::reveal_secret,
         webhooks::account_secret, webhooks::list_deliveries, webhooks::retry_delivery,
         webhooks::send_test,
         system::healthz, system::readyz, system::metrics, openapi_json,

@@ -135,7 +135,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             "/api/v1/webhooks/{id}/secret",
-            post(webhooks::rotate_secret),
+            post(webhooks::rotate_secret).get(webhooks::reveal_secret),
         )
         .route("/api/v1/webhooks/{id}/test", post(webhooks::send_test))
         .route(
@@ -146,28 +146,10 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/webhooks/{id}/deliveries/{delivery_id}/retry",
             post(webhooks::retry_delivery),
         )
-        .route(
-            "/ui",
-            get(|| async { axum::response::Redirect::permanent("/ui/") }),
-        )
-        .route("/ui/", get(ui::home))
-        .route("/ui/login", post(ui::login))
-        .route("/ui/logout", post(ui::logout))
-        .route("/ui/keys", get(ui::keys_list).post(ui::keys_create))
-        .route("/ui/keys/{id}/revoke", post(ui::keys_revoke))
-        .route("/ui/settings", get(ui::settings).post(ui::settings_save))
-        .route("/ui/settings/regenerate", post(ui::settings_regenerate))
-        .route("/ui/profile", get(ui::profile))
-        .route("/ui/profile/password", post(ui::change_password))
-        .route(
-            "/ui/profile/sessions/{family}/revoke",
-            post(ui::end_session),
-        )
-        .route("/ui/assets/app.css", get(ui::asset_css))
-        .route("/ui/assets/app.js", get(ui::asset_js))
         .route("/healthz", get(system::healthz))
         .route("/readyz", get(system::readyz))
         .route("/metrics", get(system::metrics))
+        .merge(ui::routes())
         .layer(DefaultBodyLimit::max(state.config.body_limit))
         .with_state(state.clone());
     let mut app = Router::new().merge(api).merge(

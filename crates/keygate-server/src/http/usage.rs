@@ -33,26 +33,26 @@ enum Granularity {
     Month,
 }
 
-#[derive(Debug, Deserialize, IntoParams)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct UsageParams {
     /// Start (RFC 3339, inclusive); default: 24 hours before `to`.
-    from: Option<String>,
+    pub from: Option<String>,
     /// End (RFC 3339, exclusive); default: now.
-    to: Option<String>,
+    pub to: Option<String>,
     /// `minute`, `hour` (default), `day` or `month` (calendar months, UTC).
-    granularity: Option<String>,
+    pub granularity: Option<String>,
     /// `json` (default) or `csv`.
-    format: Option<String>,
+    pub format: Option<String>,
     /// Only keys of this user (admins; users always see their own).
-    user_id: Option<Uuid>,
+    pub user_id: Option<Uuid>,
     /// Only keys on this plan.
-    plan_id: Option<Uuid>,
+    pub plan_id: Option<Uuid>,
     /// Only the project-level keys of this project.
-    project_id: Option<Uuid>,
+    pub project_id: Option<Uuid>,
     /// Only this key.
-    key_id: Option<Uuid>,
+    pub key_id: Option<Uuid>,
 }
 
 fn parse_time(text: &str, name: &str) -> Result<UnixMillis, ApiError> {
@@ -197,6 +197,15 @@ fn respond(rows: Vec<UsageRow>, csv: bool) -> Response {
     if !csv {
         return Json(UsageReport { rows }).into_response();
     }
+    (
+        [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+        csv_text(&rows),
+    )
+        .into_response()
+}
+
+/// The CSV form of a report (one header line, one line per bucket).
+pub fn csv_text(rows: &[UsageRow]) -> String {
     let mut text = String::from("start,valid,rate_limited,quota_exceeded,denied,total\n");
     for row in rows {
         let start = row
@@ -208,7 +217,7 @@ fn respond(rows: Vec<UsageRow>, csv: bool) -> Response {
             row.valid, row.rate_limited, row.quota_exceeded, row.denied, row.total
         ));
     }
-    ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], text).into_response()
+    text
 }
 
 #[utoipa::path(
@@ -259,8 +268,17 @@ pub async fn usage(
     caller: Need<KeysRead>,
     QueryParams(params): QueryParams<UsageParams>,
 ) -> Result<Response, ApiError> {
-    let window = window(&params)?;
-    let principal = caller.principal();
+    let (rows, csv) = rows_for(&state, caller.principal(), &params).await?;
+    Ok(respond(rows, csv))
+}
+
+/// The rows `GET /api/v1/usage` answers for `principal` (and whether CSV was asked for).
+pub async fn rows_for(
+    state: &AppState,
+    principal: &crate::engine::Principal,
+    params: &UsageParams,
+) -> Result<(Vec<UsageRow>, bool), ApiError> {
+    let window = window(params)?;
     let user = if principal.acts_for_everyone() {
         params.user_id
     } else {
@@ -292,5 +310,5 @@ pub async fn usage(
         });
         ids
     });
-    Ok(respond(report(&state, keys, &window).await?, window.csv))
+    Ok((report(state, keys, &window).await?, window.csv))
 }

@@ -478,6 +478,41 @@ pub async fn rotate_secret(
 }
 
 #[utoipa::path(
+    get, path = "/api/v1/webhooks/{id}/secret", tag = "webhooks",
+    params(("id" = Uuid, Path, description = "Endpoint id")),
+    responses(
+        (status = 200, description = "The endpoint's current signing secret (the reveal is audited)", body = WebhookSecret),
+        (status = 404, description = "No such endpoint", body = ErrorBody),
+    ),
+    security(("api_key" = []), ("bearer" = []))
+)]
+/// Shows an endpoint's signing secret again (keygate keeps it to sign with). Needs
+/// `webhooks:write`: whoever may rotate the secret may read it.
+pub async fn reveal_secret(
+    State(state): State<AppState>,
+    caller: Need<WebhooksWrite>,
+    addr: ClientAddr,
+    PathId(id): PathId,
+) -> Result<Json<WebhookSecret>, ApiError> {
+    let endpoint = writable_endpoint(&state, caller.principal(), id).await?;
+    let entry = audit::entry(
+        caller.principal(),
+        &addr,
+        "webhook.reveal_secret",
+        Some(format!("webhook:{id}")),
+    );
+    state.store.append_audit(&entry).await?;
+    let now = now_ms();
+    Ok(Json(WebhookSecret {
+        secret: endpoint.secret,
+        previous_secret_expires_at: endpoint
+            .previous_secret_until
+            .filter(|until| *until > now)
+            .map(time_of),
+    }))
+}
+
+#[utoipa::path(
     post, path = "/api/v1/webhooks/secret", tag = "webhooks",
     request_body = RotateSecretRequest,
     responses(
@@ -517,7 +552,7 @@ pub async fn account_secret(
     }))
 }
 
-#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveryParams {

@@ -386,6 +386,16 @@ async fn secret_rotation_signs_with_both_during_the_overlap() {
     let new = rotated["secret"].as_str().expect("secret").to_string();
     assert_ne!(new, old);
     assert!(rotated["previous_secret_expires_at"].is_string());
+    // The current secret can be shown again, with the overlap.
+    let (status, shown) = server
+        .admin_get(&format!("/api/v1/webhooks/{endpoint}/secret"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{shown}");
+    assert_eq!(shown["secret"], new.as_str());
+    assert_eq!(
+        shown["previous_secret_expires_at"],
+        rotated["previous_secret_expires_at"]
+    );
 
     server.create_key(json!({"name": "overlap"})).await;
     let event = receiver.wait_for("key.created", 1).await.remove(0);
@@ -884,6 +894,7 @@ async fn project_members_see_but_only_owners_change_endpoints() {
             json!({"url": "http://127.0.0.1:9/elsewhere"}),
         ),
         (Method::POST, "/secret", json!({})),
+        (Method::GET, "/secret", json!({})),
         (Method::DELETE, "", json!({})),
     ] {
         let (status, body) = read(

@@ -303,8 +303,12 @@ async fn dashboard_in_a_real_browser() {
         .type_into("#password", "dashboard-admin-password")
         .await;
     browser.click("#sign-in").await;
-    browser.find("#new-key-form").await;
+    // Signed in, the overview: keys by state and the last 24 hours as a chart.
+    browser.find("#key-counts").await;
+    browser.find("svg.chart").await;
     browser.assert_only_from(&base).await;
+    browser.go(&format!("{base}/ui/keys")).await;
+    browser.find("#new-key-form").await;
 
     // A form with bad input says what is wrong next to the field.
     browser.click("#level-project").await;
@@ -406,6 +410,56 @@ async fn dashboard_in_a_real_browser() {
     browser.click("#change-password").await;
     assert!(browser.text("#old-password-error").await.contains("wrong"));
     browser.screenshot("06-profile").await;
+
+    // Every page of the dashboard renders at phone width without the page itself
+    // scrolling sideways (wide tables scroll inside their card) and loads nothing from
+    // elsewhere.
+    browser
+        .call(
+            reqwest::Method::POST,
+            "/window/rect",
+            Some(json!({"width": 360, "height": 800})),
+        )
+        .await;
+    for (page, marker) in [
+        ("overview", "#key-counts"),
+        ("keys", "#keys-table"),
+        ("projects", "#projects-table"),
+        ("webhooks", "#new-endpoint-form"),
+        ("usage", "#usage-table"),
+        ("users", "#users-table"),
+        ("plans", "#new-plan-form"),
+        ("audit", "#audit-table"),
+        ("settings", "#settings-form"),
+        ("profile", "#personal-key-form"),
+    ] {
+        browser.go(&format!("{base}/ui/{page}")).await;
+        browser.find(marker).await;
+        browser.assert_only_from(&base).await;
+        let overflow = browser
+            .script("return document.documentElement.scrollWidth - window.innerWidth;")
+            .await;
+        assert!(
+            overflow.as_i64().is_some_and(|px| px <= 0),
+            "/ui/{page} is wider than the phone: {overflow}"
+        );
+        if page == "overview" || page == "usage" {
+            browser.screenshot(&format!("08-{page}-phone")).await;
+        }
+    }
+    browser
+        .call(
+            reqwest::Method::POST,
+            "/window/rect",
+            Some(json!({"width": 1280, "height": 900})),
+        )
+        .await;
+    // The audit log has what happened above, and filters it.
+    browser
+        .go(&format!("{base}/ui/audit?action=key.revoke"))
+        .await;
+    assert!(browser.text("#audit-table").await.contains("key.revoke"));
+    assert!(!browser.text("#audit-table").await.contains("key.create"));
 
     // Sign out: back to the sign-in form; the keys page needs signing in again.
     browser.click("#sign-out").await;
