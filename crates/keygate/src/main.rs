@@ -172,29 +172,36 @@ async fn open_store(data_dir: &std::path::Path) -> Result<SqliteStore> {
         .with_context(|| format!("cannot open the store in {}", data_dir.display()))
 }
 
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Registers the shutdown signals at once and answers a future that completes on the
+/// first of them. Registering early matters: until a handler exists, SIGTERM's default
+/// action kills the process, so a stop sent just after start would skip the graceful
+/// shutdown (and lose the usage counted so far).
+#[cfg(unix)]
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => {},
+            _ = interrupt.recv() => {},
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = interrupt => {},
-        _ = terminate => {},
-    }
-    tracing::info!("shutting down: finishing requests in flight");
+        tracing::info!("shutting down: finishing requests in flight");
+    })
+}
+
+#[cfg(not(unix))]
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down: finishing requests in flight");
+    })
 }
 
 async fn serve(args: ConfigArgs) -> Result<()> {
     let effective = args.resolve()?;
     init_logging(effective.log_format);
+    let shutdown = shutdown_signal()?;
     let config = effective.server_config();
     // Read before anything is created, so a bad value stops a first start cleanly.
     let admin_password = std::env::var("KEYGATE_ADMIN_PASSWORD")
@@ -227,7 +234,7 @@ async fn serve(args: ConfigArgs) -> Result<()> {
         "keygate listening on {url} (data in {})",
         effective.data_dir.display()
     );
-    server.serve(listener, shutdown_signal()).await?;
+    server.serve(listener, shutdown).await?;
     store.close().await;
     tracing::info!("stopped");
     Ok(())

@@ -1031,6 +1031,6 @@ async fn webhook_events_survive_sigkill() {
     // After a restart the interrupted delivery is made again (at least once).
     let running = serve(dir.path(), &env);
     wait_for_events(&received, "hang", 2).await;
-    let (status, _) = running.terminate();
-    assert!(status.success());
+    let (status, log) = running.terminate();
+    assert!(status.success(), "{status}: {log}");
 }
