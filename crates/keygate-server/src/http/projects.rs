@@ -54,7 +54,7 @@ async fn visible(state: &AppState, principal: &Principal, id: Uuid) -> Result<Pr
 }
 
 /// A project the caller may change: admins, and the project's owners.
-async fn owned(state: &AppState, principal: &Principal, id: Uuid) -> Result<Project, ApiError> {
+pub async fn owned(state: &AppState, principal: &Principal, id: Uuid) -> Result<Project, ApiError> {
     let project = visible(state, principal, id).await?;
     if principal.acts_for_everyone() || role_of(&project, principal).as_deref() == Some("owner") {
         Ok(project)

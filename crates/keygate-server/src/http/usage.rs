@@ -148,22 +148,30 @@ async fn report(
         .await?;
     let mut buckets: BTreeMap<UnixMillis, MinuteCounts> = BTreeMap::new();
     let mut add = |counts: &MinuteCounts| {
-        if counts.minute >= window.from && counts.minute < window.to {
-            let start = bucket_of(counts.minute, window.granularity);
-            buckets
-                .entry(start)
-                .or_insert(MinuteCounts {
-                    minute: start,
-                    ..Default::default()
-                })
-                .add(counts);
-        }
+        let start = bucket_of(counts.minute, window.granularity);
+        buckets
+            .entry(start)
+            .or_insert(MinuteCounts {
+                minute: start,
+                ..Default::default()
+            })
+            .add(counts);
     };
-    stored.iter().for_each(&mut add);
+    // Stored rows come grouped by bucket and labelled with its start, which may lie
+    // before `from` (the store counted only minutes from `from` on): a bucket is in the
+    // window when any part of it is.
+    stored
+        .iter()
+        .filter(|c| c.minute + store_bucket > window.from && c.minute < window.to)
+        .for_each(&mut add);
     {
         let index = state.engine.index();
         for_each_key(&index, keys.as_deref(), |key| {
-            key.usage.unflushed_minutes().iter().for_each(&mut add);
+            key.usage
+                .unflushed_minutes()
+                .iter()
+                .filter(|c| c.minute >= window.from && c.minute < window.to)
+                .for_each(&mut add);
         });
     }
     Ok(buckets

@@ -391,6 +391,15 @@ async fn a_key_rotates_itself_without_downtime() {
 #[tokio::test]
 async fn usage_numbers_match_the_requests_made() {
     let server = TestServer::start().await;
+    // The minute the requests begin in (they are counted in it or later).
+    let began = {
+        let now = time::OffsetDateTime::now_utc();
+        now.replace_second(0)
+            .and_then(|t| t.replace_nanosecond(0))
+            .expect("minute")
+            .format(&time::format_description::well_known::Rfc3339)
+            .expect("format")
+    };
     let plan = server
         .plan(json!({"name": "metered", "rate_limits": [{"limit": 30, "period_seconds": 3600}]}))
         .await;
@@ -457,6 +466,14 @@ async fn usage_numbers_match_the_requests_made() {
         .admin_get(&format!("/api/v1/keys/{key_id}/usage?granularity=minute"))
         .await;
     assert_eq!(totals(&report), expected);
+    // A window that starts inside an hour keeps that hour's stored counts from its start.
+    let (_, report) = server
+        .admin_get(&format!(
+            "/api/v1/keys/{key_id}/usage?granularity=hour&from={}",
+            began.replace(':', "%3A").replace('+', "%2B")
+        ))
+        .await;
+    assert_eq!(totals(&report), expected, "{report}");
     // CSV for billing jobs.
     let response = server
         .request(
@@ -728,6 +745,19 @@ async fn forward_auth_for_reverse_proxies() {
     let response = ask("GET", "/files/c", Some(&reader)).await.expect("send");
     assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(header(&response, "retry-after"), "30");
+    assert!(header(&response, "ratelimit").starts_with(r#""minute";r=0;"#));
+    // Like every answer, a refusal carries the request id, in the header and the body.
+    let response = server
+        .request(Method::GET, "/api/v1/forward-auth")
+        .header("X-Forwarded-Uri", "/files/d")
+        .header("X-Request-Id", "trace-42")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(header(&response, "x-request-id"), "trace-42");
+    let (status, body) = read(response).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["error"]["request_id"], "trace-42");
     // Envoy's form: the original path appended to the endpoint's path.
     let response = server
         .request(Method::GET, "/api/v1/forward-auth/health")

@@ -606,7 +606,7 @@ async fn dashboard_webhook_endpoints_secrets_and_deliveries() {
                 ("url", "https://hooks.example.com/keygate"),
                 ("events", "key.created"),
                 ("events", "key.revoked"),
-                ("owner", "instance"),
+                ("owner", "me"),
             ],
         )
         .await;

@@ -106,7 +106,8 @@ pub async fn page(State(state): State<AppState>, session: Session) -> Response {
             });
             if let Some((used, limit)) = quota
                 && limit > 0
-                && used * 100 >= limit * QUOTA_WARN_PERCENT
+                // In u128: a quota near u64::MAX must not overflow the comparison.
+                && u128::from(used) * 100 >= u128::from(limit) * u128::from(QUOTA_WARN_PERCENT)
             {
                 attention.push(Attention {
                     id: key.id,

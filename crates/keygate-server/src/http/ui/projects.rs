@@ -278,6 +278,10 @@ pub async fn add_member(
     PathId(id): PathId,
     Posted { session, form }: Posted<MemberForm>,
 ) -> Response {
+    // Owners only, before any name is looked up: others learn nothing about who exists.
+    if let Err(err) = api::owned(&state, &session.principal, id).await {
+        return error_page(&session, err);
+    }
     let wanted = form.username.trim().to_lowercase();
     let user = match state.store.load_users().await {
         Ok(users) => users

@@ -32,7 +32,7 @@ struct EndpointForm {
     url: String,
     description: String,
     events: Vec<String>,
-    /// `me`, `instance` (administrators) or a project id.
+    /// `me` or a project id.
     owner: String,
 }
 
@@ -186,7 +186,6 @@ pub async fn create(
     let mut errors = EndpointErrors::default();
     let (user_id, project_id) = match form.owner.as_str() {
         "" | "me" => (session.user_id(), None),
-        "instance" if session.me.admin => (None, None),
         text => match optional_id(text) {
             Ok(Some(project)) => (None, Some(project)),
             _ => {
