@@ -198,18 +198,11 @@ impl Server {
         });
         let deliverer = tokio::spawn(deliverer.run(stop_rx));
         let app = http::router(state.clone());
-        // Answers are small and written whole: Nagle's algorithm would only hold them back
-        // behind the client's delayed ACKs.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
-            if let Err(err) = stream.set_nodelay(true) {
-                tracing::debug!(error = %err, "could not set TCP_NODELAY");
-            }
-        });
-        let served = axum::serve(
+        let served = http::front::serve(
             listener,
-            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            http::front::Fronts::new(state.clone(), app),
+            shutdown,
         )
-        .with_graceful_shutdown(shutdown)
         .await;
         let _ = stop_tx.send(true);
         let _ = poller.await;

@@ -108,34 +108,62 @@ pub fn loggable_uri(uri: &Uri) -> String {
     format!("{path}?{}", redacted.join("&"))
 }
 
-pub async fn request_context(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let id = request
-        .headers()
+/// The id of an incoming request: its own `X-Request-Id` when sane, else a new one.
+pub fn request_id_of(headers: &axum::http::HeaderMap) -> Arc<str> {
+    headers
         .get(REQUEST_ID_HEADER)
         .and_then(sane_incoming)
-        .unwrap_or_else(new_request_id);
-    let method = request.method().clone();
-    let uri = request.uri().clone();
-    let started = Instant::now();
+        .unwrap_or_else(new_request_id)
+}
+
+/// Runs a synchronous handler with the request's task-locals set (for answers made beside
+/// the router, see `front.rs`); answers its result and the limit states it recorded.
+pub fn within_request<T>(
+    id: &Arc<str>,
+    policy: Option<Arc<ErrorPolicy>>,
+    handler: impl FnOnce() -> T,
+) -> (T, Vec<LimitStatus>) {
     let limits = Arc::new(Mutex::new(Vec::new()));
-    let mut response = REQUEST_ID
+    let answer = REQUEST_ID.sync_scope(Arc::clone(id), || {
+        REQUEST_LIMITS.sync_scope(Arc::clone(&limits), || {
+            ERROR_POLICY.sync_scope(policy, handler)
+        })
+    });
+    let limits = std::mem::take(&mut *limits.lock().unwrap_or_else(PoisonError::into_inner));
+    (answer, limits)
+}
+
+/// [`within_request`] for an asynchronous handler.
+pub async fn within_request_async(
+    id: &Arc<str>,
+    policy: Option<Arc<ErrorPolicy>>,
+    handler: impl Future<Output = Response>,
+) -> (Response, Vec<LimitStatus>) {
+    let limits = Arc::new(Mutex::new(Vec::new()));
+    let answer = REQUEST_ID
         .scope(
-            Arc::clone(&id),
-            REQUEST_LIMITS.scope(
-                Arc::clone(&limits),
-                ERROR_POLICY.scope(state.error_policy.clone(), next.run(request)),
-            ),
+            Arc::clone(id),
+            REQUEST_LIMITS.scope(Arc::clone(&limits), ERROR_POLICY.scope(policy, handler)),
         )
         .await;
-    if let Ok(value) = HeaderValue::from_str(&id) {
+    let limits = std::mem::take(&mut *limits.lock().unwrap_or_else(PoisonError::into_inner));
+    (answer, limits)
+}
+
+/// What every response gets on its way out: the request id, the `RateLimit` fields of
+/// the credential's limits, and the access log line.
+pub fn finish(
+    response: &mut Response,
+    id: &str,
+    limits: &[LimitStatus],
+    method: &axum::http::Method,
+    uri: &Uri,
+    started: Instant,
+) {
+    if let Ok(value) = HeaderValue::from_str(id) {
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }
-    let limits = std::mem::take(&mut *limits.lock().unwrap_or_else(PoisonError::into_inner));
-    if let Some((policy, state)) = rate_limit_fields(&limits)
+    if let Some((policy, state)) = rate_limit_fields(limits)
         && let (Ok(policy), Ok(state)) = (
             HeaderValue::from_str(&policy),
             HeaderValue::from_str(&state),
@@ -147,10 +175,24 @@ pub async fn request_context(
     let status = response.status().as_u16();
     let micros = started.elapsed().as_micros() as u64;
     if status >= 500 {
-        tracing::warn!(request_id = %id, %method, uri = %loggable_uri(&uri), status, micros, "request failed");
+        tracing::warn!(request_id = %id, %method, uri = %loggable_uri(uri), status, micros, "request failed");
     } else {
-        tracing::debug!(request_id = %id, %method, uri = %loggable_uri(&uri), status, micros, "request");
+        tracing::debug!(request_id = %id, %method, uri = %loggable_uri(uri), status, micros, "request");
     }
+}
+
+pub async fn request_context(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let id = request_id_of(request.headers());
+    let method = request.method().clone();
+    let uri = request.uri().clone();
+    let started = Instant::now();
+    let (mut response, limits) =
+        within_request_async(&id, state.error_policy.clone(), next.run(request)).await;
+    finish(&mut response, &id, &limits, &method, &uri, started);
     response
 }
 

@@ -9,7 +9,7 @@
 use crate::AppState;
 use crate::clock::now_ms;
 use crate::engine::Principal;
-use crate::http::context::set_request_limits;
+use crate::http::context::{self, set_request_limits};
 use crate::http::error::ApiError;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
@@ -37,17 +37,55 @@ fn header<'a>(headers: &'a HeaderMap, names: &[&str]) -> Option<&'a str> {
     security(("api_key" = []), ("bearer" = []))
 )]
 /// Any method is accepted: proxies forward the original one or send their own.
-// The whole request is taken by value and read by reference: the hot path copies no
-// header map.
 pub async fn forward_auth(
     State(state): State<AppState>,
     request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
-    let client_ip = state.config.client_ip(
-        crate::http::extract::peer_ip_of(&request),
-        request.headers(),
-    );
+    let peer = crate::http::extract::peer_ip_of(&request);
     let (parts, _) = request.into_parts();
+    decide(&state, &parts, peer)
+}
+
+/// Forward auth answered beside the router (`front.rs`): the same answer as the routed
+/// handler, with the same request id, `RateLimit` fields, error style and log line, but
+/// without axum's routing and the general middleware stack — which cost more than the
+/// decision itself (BENCHMARKS.md). Only the request's head is read.
+pub fn answer_beside_router(
+    state: &AppState,
+    parts: &axum::http::request::Parts,
+    peer: Option<std::net::IpAddr>,
+) -> Response {
+    let started = std::time::Instant::now();
+    let id = context::request_id_of(&parts.headers);
+    let (mut response, limits) = context::within_request(&id, state.error_policy.clone(), || {
+        // As the router's CatchPanicLayer does: a panic is a 500 in the error model.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            decide(state, parts, peer).unwrap_or_else(IntoResponse::into_response)
+        }))
+        .unwrap_or_else(|_| {
+            tracing::error!("forward auth panicked");
+            ApiError::new(keygate_api::ErrorCode::InternalError).into_response()
+        })
+    });
+    context::finish(
+        &mut response,
+        &id,
+        &limits,
+        &parts.method,
+        &parts.uri,
+        started,
+    );
+    response
+}
+
+/// The decision for one forward-auth request, from its head (read by reference: the hot
+/// path copies no header map) and its TCP peer.
+fn decide(
+    state: &AppState,
+    parts: &axum::http::request::Parts,
+    peer: Option<std::net::IpAddr>,
+) -> Result<Response, ApiError> {
+    let client_ip = state.config.client_ip(peer, &parts.headers);
     let (method, uri, headers) = (&parts.method, &parts.uri, &parts.headers);
     let original_method =
         header(headers, &["x-forwarded-method", "x-original-method"]).unwrap_or(method.as_str());

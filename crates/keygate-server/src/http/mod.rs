@@ -9,6 +9,7 @@ pub mod error;
 pub mod extract;
 pub mod forward;
 pub mod free;
+pub mod front;
 pub mod keys;
 pub mod plans;
 pub mod projects;

@@ -148,6 +148,29 @@ pub async fn divert(State(state): State<AppState>, request: Request, next: Next)
     }
 }
 
+/// A proxied request answered beside the router (`front.rs`): what the router's fallback
+/// would answer, with the same request id, `RateLimit` fields, error style, panic
+/// handling and log line, without the routing and the general middleware stack.
+pub async fn answer_beside_router(state: AppState, request: Request) -> Response {
+    use futures_util::FutureExt as _;
+    let started = std::time::Instant::now();
+    let id = crate::http::context::request_id_of(request.headers());
+    let (method, uri) = (request.method().clone(), request.uri().clone());
+    let policy = state.error_policy.clone();
+    let answer = std::panic::AssertUnwindSafe(proxy(State(state), request))
+        .catch_unwind()
+        .map(|answer| {
+            answer.unwrap_or_else(|_| {
+                tracing::error!("a proxied request panicked");
+                ApiError::new(ErrorCode::InternalError).into_response()
+            })
+        });
+    let (mut response, limits) =
+        crate::http::context::within_request_async(&id, policy, answer).await;
+    crate::http::context::finish(&mut response, &id, &limits, &method, &uri, started);
+    response
+}
+
 /// The handler for every request keygate does not answer itself.
 pub async fn proxy(State(state): State<AppState>, request: Request) -> Response {
     match forward(&state, request).await {
