@@ -110,7 +110,7 @@ fn decide(
     };
     let policy = policy_for(&state.config.routes, original_method, path.as_ref());
     if policy.is_some_and(|p| p.access == Access::Public) {
-        return Ok(empty(StatusCode::OK));
+        return Ok(allowed(&state.identity_names, None));
     }
     let scopes: Vec<&str> = policy
         .map(|p| p.scopes.iter().map(String::as_str).collect())
@@ -130,11 +130,26 @@ fn decide(
     if let Principal::ApiKey { limits, .. } = &principal {
         set_request_limits(limits.as_slice());
     }
+    Ok(allowed(&state.identity_names, Some(&principal)))
+}
+
+/// The 200 of an allowed request: every identity header, empty when there is nothing to
+/// say (a public route, a key without an owner). Proxies copy these onto the request
+/// they pass on; a header keygate left out would let the client's own copy through
+/// (Traefik's `authResponseHeaders`, Envoy's `allowed_upstream_headers`), and Caddy 2.6
+/// would set the literal placeholder text instead.
+fn allowed(names: &IdentityNames, principal: Option<&Principal>) -> Response {
     let mut response = empty(StatusCode::OK);
+    let headers = response.headers_mut();
+    if let Some(principal) = principal {
+        headers.extend(identity_headers(names, principal));
+    }
+    for name in [&names.key_id, &names.user, &names.project, &names.scopes] {
+        if !headers.contains_key(name) {
+            headers.insert(name.clone(), HeaderValue::from_static(""));
+        }
+    }
     response
-        .headers_mut()
-        .extend(identity_headers(&state.identity_names, &principal));
-    Ok(response)
 }
 
 /// The names of the identity headers, made once from the configured prefix.

@@ -225,3 +225,159 @@ async fn nginx_auth_request_end_to_end() {
         Some("20")
     );
 }
+
+/// Debian's Caddy, or `None` (printing SKIPPED) when it is not installed; with
+/// KEYGATE_REQUIRE_ALL=1 a missing Caddy is a failure.
+fn caddy_binary() -> Option<&'static str> {
+    let found = ["/usr/bin/caddy", "/usr/local/bin/caddy"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists());
+    if found.is_none() {
+        assert!(
+            std::env::var("KEYGATE_REQUIRE_ALL").as_deref() != Ok("1"),
+            "caddy is required (KEYGATE_REQUIRE_ALL=1) but not installed"
+        );
+        println!("SKIPPED: caddy is not installed; the Caddy forward_auth test did not run");
+    }
+    found
+}
+
+/// An app that answers with the identity headers it was given.
+async fn echo_app() -> u16 {
+    let upstream = axum::Router::new().fallback(|headers: axum::http::HeaderMap| async move {
+        // `-` when absent, the value (maybe empty) when present.
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+                .to_string()
+        };
+        format!(
+            "key={} user={}",
+            header("x-keygate-key-id"),
+            header("x-keygate-user")
+        )
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move { axum::serve(listener, upstream).await });
+    port
+}
+
+#[tokio::test]
+async fn caddy_forward_auth_end_to_end() {
+    let Some(caddy) = caddy_binary() else { return };
+    use keygate_core::route::RoutePolicy;
+    let routes: Vec<RoutePolicy> = serde_json::from_value(json!([
+        {"path": "/health", "access": "public"},
+        {"path": "/admin/*", "scopes": ["app:admin"]},
+    ]))
+    .expect("routes");
+    let server = TestServer::start_with(ServerConfig {
+        routes,
+        ..test_config()
+    })
+    .await;
+    let plan = server
+        .plan(json!({"name": "two", "rate_limits": [{"limit": 2, "period_seconds": 60}]}))
+        .await;
+    let (key, created) = server
+        .create_key(json!({"name": "client", "plan": plan}))
+        .await;
+    let key_id = created["id"].as_str().expect("id").to_string();
+    let app_port = echo_app().await;
+    let keygate = server.base.trim_start_matches("http://").to_string();
+
+    // The recipe of docs/forward-auth.md, on loopback, with Caddy's state in a temp dir.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let caddyfile = format!(
+        "{{\n    admin off\n    auto_https off\n    storage file_system {{\n        root {}\n    }}\n}}\n\
+         http://127.0.0.1:{port} {{\n\
+         \x20   forward_auth {keygate} {{\n\
+         \x20       uri /api/v1/forward-auth\n\
+         \x20       copy_headers X-Keygate-Key-Id X-Keygate-User X-Keygate-Project X-Keygate-Scopes\n\
+         \x20   }}\n\
+         \x20   reverse_proxy 127.0.0.1:{app_port}\n\
+         }}\n",
+        dir.path().join("data").display()
+    );
+    let config = dir.path().join("Caddyfile");
+    std::fs::write(&config, caddyfile).expect("Caddyfile");
+    let child = Command::new(caddy)
+        .args(["run", "--adapter", "caddyfile", "--config"])
+        .arg(&config)
+        .env("HOME", dir.path())
+        .env("XDG_DATA_HOME", dir.path().join("data"))
+        .env("XDG_CONFIG_HOME", dir.path().join("config"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start caddy");
+    let mut caddy = Nginx(child);
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let started = std::time::Instant::now();
+    while http.get(format!("{base}/health")).send().await.is_err() {
+        if let Ok(Some(status)) = caddy.0.try_wait() {
+            let mut log = String::new();
+            if let Some(mut stderr) = caddy.0.stderr.take() {
+                use std::io::Read as _;
+                let _ = stderr.read_to_string(&mut log);
+            }
+            panic!("caddy exited ({status}):\n{log}");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "caddy did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let get = |path: &str, key: Option<&str>| {
+        let mut request = http.get(format!("{base}{path}"));
+        if let Some(key) = key {
+            request = request.header("X-API-Key", key);
+        }
+        request.send()
+    };
+    // Public: through without a credential; a client's own identity header is replaced
+    // by keygate's (empty: nobody is identified).
+    let response = http
+        .get(format!("{base}/health"))
+        .header("X-Keygate-User", "someone-else")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.text().await.expect("body"), "key= user=");
+    // Allowed: the app sees keygate's identity, not the client's claim.
+    let response = http
+        .get(format!("{base}/data"))
+        .header("X-API-Key", &key)
+        .header("X-Keygate-User", "someone-else")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.text().await.expect("body"),
+        format!("key={key_id} user=")
+    );
+    // Refused: Caddy hands keygate's answer to the client as it is.
+    let (status, body) = read(get("/data", None).await.expect("send")).await;
+    assert_error(status, &body, 401, "missing_credentials", "");
+    let (status, body) = read(get("/admin/x", Some(&key)).await.expect("send")).await;
+    assert_error(status, &body, 403, "insufficient_permissions", &key);
+    assert_eq!(
+        get("/data", Some(&key)).await.expect("send").status(),
+        StatusCode::OK
+    );
+    let response = get("/data", Some(&key)).await.expect("send");
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(response.headers().get("retry-after").is_some());
+    let _ = caddy.0.kill();
+}
