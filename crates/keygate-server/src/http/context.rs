@@ -4,7 +4,7 @@
 use crate::AppState;
 use crate::http::error::ErrorPolicy;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, Uri};
+use axum::http::{HeaderName, HeaderValue, Uri};
 use axum::middleware::Next;
 use axum::response::Response;
 use keygate_core::limit::LimitStatus;
@@ -55,6 +55,10 @@ pub fn rate_limit_fields(limits: &[LimitStatus]) -> Option<(String, String)> {
 }
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
+// Made once: inserting by `&str` would parse the name on every response.
+const REQUEST_ID_NAME: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
+const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 /// The id of the request being handled, or `-` outside a request.
 pub fn current_request_id() -> String {
@@ -72,11 +76,31 @@ fn new_request_id() -> Arc<str> {
         let _ = getrandom::fill(&mut bytes);
         u32::from_be_bytes(bytes)
     });
-    format!(
-        "req_{node:08x}{:010x}",
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
-    .into()
+    // `req_` + 8 hex digits of the node + at least 10 of the counter, written without
+    // the formatting machinery (this runs once per request).
+    let mut id = [0u8; 4 + 8 + 16];
+    id[..4].copy_from_slice(b"req_");
+    let mut end = 4;
+    end += hex_into(&mut id[end..], u64::from(*node), 8);
+    end += hex_into(&mut id[end..], COUNTER.fetch_add(1, Ordering::Relaxed), 10);
+    Arc::from(std::str::from_utf8(&id[..end]).unwrap_or("req_"))
+}
+
+/// Writes `value` in lower-case hex, zero-padded to at least `min_digits`; answers the
+/// number of bytes written.
+fn hex_into(out: &mut [u8], value: u64, min_digits: usize) -> usize {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let significant = (64 - value.leading_zeros() as usize).div_ceil(4);
+    let digits = significant.max(min_digits).min(out.len());
+    for (i, slot) in out[..digits].iter_mut().enumerate() {
+        let shift = 4 * (digits - 1 - i);
+        *slot = if shift < 64 {
+            DIGITS[((value >> shift) & 0xf) as usize]
+        } else {
+            b'0'
+        };
+    }
+    digits
 }
 
 fn sane_incoming(value: &HeaderValue) -> Option<Arc<str>> {
@@ -111,7 +135,7 @@ pub fn loggable_uri(uri: &Uri) -> String {
 /// The id of an incoming request: its own `X-Request-Id` when sane, else a new one.
 pub fn request_id_of(headers: &axum::http::HeaderMap) -> Arc<str> {
     headers
-        .get(REQUEST_ID_HEADER)
+        .get(&REQUEST_ID_NAME)
         .and_then(sane_incoming)
         .unwrap_or_else(new_request_id)
 }
@@ -161,7 +185,7 @@ pub fn finish(
     started: Instant,
 ) {
     if let Ok(value) = HeaderValue::from_str(id) {
-        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+        response.headers_mut().insert(REQUEST_ID_NAME, value);
     }
     if let Some((policy, state)) = rate_limit_fields(limits)
         && let (Ok(policy), Ok(state)) = (
@@ -169,8 +193,8 @@ pub fn finish(
             HeaderValue::from_str(&state),
         )
     {
-        response.headers_mut().insert("ratelimit-policy", policy);
-        response.headers_mut().insert("ratelimit", state);
+        response.headers_mut().insert(RATELIMIT_POLICY, policy);
+        response.headers_mut().insert(RATELIMIT, state);
     }
     let status = response.status().as_u16();
     let micros = started.elapsed().as_micros() as u64;
@@ -212,6 +236,27 @@ mod tests {
             "{logged}"
         );
         assert!(logged.contains("page=2"));
+    }
+
+    #[test]
+    fn new_ids_are_distinct_and_shaped_like_the_old_ones() {
+        let first = new_request_id();
+        let second = new_request_id();
+        assert_ne!(first, second);
+        for id in [&first, &second] {
+            assert_eq!(id.len(), 4 + 8 + 10, "{id}");
+            assert!(id.starts_with("req_"));
+            assert!(
+                id[4..]
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+            );
+        }
+        let mut out = [0u8; 16];
+        let n = hex_into(&mut out, 0xabc, 5);
+        assert_eq!(&out[..n], b"00abc");
+        let n = hex_into(&mut out, u64::MAX, 10);
+        assert_eq!(&out[..n], b"ffffffffffffffff");
     }
 
     #[test]

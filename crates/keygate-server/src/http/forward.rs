@@ -16,10 +16,21 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use keygate_core::route::{Access, ProjectRule, normalize_path, policy_for};
 
-fn header<'a>(headers: &'a HeaderMap, names: &[&str]) -> Option<&'a str> {
+/// The original method and URI as proxies send them (names made once, not parsed per
+/// request).
+const ORIGINAL_METHOD: [HeaderName; 2] = [
+    HeaderName::from_static("x-forwarded-method"),
+    HeaderName::from_static("x-original-method"),
+];
+const ORIGINAL_URI: [HeaderName; 2] = [
+    HeaderName::from_static("x-forwarded-uri"),
+    HeaderName::from_static("x-original-uri"),
+];
+
+fn header<'a>(headers: &'a HeaderMap, names: &[HeaderName]) -> Option<&'a str> {
     names
         .iter()
-        .find_map(|name| headers.get(*name).and_then(|v| v.to_str().ok()))
+        .find_map(|name| headers.get(name).and_then(|v| v.to_str().ok()))
 }
 
 #[utoipa::path(
@@ -87,8 +98,7 @@ fn decide(
 ) -> Result<Response, ApiError> {
     let client_ip = state.config.client_ip(peer, &parts.headers);
     let (method, uri, headers) = (&parts.method, &parts.uri, &parts.headers);
-    let original_method =
-        header(headers, &["x-forwarded-method", "x-original-method"]).unwrap_or(method.as_str());
+    let original_method = header(headers, &ORIGINAL_METHOD).unwrap_or(method.as_str());
     // The original URI: from the proxy's header, else whatever follows our own path (the
     // form Envoy's path_prefix produces), else the request's URI itself.
     let suffix = uri
@@ -97,7 +107,7 @@ fn decide(
         .and_then(|pq| pq.strip_prefix("/api/v1/forward-auth"))
         .filter(|rest| rest.starts_with('/'))
         .and_then(|rest| rest.parse::<Uri>().ok());
-    let original_uri: Uri = header(headers, &["x-forwarded-uri", "x-original-uri"])
+    let original_uri: Uri = header(headers, &ORIGINAL_URI)
         .and_then(|u| u.parse().ok())
         .or(suffix)
         .unwrap_or_else(|| uri.clone());
@@ -183,11 +193,6 @@ pub fn identity_headers(
     principal: &Principal,
 ) -> Vec<(HeaderName, HeaderValue)> {
     let mut out = Vec::with_capacity(4);
-    let mut put = |name: &HeaderName, value: String| {
-        if let Ok(value) = HeaderValue::try_from(value) {
-            out.push((name.clone(), value));
-        }
-    };
     match principal {
         Principal::ApiKey {
             key,
@@ -195,31 +200,44 @@ pub fn identity_headers(
             project,
             ..
         } => {
-            put(&names.key_id, key.record.id.to_string());
-            put(&names.scopes, key.record.scopes.join(" "));
+            push_id(&mut out, &names.key_id, &key.record.id);
             if let Some((user, _)) = owner {
-                put(&names.user, user.to_string());
+                push_id(&mut out, &names.user, user);
             }
             if let Some(project) = project {
-                put(&names.project, project.to_string());
+                push_id(&mut out, &names.project, project);
             }
+            push(&mut out, &names.scopes, &key.record.scopes.join(" "));
         }
         Principal::User {
             id, role, project, ..
         } => {
-            put(&names.user, id.to_string());
-            put(&names.scopes, role.permissions().join(" "));
+            push_id(&mut out, &names.user, id);
             if let Some(project) = project {
-                put(&names.project, project.to_string());
+                push_id(&mut out, &names.project, project);
             }
+            push(&mut out, &names.scopes, &role.permissions().join(" "));
         }
         Principal::Open => {}
     }
     out
 }
 
+fn push(out: &mut Vec<(HeaderName, HeaderValue)>, name: &HeaderName, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        out.push((name.clone(), value));
+    }
+}
+
+/// An id written into a buffer on the stack rather than formatted into a String.
+fn push_id(out: &mut Vec<(HeaderName, HeaderValue)>, name: &HeaderName, id: &uuid::Uuid) {
+    let mut buffer = uuid::Uuid::encode_buffer();
+    push(out, name, id.hyphenated().encode_lower(&mut buffer));
+}
+
 fn empty(status: StatusCode) -> Response {
-    let mut response = (status, "").into_response();
+    let mut response = Response::new(axum::body::Body::empty());
+    *response.status_mut() = status;
     response.headers_mut().insert(
         axum::http::header::CONTENT_LENGTH,
         HeaderValue::from_static("0"),
