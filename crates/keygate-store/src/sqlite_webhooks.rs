@@ -157,9 +157,15 @@ async fn write_endpoint_tx(
              (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
         )
     } else {
+        // The failure count belongs to the delivery worker, which updates it without
+        // touching `updated_at`, so a write from an earlier read must not put back the
+        // count it read. An update leaves it alone, except that switching a disabled
+        // endpoint back on starts it from zero.
         "UPDATE webhook_endpoints SET url = ?2, events = ?3, enabled = ?4, description = ?5, \
          owner = ?6, project = ?7, secret = ?8, previous_secret = ?9, previous_secret_until = ?10, \
-         signature_header = ?11, consecutive_failures = ?12, disabled_reason = ?13, \
+         signature_header = ?11, \
+         consecutive_failures = CASE WHEN enabled = 0 AND ?4 = 1 THEN 0 ELSE consecutive_failures END, \
+         disabled_reason = ?13, \
          created_at = ?14, updated_at = ?15 WHERE id = ?1"
             .to_string()
     };

@@ -890,6 +890,59 @@ async fn webhook_conformance(store: &dyn Store) {
         .expect("claim");
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].delivery.attempts, 1);
+    // A write from an earlier read never undoes failures counted since; switching a
+    // disabled endpoint back on starts the count from zero.
+    let read = store
+        .get_webhook(due[1].endpoint.id)
+        .await
+        .expect("get")
+        .expect("endpoint");
+    assert_eq!(read.consecutive_failures, 1);
+    store
+        .finish_attempt(&outcome(&again[0], DeliveryStatus::Pending, Some(60_000)))
+        .await
+        .expect("finish");
+    let mut edited = read.clone();
+    edited.description = "edited".into();
+    edited.updated_at = read.updated_at + 1;
+    assert!(
+        store
+            .update_webhook(&edited, read.updated_at, &audit(4100, "webhook.update"))
+            .await
+            .expect("update")
+    );
+    let stored = store
+        .get_webhook(read.id)
+        .await
+        .expect("get")
+        .expect("endpoint");
+    assert_eq!(
+        (stored.description.as_str(), stored.consecutive_failures),
+        ("edited", 2)
+    );
+    let mut paused = stored.clone();
+    paused.enabled = false;
+    paused.updated_at = stored.updated_at + 1;
+    store
+        .update_webhook(&paused, stored.updated_at, &audit(4200, "webhook.update"))
+        .await
+        .expect("update");
+    let mut resumed = paused.clone();
+    resumed.enabled = true;
+    resumed.updated_at = paused.updated_at + 1;
+    store
+        .update_webhook(&resumed, paused.updated_at, &audit(4300, "webhook.update"))
+        .await
+        .expect("update");
+    assert_eq!(
+        store
+            .get_webhook(read.id)
+            .await
+            .expect("get")
+            .expect("endpoint")
+            .consecutive_failures,
+        0
+    );
     let listed = store
         .list_deliveries(due[0].endpoint.id, 10)
         .await

@@ -395,11 +395,15 @@ pub async fn update_webhook(
         endpoint.signature_header = validate_header(header)?;
     }
     if let Some(enabled) = body.enabled {
-        endpoint.enabled = enabled;
         if enabled {
             endpoint.disabled_reason = None;
-            endpoint.consecutive_failures = 0;
+            // The store starts the count from zero when a disabled endpoint comes back
+            // on (and otherwise keeps the worker's count); the answer says the same.
+            if !endpoint.enabled {
+                endpoint.consecutive_failures = 0;
+            }
         }
+        endpoint.enabled = enabled;
     }
     let now = now_ms();
     save(
