@@ -78,6 +78,36 @@ pub fn view(state: &AppState, record: &KeyRecord, now: UnixMillis) -> KeyView {
     }
 }
 
+/// A key switched off by someone else — an administrator or the instance — stays off
+/// until an administrator switches it on: its owner may not undo the operator's decision.
+/// Who did it comes from the audit log (the newest `key.update` that changed `enabled`).
+async fn refuse_enabling_what_an_administrator_disabled(
+    state: &AppState,
+    principal: &Principal,
+    id: uuid::Uuid,
+) -> Result<(), ApiError> {
+    let updates = state
+        .store
+        .list_audit(&keygate_store::AuditFilter {
+            action: Some("key.update".into()),
+            target: Some(format!("key:{id}")),
+            limit: 200,
+            ..Default::default()
+        })
+        .await?;
+    let disabled_by = updates
+        .iter()
+        .find(|r| r.entry.detail.get("enabled") == Some(&serde_json::Value::Bool(false)))
+        .map(|r| r.entry.actor.as_str());
+    match disabled_by {
+        Some(actor) if actor != principal.actor() => Err(ApiError::new(
+            keygate_api::ErrorCode::InsufficientPermissions,
+        )
+        .message("An administrator disabled this key; only an administrator can enable it again.")),
+        _ => Ok(()),
+    }
+}
+
 /// Loads a key the caller may see: everyone's for admins and instance keys, their own for
 /// users. Someone else's key answers 404, as if it did not exist.
 pub async fn visible_key(
@@ -451,6 +481,10 @@ pub async fn update_key(
         }
         check_limits(&state, body.plan.flatten(), body.limits.as_ref()).await?;
     }
+    if body.enabled == Some(true) && !current.enabled && !principal.acts_for_everyone() {
+        refuse_enabling_what_an_administrator_disabled(&state, principal, id).await?;
+    }
+    let enabled_change = body.enabled.filter(|e| *e != current.enabled);
     let update = KeyUpdate {
         name: body.name.map(|n| n.trim().to_string()),
         scopes: body.scopes,
@@ -461,12 +495,16 @@ pub async fn update_key(
         limits: body.limits,
         allowed_cidrs: body.allowed_cidrs,
     };
-    let entry = audit::entry(
+    let mut entry = audit::entry(
         caller.principal(),
         &addr,
         "key.update",
         Some(format!("key:{id}")),
     );
+    if let Some(enabled) = enabled_change {
+        // Recorded so that who switched a key off is known when someone switches it on.
+        entry.detail.insert("enabled".into(), enabled.into());
+    }
     let record = state
         .store
         .update_key(id, &update, &entry)

@@ -1514,3 +1514,74 @@ async fn exempt_routes_need_no_project_header() {
         assert_eq!(verdict["code"], code, "{path}");
     }
 }
+
+#[tokio::test]
+async fn a_key_an_administrator_disabled_stays_off_for_its_owner() {
+    let server = TestServer::start().await;
+    server.add_user("dee", "user").await;
+    let (dee_jwt, _) = server.tokens("dee", "dee-password-123").await;
+    let (status, created) = server
+        .call(
+            Method::POST,
+            "/api/v1/keys",
+            &dee_jwt,
+            Some(json!({"name": "dee laptop"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let path = format!("/api/v1/keys/{}", created["id"].as_str().expect("id"));
+    let set = |enabled: bool| json!({ "enabled": enabled });
+
+    // Switched off and on by the owner: theirs to decide.
+    for enabled in [false, true] {
+        let (status, body) = server
+            .call(Method::PATCH, &path, &dee_jwt, Some(set(enabled)))
+            .await;
+        assert_eq!(
+            (status, body["enabled"].as_bool()),
+            (StatusCode::OK, Some(enabled))
+        );
+    }
+    // Switched off by an administrator: the owner cannot switch it back on.
+    let (status, _) = server.admin_json(Method::PATCH, &path, set(false)).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = server
+        .call(Method::PATCH, &path, &dee_jwt, Some(set(true)))
+        .await;
+    assert_error(status, &body, 403, "insufficient_permissions", "");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("administrator")),
+        "{body}"
+    );
+    // Other changes still work; an administrator can switch it on again.
+    let (status, _) = server
+        .call(
+            Method::PATCH,
+            &path,
+            &dee_jwt,
+            Some(json!({"name": "renamed"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = server.admin_json(Method::PATCH, &path, set(true)).await;
+    assert_eq!(
+        (status, body["enabled"].as_bool()),
+        (StatusCode::OK, Some(true))
+    );
+    // The audit log says who switched it, and which way.
+    let (_, audit) = server
+        .admin_get(&format!(
+            "/api/v1/audit?action=key.update&target=key:{}",
+            created["id"].as_str().expect("id")
+        ))
+        .await;
+    let switches: Vec<bool> = audit["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter_map(|e| e["detail"]["enabled"].as_bool())
+        .collect();
+    assert_eq!(switches, vec![true, false, true, false], "newest first");
+}
