@@ -170,6 +170,12 @@ impl KeyIndex {
         self.by_hash.values().for_each(|k| f(k));
     }
 
+    /// Every key, shared: a caller can keep the ones it wants after the index is
+    /// released (listing pages copy pointers under the lock, not records).
+    pub fn shared(&self) -> impl Iterator<Item = &Arc<IndexedKey>> {
+        self.by_hash.values()
+    }
+
     /// The instance's global admin key.
     pub fn global_key(&self) -> Option<&Arc<IndexedKey>> {
         self.get_by_id(self.global?)

@@ -15,15 +15,13 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use keygate_api::keys::{CreateKeyRequest, RotateKeyRequest, UpdateKeyRequest, UsageRow};
-use keygate_core::KeyRecord;
-use keygate_store::KeyPage;
+use keygate_core::{IndexedKey, KeyRecord};
 use std::collections::HashMap;
+use std::sync::Arc;
 use uuid::Uuid;
 
 /// Rows per page of the keys table.
 const PAGE: usize = 25;
-/// The most keys a table considers (search and filters run over these).
-const MOST: u32 = 10_000;
 
 /// One row of the keys table, formatted for display.
 struct KeyRow {
@@ -122,21 +120,24 @@ struct KeysPage {
     errors: KeyErrors,
 }
 
-/// The keys `session` may see: everyone's for administrators, their own for users.
-async fn visible(state: &AppState, session: &Session) -> Result<Vec<KeyRecord>, ApiError> {
-    let owner = if session.principal.acts_for_everyone() {
-        None
-    } else {
-        session.user_id()
+/// The keys `session` may see — everyone's for administrators, their own for users —
+/// newest first, from the in-memory index (every key is there, revoked and expired ones
+/// too; only pointers are copied while it is locked).
+pub(super) fn visible(state: &AppState, session: &Session) -> Vec<Arc<IndexedKey>> {
+    let everyone = session.principal.acts_for_everyone();
+    let me = session.user_id();
+    let mut keys: Vec<Arc<IndexedKey>> = {
+        let index = state.engine.index();
+        index
+            .shared()
+            .filter(|k| everyone || (me.is_some() && k.record.owner == me))
+            .cloned()
+            .collect()
     };
-    Ok(state
-        .store
-        .list_keys(KeyPage {
-            limit: MOST,
-            offset: 0,
-            owner,
-        })
-        .await?)
+    keys.sort_by(|a, b| {
+        (b.record.created_at, b.record.id).cmp(&(a.record.created_at, a.record.id))
+    });
+    keys
 }
 
 /// Projects the session's user may pin a key to, as (id, name).
@@ -210,15 +211,34 @@ fn row(state: &AppState, record: &KeyRecord, names: &Names, now: i64) -> KeyRow 
     }
 }
 
-fn matches(row: &KeyRow, filter: &Filter, project_id: Option<Uuid>, record: &KeyRecord) -> bool {
+/// Does a key match the table's search and filters? Read from the record and the name
+/// maps alone, so filtering every key costs no lookups.
+fn matches(
+    record: &KeyRecord,
+    names: &Names,
+    filter: &Filter,
+    project_id: Option<Uuid>,
+    now: i64,
+) -> bool {
+    let level = if record.project.is_some() {
+        "project"
+    } else {
+        "user"
+    };
     let q = filter.q.trim().to_lowercase();
+    let named = |map: &HashMap<Uuid, String>, id: Option<Uuid>| {
+        id.and_then(|id| map.get(&id))
+            .is_some_and(|name| name.to_lowercase().contains(&q))
+    };
     (q.is_empty()
-        || [&row.name, &row.start, &row.owner, &row.project, &row.scopes]
-            .iter()
-            .any(|field| field.to_lowercase().contains(&q))
+        || record.name.to_lowercase().contains(&q)
+        || record.start.to_lowercase().contains(&q)
+        || record.scopes.iter().any(|s| s.to_lowercase().contains(&q))
+        || named(&names.users, record.owner)
+        || named(&names.projects, record.project)
         || record.id.to_string().starts_with(&q))
-        && (filter.state.is_empty() || row.state == filter.state)
-        && (filter.level.is_empty() || row.level == filter.level)
+        && (filter.state.is_empty() || record.state(now).as_str() == filter.state)
+        && (filter.level.is_empty() || level == filter.level)
         && project_id.is_none_or(|p| record.project == Some(p))
 }
 
@@ -236,29 +256,28 @@ async fn keys_page(
     errors: KeyErrors,
 ) -> Response {
     let loaded = async {
-        let records = visible(state, &session).await?;
         let names = names(state).await?;
         let projects = pinnable_projects(state, &session).await?;
-        Ok::<_, ApiError>((records, names, projects))
+        Ok::<_, ApiError>((names, projects))
     };
-    let (records, names, projects) = match loaded.await {
+    let (names, projects) = match loaded.await {
         Ok(loaded) => loaded,
         Err(err) => return error_page(&session, err),
     };
     let project_filter = optional_id(&filter.project).ok().flatten();
     let now = now_ms();
-    let mut rows: Vec<KeyRow> = records
-        .iter()
-        .filter_map(|record| {
-            let row = row(state, record, &names, now);
-            matches(&row, &filter, project_filter, record).then_some(row)
-        })
+    let matching: Vec<Arc<IndexedKey>> = visible(state, &session)
+        .into_iter()
+        .filter(|k| matches(&k.record, &names, &filter, project_filter, now))
         .collect();
-    let total = rows.len();
+    let total = matching.len();
     let pages = total.div_ceil(PAGE).max(1);
     let page = filter.page.unwrap_or(1).clamp(1, pages);
-    let rows: Vec<KeyRow> = rows
-        .drain((page - 1) * PAGE..(page * PAGE).min(total))
+    let rows: Vec<KeyRow> = matching
+        .iter()
+        .skip((page - 1) * PAGE)
+        .take(PAGE)
+        .map(|k| row(state, &k.record, &names, now))
         .collect();
     // Users cannot read plans; only administrators choose one.
     let plans = if session.me.admin {

@@ -14,7 +14,6 @@ use axum::extract::State;
 use axum::response::Response;
 use keygate_core::KeyState;
 use keygate_core::limit::month_of;
-use keygate_store::KeyPage;
 use uuid::Uuid;
 
 /// Keys expiring within this many days are listed.
@@ -41,21 +40,9 @@ struct OverviewPage {
 }
 
 pub async fn page(State(state): State<AppState>, session: Session) -> Response {
-    let owner = if session.principal.acts_for_everyone() {
-        None
-    } else {
-        session.user_id()
-    };
     let window = window_params("24h");
+    let keys = super::keys::visible(&state, &session);
     let loaded = async {
-        let keys = state
-            .store
-            .list_keys(KeyPage {
-                limit: 10_000,
-                offset: 0,
-                owner,
-            })
-            .await?;
         let (rows, _) = rows_for(&state, &session.principal, &window.params).await?;
         let audit = if session.me.admin {
             Some(
@@ -66,9 +53,9 @@ pub async fn page(State(state): State<AppState>, session: Session) -> Response {
         } else {
             None
         };
-        Ok::<_, ApiError>((keys, rows, audit))
+        Ok::<_, ApiError>((rows, audit))
     };
-    let (keys, rows, audit) = match loaded.await {
+    let (rows, audit) = match loaded.await {
         Ok(loaded) => loaded,
         Err(err) => return error_page(&session, err),
     };
@@ -78,43 +65,47 @@ pub async fn page(State(state): State<AppState>, session: Session) -> Response {
         .map(|s| {
             (
                 s.as_str(),
-                keys.iter().filter(|k| k.state(now) == *s).count(),
+                keys.iter().filter(|k| k.record.state(now) == *s).count(),
             )
         })
         .collect();
     let lead = EXPIRY_LEAD_DAYS * 86_400_000;
     let mut attention = Vec::new();
+    for key in keys
+        .iter()
+        .filter(|k| k.record.state(now) == KeyState::Active)
     {
-        let index = state.engine.index();
-        for key in keys.iter().filter(|k| k.state(now) == KeyState::Active) {
-            if let Some(at) = key.expires_at.filter(|at| *at - now < lead) {
-                attention.push(Attention {
-                    id: key.id,
-                    name: key.name.clone(),
-                    why: format!("expires {} UTC", when_ms(Some(at))),
-                });
-            }
-            let quota = index.get_by_id(key.id).and_then(|k| {
-                let limit = k.limits.as_ref()?.monthly_quota?;
-                let limiter = k.usage.limiter();
+        let record = &key.record;
+        if let Some(at) = record.expires_at.filter(|at| *at - now < lead) {
+            attention.push(Attention {
+                id: record.id,
+                name: record.name.clone(),
+                why: format!("expires {} UTC", when_ms(Some(at))),
+            });
+        }
+        let quota = key
+            .limits
+            .as_ref()
+            .and_then(|l| l.monthly_quota)
+            .map(|limit| {
+                let limiter = key.usage.limiter();
                 let used = if limiter.month == month_of(now).0 {
                     limiter.used
                 } else {
                     0
                 };
-                Some((used, limit))
+                (used, limit)
             });
-            if let Some((used, limit)) = quota
-                && limit > 0
-                // In u128: a quota near u64::MAX must not overflow the comparison.
-                && u128::from(used) * 100 >= u128::from(limit) * u128::from(QUOTA_WARN_PERCENT)
-            {
-                attention.push(Attention {
-                    id: key.id,
-                    name: key.name.clone(),
-                    why: format!("used {used} of its {limit} requests this month"),
-                });
-            }
+        if let Some((used, limit)) = quota
+            && limit > 0
+            // In u128: a quota near u64::MAX must not overflow the comparison.
+            && u128::from(used) * 100 >= u128::from(limit) * u128::from(QUOTA_WARN_PERCENT)
+        {
+            attention.push(Attention {
+                id: record.id,
+                name: record.name.clone(),
+                why: format!("used {used} of its {limit} requests this month"),
+            });
         }
     }
     let requests = rows.iter().map(|r| r.total).sum();

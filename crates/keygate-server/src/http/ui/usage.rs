@@ -13,7 +13,9 @@ use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use keygate_api::keys::UsageRow;
-use keygate_store::KeyPage;
+
+/// How many keys the key menu offers.
+const KEY_CHOICES: usize = 500;
 
 /// The page's filters, as in its URL (empty: no filter).
 #[derive(Default, serde::Deserialize)]
@@ -76,16 +78,15 @@ struct Choices {
 async fn choices(state: &AppState, session: &Session) -> Result<Choices, ApiError> {
     let everyone = session.principal.acts_for_everyone();
     let me = session.user_id();
-    let keys = state
-        .store
-        .list_keys(KeyPage {
-            limit: 10_000,
-            offset: 0,
-            owner: if everyone { None } else { me },
+    // The newest keys (a longer list is no use as a menu; every key's own page has
+    // its usage too).
+    let keys = super::keys::visible(state, session)
+        .iter()
+        .take(KEY_CHOICES)
+        .map(|k| {
+            let name = format!("{} ({}…)", k.record.name, k.record.start);
+            (k.record.id.to_string(), name)
         })
-        .await?
-        .into_iter()
-        .map(|k| (k.id.to_string(), format!("{} ({}…)", k.name, k.start)))
         .collect();
     let projects = state
         .store
