@@ -79,27 +79,38 @@ pub fn view(state: &AppState, record: &KeyRecord, now: UnixMillis) -> KeyView {
 }
 
 /// A key switched off by someone else — an administrator or the instance — stays off
-/// until an administrator switches it on: its owner may not undo the operator's decision.
-/// Who did it comes from the audit log (the newest `key.update` that changed `enabled`).
-async fn refuse_enabling_what_an_administrator_disabled(
+/// until an administrator switches it on: its owner may neither enable it nor rotate it
+/// into an enabled replacement. Who switched it off comes from the audit log: the newest
+/// entry about the key that changed `enabled`, or else the one that created it (a key
+/// created disabled by an administrator).
+async fn refuse_if_switched_off_by_someone_else(
     state: &AppState,
     principal: &Principal,
     id: uuid::Uuid,
 ) -> Result<(), ApiError> {
-    let updates = state
-        .store
-        .list_audit(&keygate_store::AuditFilter {
-            action: Some("key.update".into()),
-            target: Some(format!("key:{id}")),
-            limit: 200,
-            ..Default::default()
-        })
-        .await?;
-    let disabled_by = updates
-        .iter()
-        .find(|r| r.entry.detail.get("enabled") == Some(&serde_json::Value::Bool(false)))
-        .map(|r| r.entry.actor.as_str());
-    match disabled_by {
+    const PAGE: u32 = 500;
+    let mut filter = keygate_store::AuditFilter {
+        target: Some(format!("key:{id}")),
+        limit: PAGE,
+        ..Default::default()
+    };
+    let decider = loop {
+        let page = state.store.list_audit(&filter).await?;
+        let found = page.iter().find(|r| {
+            let entry = &r.entry;
+            (entry.action == "key.update" && entry.detail.contains_key("enabled"))
+                || entry.action == "key.create"
+                || entry.action == "key.import"
+        });
+        if let Some(record) = found {
+            break Some(record.entry.actor.clone());
+        }
+        match page.last() {
+            Some(last) if page.len() == PAGE as usize => filter.before_seq = Some(last.seq),
+            _ => break None,
+        }
+    };
+    match decider {
         Some(actor) if actor != principal.actor() => Err(ApiError::new(
             keygate_api::ErrorCode::InsufficientPermissions,
         )
@@ -482,14 +493,16 @@ pub async fn update_key(
         check_limits(&state, body.plan.flatten(), body.limits.as_ref()).await?;
     }
     if body.enabled == Some(true) && !current.enabled && !principal.acts_for_everyone() {
-        refuse_enabling_what_an_administrator_disabled(&state, principal, id).await?;
+        refuse_if_switched_off_by_someone_else(&state, principal, id).await?;
     }
     let enabled_change = body.enabled.filter(|e| *e != current.enabled);
     let update = KeyUpdate {
         name: body.name.map(|n| n.trim().to_string()),
         scopes: body.scopes,
         meta: body.meta,
-        enabled: body.enabled,
+        // Only a change is written: an unchanged `enabled` must not undo a concurrent
+        // switch by an administrator.
+        enabled: enabled_change,
         expires_at: body.expires_at.map(|at| at.map(millis_of)),
         plan: body.plan,
         limits: body.limits,
@@ -647,6 +660,11 @@ async fn rotate(
         return Err(ApiError::new(keygate_api::ErrorCode::Conflict)
             .message("An expired key cannot be rotated.")
             .hint("extend it with PATCH first, or create a new key"));
+    }
+    // The replacement is a new key, which the record of who disabled the old one does
+    // not name: an owner may not rotate their way out of an administrator's decision.
+    if !old.enabled && !principal.acts_for_everyone() {
+        refuse_if_switched_off_by_someone_else(state, principal, id).await?;
     }
     let spec = KeySpec {
         name: old.name.clone(),

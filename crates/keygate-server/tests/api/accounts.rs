@@ -1555,6 +1555,31 @@ async fn a_key_an_administrator_disabled_stays_off_for_its_owner() {
             .is_some_and(|m| m.contains("administrator")),
         "{body}"
     );
+    // Nor rotate it into a replacement of its own, nor outlast the record by renaming.
+    let (status, body) = server
+        .call(
+            Method::POST,
+            &format!("{path}/rotate"),
+            &dee_jwt,
+            Some(json!({})),
+        )
+        .await;
+    assert_error(status, &body, 403, "insufficient_permissions", "");
+    for n in 0..3 {
+        let (status, _) = server
+            .call(
+                Method::PATCH,
+                &path,
+                &dee_jwt,
+                Some(json!({"name": format!("n{n}")})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let (status, _) = server
+        .call(Method::PATCH, &path, &dee_jwt, Some(set(true)))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
     // Other changes still work; an administrator can switch it on again.
     let (status, _) = server
         .call(
@@ -1584,4 +1609,28 @@ async fn a_key_an_administrator_disabled_stays_off_for_its_owner() {
         .filter_map(|e| e["detail"]["enabled"].as_bool())
         .collect();
     assert_eq!(switches, vec![true, false, true, false], "newest first");
+
+    // A key an administrator created switched off for dee is not dee's to switch on.
+    let dee_id = server.admin_get("/api/v1/users").await.1["users"]
+        .as_array()
+        .expect("users")
+        .iter()
+        .find(|u| u["username"] == "dee")
+        .expect("dee")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let (status, made) = server
+        .admin_json(
+            Method::POST,
+            "/api/v1/keys",
+            json!({"name": "held", "user_id": dee_id, "enabled": false}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    let held = format!("/api/v1/keys/{}", made["id"].as_str().expect("id"));
+    let (status, _) = server
+        .call(Method::PATCH, &held, &dee_jwt, Some(set(true)))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
 }
