@@ -160,10 +160,10 @@ pub async fn serve(
         if let Err(err) = stream.set_nodelay(true) {
             tracing::debug!(error = %err, "could not set TCP_NODELAY");
         }
+        // No timer, as with `axum::serve` before: hyper's header-read timeout would also
+        // close keep-alive connections idle for 30 s, under proxies that keep theirs
+        // longer (nginx 60 s, Traefik 90 s), and turn that race into their 502s.
         let connection = hyper::server::conn::http1::Builder::new()
-            // Slow clients get 30 s to send a request's head (hyper's default, which
-            // needs a timer).
-            .timer(hyper_util::rt::TokioTimer::new())
             .serve_connection(hyper_util::rt::TokioIo::new(stream), fronts.for_peer(peer))
             .with_upgrades();
         let mut stop = stop_rx.clone();
