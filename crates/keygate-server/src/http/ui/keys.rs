@@ -121,23 +121,39 @@ struct KeysPage {
 }
 
 /// The keys `session` may see — everyone's for administrators, their own for users —
-/// newest first, from the in-memory index (every key is there, revoked and expired ones
-/// too; only pointers are copied while it is locked).
-pub(super) fn visible(state: &AppState, session: &Session) -> Vec<Arc<IndexedKey>> {
-    let everyone = session.principal.acts_for_everyone();
-    let me = session.user_id();
-    let mut keys: Vec<Arc<IndexedKey>> = {
-        let index = state.engine.index();
-        index
-            .shared()
-            .filter(|k| everyone || (me.is_some() && k.record.owner == me))
-            .cloned()
-            .collect()
+/// newest first, as the in-memory index holds them (limits and live usage included).
+/// Administrators' lists walk the index (every key is there, revoked and expired ones
+/// too; only pointers are copied while it is locked); a user's come from the store's
+/// owner index, so a user's page never costs a walk over everyone's keys.
+pub(super) async fn visible(
+    state: &AppState,
+    session: &Session,
+) -> Result<Vec<Arc<IndexedKey>>, ApiError> {
+    if session.principal.acts_for_everyone() {
+        let mut keys: Vec<Arc<IndexedKey>> = state.engine.index().shared().cloned().collect();
+        keys.sort_by(|a, b| {
+            (b.record.created_at, b.record.id).cmp(&(a.record.created_at, a.record.id))
+        });
+        return Ok(keys);
+    }
+    let Some(me) = session.user_id() else {
+        return Ok(Vec::new());
     };
-    keys.sort_by(|a, b| {
-        (b.record.created_at, b.record.id).cmp(&(a.record.created_at, a.record.id))
-    });
-    keys
+    let records = state
+        .store
+        .list_keys(keygate_store::KeyPage {
+            limit: u32::MAX,
+            offset: 0,
+            owner: Some(me),
+        })
+        .await?;
+    let index = state.engine.index();
+    // Newest first, as the store answers; a key the index does not have yet (written a
+    // moment ago by another node) appears on the next load.
+    Ok(records
+        .iter()
+        .filter_map(|r| index.get_by_id(r.id).cloned())
+        .collect())
 }
 
 /// Projects the session's user may pin a key to, as (id, name).
@@ -258,15 +274,16 @@ async fn keys_page(
     let loaded = async {
         let names = names(state).await?;
         let projects = pinnable_projects(state, &session).await?;
-        Ok::<_, ApiError>((names, projects))
+        let keys = visible(state, &session).await?;
+        Ok::<_, ApiError>((names, projects, keys))
     };
-    let (names, projects) = match loaded.await {
+    let (names, projects, keys) = match loaded.await {
         Ok(loaded) => loaded,
         Err(err) => return error_page(&session, err),
     };
     let project_filter = optional_id(&filter.project).ok().flatten();
     let now = now_ms();
-    let matching: Vec<Arc<IndexedKey>> = visible(state, &session)
+    let matching: Vec<Arc<IndexedKey>> = keys
         .into_iter()
         .filter(|k| matches(&k.record, &names, &filter, project_filter, now))
         .collect();

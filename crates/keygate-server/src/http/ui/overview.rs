@@ -41,8 +41,8 @@ struct OverviewPage {
 
 pub async fn page(State(state): State<AppState>, session: Session) -> Response {
     let window = window_params("24h");
-    let keys = super::keys::visible(&state, &session);
     let loaded = async {
+        let keys = super::keys::visible(&state, &session).await?;
         let (rows, _) = rows_for(&state, &session.principal, &window.params).await?;
         let audit = if session.me.admin {
             Some(
@@ -53,9 +53,9 @@ pub async fn page(State(state): State<AppState>, session: Session) -> Response {
         } else {
             None
         };
-        Ok::<_, ApiError>((rows, audit))
+        Ok::<_, ApiError>((keys, rows, audit))
     };
-    let (rows, audit) = match loaded.await {
+    let (keys, rows, audit) = match loaded.await {
         Ok(loaded) => loaded,
         Err(err) => return error_page(&session, err),
     };

@@ -81,6 +81,7 @@ async fn choices(state: &AppState, session: &Session) -> Result<Choices, ApiErro
     // The newest keys (a longer list is no use as a menu; every key's own page has
     // its usage too).
     let keys = super::keys::visible(state, session)
+        .await?
         .iter()
         .take(KEY_CHOICES)
         .map(|k| {
