@@ -456,10 +456,7 @@ pub async fn create(
             StatusCode::BAD_REQUEST,
         );
     }
-    let need = match session.need() {
-        Ok(need) => need,
-        Err(err) => return error_page(&session, err),
-    };
+    let need = need_or_return!(session);
     let request = CreateKeyRequest {
         name: form.name.trim().to_string(),
         level: Some(if project.is_some() { "project" } else { "user" }.into()),
@@ -513,10 +510,7 @@ pub async fn revoke(
     PathId(id): PathId,
     Posted { session, .. }: Posted<NoFields>,
 ) -> Response {
-    let need = match session.need() {
-        Ok(need) => need,
-        Err(err) => return error_page(&session, err),
-    };
+    let need = need_or_return!(session);
     let message = match api::revoke_key(State(state.clone()), need, addr, PathId(id)).await {
         Ok(axum::Json(view)) => format!("Revoked {}: requests with it are refused now.", view.name),
         Err(err) => err.message.to_string(),
@@ -550,10 +544,7 @@ pub async fn rotate(
             ApiError::invalid("Choose how long the old key keeps working."),
         );
     };
-    let need = match session.need() {
-        Ok(need) => need,
-        Err(err) => return error_page(&session, err),
-    };
+    let need = need_or_return!(session);
     let rotated = api::rotate_key(
         State(state.clone()),
         need,
@@ -601,20 +592,11 @@ pub async fn set_enabled(
     PathId(id): PathId,
     Posted { session, form }: Posted<EnabledForm>,
 ) -> Response {
-    let enabled = match form.enabled.as_str() {
-        "true" => true,
-        "false" => false,
-        _ => {
-            return error_page(
-                &session,
-                ApiError::invalid("`enabled` must be true or false."),
-            );
-        }
-    };
-    let need = match session.need() {
-        Ok(need) => need,
+    let enabled = match super::switch(&form.enabled, "enabled") {
+        Ok(enabled) => enabled,
         Err(err) => return error_page(&session, err),
     };
+    let need = need_or_return!(session);
     let patch = UpdateKeyRequest {
         enabled: Some(enabled),
         ..Default::default()

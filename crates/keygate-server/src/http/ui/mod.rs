@@ -9,6 +9,17 @@
 //! One module per page group; this one holds what they share: the session, the CSRF
 //! check, rendering and formatting.
 
+/// The API permission a handler needs, for the session's user; without it, the handler
+/// answers the error page (a `?` for pages).
+macro_rules! need_or_return {
+    ($session:expr) => {
+        match $session.need() {
+            Ok(need) => need,
+            Err(err) => return $crate::http::ui::error_page(&$session, err),
+        }
+    };
+}
+
 mod audit;
 mod chart;
 mod keys;
@@ -376,6 +387,17 @@ fn with_status(mut response: Response, status: StatusCode) -> Response {
         *response.status_mut() = status;
     }
     response
+}
+
+/// The value of an on/off form (`true` or `false`).
+fn switch(text: &str, name: &str) -> Result<bool, ApiError> {
+    match text {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(ApiError::invalid(format!(
+            "`{name}` must be true or false."
+        ))),
+    }
 }
 
 /// A form's optional text field: trimmed, `None` when empty.

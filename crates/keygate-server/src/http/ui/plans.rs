@@ -150,10 +150,7 @@ async fn plans_page(
     if let Some(refused) = admin_only(&session) {
         return refused;
     }
-    let need = match session.need() {
-        Ok(need) => need,
-        Err(err) => return error_page(&session, err),
-    };
+    let need = need_or_return!(session);
     let plans = match api::list_plans(State(state.clone()), need).await {
         Ok(axum::Json(list)) => list.plans,
         Err(err) => return error_page(&session, err),
@@ -200,10 +197,7 @@ pub async fn create(
             StatusCode::BAD_REQUEST,
         );
     };
-    let need = match session.need() {
-        Ok(need) => need,
-        Err(err) => return error_page(&session, err),
-    };
+    let need = need_or_return!(session);
     let request = PlanRequest {
         name: form.name.trim().to_string(),
         rate_limits,
@@ -253,10 +247,7 @@ pub async fn detail(
     if let Some(refused) = admin_only(&session) {
         return refused;
     }
-    let need = match session.need() {
-        Ok(need) => need,
-        Err(err) => return error_page(&session, err),
-    };
+    let need = need_or_return!(session);
     match api::get_plan(State(state.clone()), need, PathId(id)).await {
         Ok(axum::Json(plan)) => render(&PlanPage {
             me: session.me(),
@@ -292,10 +283,7 @@ pub async fn update(
     let Some((rate_limits, monthly_quota, overage)) = parse_form(&form, &mut errors) else {
         return refused(session, form, errors);
     };
-    let need = match session.need() {
-        Ok(need) => need,
-        Err(err) => return error_page(&session, err),
-    };
+    let need = need_or_return!(session);
     let patch = PlanPatch {
         name: Some(form.name.trim().to_string()),
         rate_limits: Some(rate_limits),

@@ -244,10 +244,7 @@ pub async fn create_personal_key(
     } else {
         name
     };
-    let need = match session.need() {
-        Ok(need) => need,
-        Err(err) => return error_page(&session, err),
-    };
+    let need = need_or_return!(session);
     let request = CreateKeyRequest {
         name: name.into(),
         level: Some("user".into()),
@@ -280,10 +277,7 @@ pub async fn revoke_personal_key(
     PathId(id): PathId,
     Posted { session, .. }: Posted<NoFields>,
 ) -> Response {
-    let need = match session.need() {
-        Ok(need) => need,
-        Err(err) => return error_page(&session, err),
-    };
+    let need = need_or_return!(session);
     // Only one's own keys: the API answers 404 for anyone else's, even an admin's view
     // of it, because this page is about the person's own keys.
     let owned =

@@ -88,10 +88,7 @@ pub async fn create(
     addr: ClientAddr,
     Posted { session, form }: Posted<NameForm>,
 ) -> Response {
-    let need = match session.need() {
-        Ok(need) => need,
-        Err(err) => return error_page(&session, err),
-    };
+    let need = need_or_return!(session);
     let request = ProjectRequest {
         name: form.name.trim().to_string(),
     };
@@ -147,10 +144,7 @@ async fn project_page(
     id: Uuid,
     notes: ProjectNotes,
 ) -> Response {
-    let need = match session.need() {
-        Ok(need) => need,
-        Err(err) => return error_page(&session, err),
-    };
+    let need = need_or_return!(session);
     let loaded = async {
         let axum::Json(project) = api::get_project(State(state.clone()), need, PathId(id)).await?;
         let users = usernames(state).await?;
@@ -207,10 +201,7 @@ pub async fn rename(
     PathId(id): PathId,
     Posted { session, form }: Posted<NameForm>,
 ) -> Response {
-    let need = match session.need() {
-        Ok(need) => need,
-        Err(err) => return error_page(&session, err),
-    };
+    let need = need_or_return!(session);
     let request = ProjectRequest {
         name: form.name.trim().to_string(),
     };
@@ -248,10 +239,7 @@ pub async fn delete(
     PathId(id): PathId,
     Posted { session, .. }: Posted<NoFields>,
 ) -> Response {
-    let need = match session.need() {
-        Ok(need) => need,
-        Err(err) => return error_page(&session, err),
-    };
+    let need = need_or_return!(session);
     match api::delete_project(State(state.clone()), need, addr, PathId(id)).await {
         Ok(axum::Json(project)) => {
             let message = format!(
@@ -307,10 +295,7 @@ pub async fn add_member(
         )
         .await;
     };
-    let need = match session.need() {
-        Ok(need) => need,
-        Err(err) => return error_page(&session, err),
-    };
+    let need = need_or_return!(session);
     let added = api::put_member(
         State(state.clone()),
         need,
@@ -338,10 +323,7 @@ pub async fn remove_member(
     Path((id, user_id)): Path<(Uuid, Uuid)>,
     Posted { session, .. }: Posted<NoFields>,
 ) -> Response {
-    let need = match session.need() {
-        Ok(need) => need,
-        Err(err) => return error_page(&session, err),
-    };
+    let need = need_or_return!(session);
     let removed = api::remove_member(
         State(state.clone()),
         need,

@@ -35,10 +35,7 @@ async fn settings_page(
     if let Some(refused) = admin_only(&session) {
         return refused;
     }
-    let need = match session.need() {
-        Ok(need) => need,
-        Err(err) => return error_page(&session, err),
-    };
+    let need = need_or_return!(session);
     let shown = system::get_global_key(
         State(state.clone()),
         need,
@@ -125,10 +122,7 @@ pub async fn save(
             }
         },
     };
-    let need = match session.need() {
-        Ok(need) => need,
-        Err(err) => return error_page(&session, err),
-    };
+    let need = need_or_return!(session);
     let patch = keygate_api::system::SettingsPatch {
         api_access_enabled: Some(form.api_access_enabled.is_some()),
         query_param_enabled: Some(form.query_param_enabled.is_some()),
@@ -148,10 +142,7 @@ pub async fn regenerate(
     addr: ClientAddr,
     Posted { session, .. }: Posted<NoFields>,
 ) -> Response {
-    let need = match session.need() {
-        Ok(need) => need,
-        Err(err) => return error_page(&session, err),
-    };
+    let need = need_or_return!(session);
     let page_addr = ClientAddr(addr.0);
     match system::regenerate_global_key(State(state.clone()), need, addr).await {
         Ok(_) => {

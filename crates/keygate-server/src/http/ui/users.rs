@@ -127,10 +127,7 @@ pub async fn create(
             );
         }
     };
-    let need = match session.need() {
-        Ok(need) => need,
-        Err(err) => return error_page(&session, err),
-    };
+    let need = need_or_return!(session);
     let request = CreateUserRequest {
         username: form.username.trim().to_string(),
         password: form.password.clone(),
@@ -206,10 +203,7 @@ pub async fn update(
             );
         }
     };
-    let need = match session.need() {
-        Ok(need) => need,
-        Err(err) => return error_page(&session, err),
-    };
+    let need = need_or_return!(session);
     let patch = UpdateUserRequest {
         role,
         email: None,
@@ -250,10 +244,7 @@ pub async fn delete(
     PathId(id): PathId,
     Posted { session, .. }: Posted<NoFields>,
 ) -> Response {
-    let need = match session.need() {
-        Ok(need) => need,
-        Err(err) => return error_page(&session, err),
-    };
+    let need = need_or_return!(session);
     match api::delete_user(State(state.clone()), need, addr, PathId(id)).await {
         Ok(axum::Json(user)) => {
             let message = format!("Deleted {} and revoked their keys.", user.username);

@@ -94,10 +94,7 @@ async fn webhooks_page(
     errors: EndpointErrors,
     created: Option<(Uuid, String)>,
 ) -> Response {
-    let need = match session.need() {
-        Ok(need) => need,
-        Err(err) => return error_page(&session, err),
-    };
+    let need = need_or_return!(session);
     let loaded = async {
         let axum::Json(list) = api::list_webhooks(State(state.clone()), need).await?;
         let projects = member_projects(state, &session).await?;
@@ -203,10 +200,7 @@ pub async fn create(
             StatusCode::BAD_REQUEST,
         );
     }
-    let need = match session.need() {
-        Ok(need) => need,
-        Err(err) => return error_page(&session, err),
-    };
+    let need = need_or_return!(session);
     let request = CreateWebhookRequest {
         url: form.url.clone(),
         events: form.events.clone(),
@@ -353,20 +347,11 @@ pub async fn update(
     PathId(id): PathId,
     Posted { session, form }: Posted<EnabledForm>,
 ) -> Response {
-    let enabled = match form.enabled.as_str() {
-        "true" => true,
-        "false" => false,
-        _ => {
-            return error_page(
-                &session,
-                ApiError::invalid("`enabled` must be true or false."),
-            );
-        }
-    };
-    let need = match session.need() {
-        Ok(need) => need,
+    let enabled = match super::switch(&form.enabled, "enabled") {
+        Ok(enabled) => enabled,
         Err(err) => return error_page(&session, err),
     };
+    let need = need_or_return!(session);
     let patch = UpdateWebhookRequest {
         enabled: Some(enabled),
         ..Default::default()
@@ -407,10 +392,7 @@ pub async fn delete(
     PathId(id): PathId,
     Posted { session, .. }: Posted<NoFields>,
 ) -> Response {
-    let need = match session.need() {
-        Ok(need) => need,
-        Err(err) => return error_page(&session, err),
-    };
+    let need = need_or_return!(session);
     match api::delete_webhook(State(state.clone()), need, addr, PathId(id)).await {
         Ok(_) => Redirect::to("/ui/webhooks").into_response(),
         Err(err) => error_page(&session, err),
@@ -423,10 +405,7 @@ pub async fn reveal_secret(
     PathId(id): PathId,
     Posted { session, .. }: Posted<NoFields>,
 ) -> Response {
-    let need = match session.need() {
-        Ok(need) => need,
-        Err(err) => return error_page(&session, err),
-    };
+    let need = need_or_return!(session);
     match api::reveal_secret(State(state.clone()), need, addr, PathId(id)).await {
         Ok(axum::Json(shown)) => {
             webhook_page(
@@ -462,10 +441,7 @@ pub async fn rotate_secret(
             ApiError::invalid("Choose how long the old secret keeps signing."),
         );
     };
-    let need = match session.need() {
-        Ok(need) => need,
-        Err(err) => return error_page(&session, err),
-    };
+    let need = need_or_return!(session);
     let request = RotateSecretRequest {
         overlap_seconds: Some(overlap_seconds),
     };
@@ -506,10 +482,7 @@ pub async fn send_test(
     PathId(id): PathId,
     Posted { session, .. }: Posted<NoFields>,
 ) -> Response {
-    let need = match session.need() {
-        Ok(need) => need,
-        Err(err) => return error_page(&session, err),
-    };
+    let need = need_or_return!(session);
     match api::send_test(State(state.clone()), need, PathId(id)).await {
         Ok(_) => {
             webhook_page(
@@ -532,10 +505,7 @@ pub async fn retry(
     Path((id, delivery)): Path<(Uuid, Uuid)>,
     Posted { session, .. }: Posted<NoFields>,
 ) -> Response {
-    let need = match session.need() {
-        Ok(need) => need,
-        Err(err) => return error_page(&session, err),
-    };
+    let need = need_or_return!(session);
     let retried = api::retry_delivery(
         State(state.clone()),
         need,
