@@ -454,6 +454,13 @@ async fn dashboard_in_a_real_browser() {
             Some(json!({"width": 1280, "height": 900})),
         )
         .await;
+    // On a desktop: the overview with the requests made above, and a key's own page.
+    browser.go(&format!("{base}/ui/overview")).await;
+    assert!(browser.text("#request-totals").await.contains("refused"));
+    browser.screenshot("09-overview").await;
+    browser.go(&format!("{base}/ui/keys/{key_id}")).await;
+    browser.find("#refusals").await;
+    browser.screenshot("10-key").await;
     // The audit log has what happened above, and filters it.
     browser
         .go(&format!("{base}/ui/audit?action=key.revoke"))
