@@ -580,19 +580,13 @@ pub async fn rotate(
     }
 }
 
-#[derive(serde::Deserialize)]
-pub struct EnabledForm {
-    #[serde(default)]
-    enabled: String,
-}
-
 pub async fn set_enabled(
     State(state): State<AppState>,
     addr: ClientAddr,
     PathId(id): PathId,
-    Posted { session, form }: Posted<EnabledForm>,
+    Posted { session, form }: Posted<super::EnabledForm>,
 ) -> Response {
-    let enabled = match super::switch(&form.enabled, "enabled") {
+    let enabled = match form.enabled() {
         Ok(enabled) => enabled,
         Err(err) => return error_page(&session, err),
     };

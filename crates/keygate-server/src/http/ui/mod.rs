@@ -389,14 +389,21 @@ fn with_status(mut response: Response, status: StatusCode) -> Response {
     response
 }
 
-/// The value of an on/off form (`true` or `false`).
-fn switch(text: &str, name: &str) -> Result<bool, ApiError> {
-    match text {
-        "true" => Ok(true),
-        "false" => Ok(false),
-        _ => Err(ApiError::invalid(format!(
-            "`{name}` must be true or false."
-        ))),
+/// An on/off form (enable or disable a key or an endpoint).
+#[derive(serde::Deserialize)]
+pub struct EnabledForm {
+    #[serde(default)]
+    enabled: String,
+}
+
+impl EnabledForm {
+    /// `true` or `false`, as the form said.
+    fn enabled(&self) -> Result<bool, ApiError> {
+        match self.enabled.as_str() {
+            "true" => Ok(true),
+            "false" => Ok(false),
+            _ => Err(ApiError::invalid("`enabled` must be true or false.")),
+        }
     }
 }
 

@@ -334,20 +334,14 @@ pub async fn detail(
     webhook_page(&state, session, id, Shown::default()).await
 }
 
-#[derive(serde::Deserialize)]
-pub struct EnabledForm {
-    #[serde(default)]
-    enabled: String,
-}
-
 /// Pauses or resumes an endpoint (paused endpoints keep their deliveries pending).
 pub async fn update(
     State(state): State<AppState>,
     addr: ClientAddr,
     PathId(id): PathId,
-    Posted { session, form }: Posted<EnabledForm>,
+    Posted { session, form }: Posted<super::EnabledForm>,
 ) -> Response {
-    let enabled = match super::switch(&form.enabled, "enabled") {
+    let enabled = match form.enabled() {
         Ok(enabled) => enabled,
         Err(err) => return error_page(&session, err),
     };
