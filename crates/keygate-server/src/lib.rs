@@ -146,7 +146,10 @@ impl Server {
                 upstream: config
                     .upstream
                     .clone()
-                    .map(|u| Arc::new(http::proxy::Upstream::new(u))),
+                    .map(http::proxy::Upstream::new)
+                    .transpose()
+                    .map_err(StartError::Config)?
+                    .map(Arc::new),
             })),
         })
     }
@@ -196,6 +199,12 @@ impl Server {
             tls: Arc::clone(&state.webhook_tls),
             wake: Arc::clone(&state.webhook_wake),
         });
+        if let Some(upstream) = &state.upstream {
+            tokio::spawn(http::upstream::Pool::close_stale_until(
+                Arc::downgrade(upstream.pool()),
+                stop_rx.clone(),
+            ));
+        }
         let deliverer = tokio::spawn(deliverer.run(stop_rx));
         let app = http::router(state.clone());
         let served = http::front::serve(

@@ -16,6 +16,7 @@ pub mod projects;
 pub mod proxy;
 pub mod system;
 pub mod ui;
+pub mod upstream;
 pub mod usage;
 pub mod users;
 pub mod verify;

@@ -13,51 +13,56 @@ use crate::engine::Principal;
 use crate::http::context::set_request_limits;
 use crate::http::error::ApiError;
 use crate::http::forward::identity_headers;
+use crate::http::upstream::{Failure, Pool};
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use axum::http::uri::{PathAndQuery, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use keygate_api::ErrorCode;
 use keygate_core::route::{Access, ProjectRule, RoutePolicy, normalize_path, policy_for};
+use std::sync::Arc;
 
-/// The pooled HTTP client to the upstream.
+/// The upstream and its keep-alive connections.
 pub struct Upstream {
     config: UpstreamConfig,
-    client: Client<HttpConnector, Body>,
+    pool: Arc<Pool>,
+    /// `Host` for requests that do not pass the client's on.
+    host: HeaderValue,
 }
 
 impl Upstream {
-    pub fn new(config: UpstreamConfig) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(config.pool_idle_timeout)
-            .build(connector);
-        Self { config, client }
+    pub fn new(config: UpstreamConfig) -> Result<Self, String> {
+        let url = &config.url;
+        let (Some(host), Some(authority)) = (url.host(), url.authority()) else {
+            return Err(format!("upstream `{url}` names no host"));
+        };
+        let address = format!("{host}:{}", url.port_u16().unwrap_or(80));
+        let host = HeaderValue::from_str(authority.as_str())
+            .map_err(|_| format!("upstream `{url}`: its host cannot be a Host header"))?;
+        let pool = Pool::new(address, config.connect_timeout, config.pool_idle_timeout);
+        Ok(Self { config, pool, host })
     }
 
-    /// The upstream URI for a request path and query.
+    /// The idle connections, for the sweeper of stale ones.
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    /// The origin-form URI the upstream is asked for: its path prefix, then the path and
+    /// query of the request.
     fn target(&self, path: &str, query: Option<&str>) -> Result<Uri, ApiError> {
-        let base = &self.config.url;
-        let prefix = base.path().trim_end_matches('/');
+        let prefix = self.config.url.path().trim_end_matches('/');
         let mut path_and_query = format!("{prefix}{path}");
         if let Some(query) = query.filter(|q| !q.is_empty()) {
             path_and_query.push('?');
             path_and_query.push_str(query);
         }
-        let mut parts = base.clone().into_parts();
-        parts.path_and_query = Some(
-            PathAndQuery::try_from(path_and_query)
-                .map_err(|_| ApiError::invalid("The request path cannot be forwarded."))?,
-        );
-        Uri::from_parts(parts)
-            .map_err(|_| ApiError::invalid("The request path cannot be forwarded."))
+        let path_and_query = PathAndQuery::try_from(path_and_query)
+            .map_err(|_| ApiError::invalid("The request path cannot be forwarded."))?;
+        Ok(Uri::from(path_and_query))
     }
 }
 
@@ -261,8 +266,8 @@ async fn forward(state: &AppState, mut request: Request) -> Result<Response, Api
         headers.extend(identity_headers(&state.identity_names, principal));
     }
     forwarded_headers(state, headers, peer, original_host.as_ref());
-    if !config.preserve_host {
-        headers.remove(header::HOST);
+    if !config.preserve_host || !headers.contains_key(header::HOST) {
+        headers.insert(header::HOST, upstream.host.clone());
     }
     if let Some(protocol) = &upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -273,14 +278,24 @@ async fn forward(state: &AppState, mut request: Request) -> Result<Response, Api
     parts.version = axum::http::Version::HTTP_11;
     let outgoing = Request::from_parts(parts, body);
 
-    let answer = tokio::time::timeout(config.timeout, upstream.client.request(outgoing)).await;
-    let mut response = match answer {
+    let sent = async {
+        if upgrade.is_some() {
+            upstream.pool.send_upgrade(outgoing).await
+        } else {
+            upstream.pool.send(outgoing).await
+        }
+    };
+    let mut response = match tokio::time::timeout(config.timeout, sent).await {
         Err(_) => {
             tracing::warn!("upstream did not answer in time");
             return Err(ApiError::new(ErrorCode::UpstreamTimeout));
         }
-        Ok(Err(err)) => {
-            tracing::warn!(error = %err, connect = err.is_connect(), "upstream request failed");
+        Ok(Err(failure)) => {
+            tracing::warn!(
+                error = %failure,
+                connect = matches!(failure, Failure::Connect(_)),
+                "upstream request failed"
+            );
             return Err(ApiError::new(ErrorCode::UpstreamUnavailable));
         }
         Ok(Ok(response)) => response,
@@ -306,9 +321,8 @@ async fn forward(state: &AppState, mut request: Request) -> Result<Response, Api
         return Ok(Response::from_parts(parts, Body::empty()));
     }
 
-    let (mut parts, body) = response.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    Ok(Response::from_parts(parts, Body::new(body)))
+    strip_hop_by_hop(response.headers_mut());
+    Ok(response)
 }
 
 /// `X-Forwarded-For/-Host/-Proto`: what the upstream needs to know about the original

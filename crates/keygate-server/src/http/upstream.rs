@@ -1,0 +1,509 @@
+//! Keep-alive connections to the upstream, each driven by the task of the request using it.
+//!
+//! Why not hyper-util's pooled client: it runs every upstream connection in a task of
+//! its own, so each proxied request hops from the client connection's task to the
+//! upstream connection's task and back (two wake-ups, two task switches, a channel each
+//! way). That hop cost more than all of keygate's own work on a proxied request
+//! (BENCHMARKS.md). Here an idle connection waits in the pool unpolled; the request that
+//! takes it polls it while it sends, and its response body polls it while the body
+//! streams, then puts it back.
+//!
+//! An idle connection the upstream closed is only noticed when it is next taken; a
+//! request that was never written on it goes again on a fresh connection, so that race
+//! costs a reconnect and never a failed request.
+
+use axum::body::Body;
+use hyper::body::{Bytes, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use std::collections::VecDeque;
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+
+/// Most idle connections kept; more are closed as their requests finish.
+const MAX_IDLE: usize = 1024;
+
+/// Why a request got no answer from the upstream.
+#[derive(Debug)]
+pub enum Failure {
+    /// No TCP connection within the connect timeout, or it was refused.
+    Connect(std::io::Error),
+    /// The connection failed while the request was sent or the answer read.
+    Exchange(hyper::Error),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Connect(err) => write!(f, "connecting to the upstream failed: {err}"),
+            Failure::Exchange(err) => write!(f, "the upstream exchange failed: {err}"),
+        }
+    }
+}
+
+type Connection = http1::Connection<TokioIo<TcpStream>, Body>;
+
+/// One keep-alive connection: the handle requests are sent with and the connection
+/// state machine that must be polled for anything to move.
+struct Link {
+    sender: http1::SendRequest<Body>,
+    /// `None` once the connection has closed or failed. It is dropped then, which is what
+    /// tells `sender` (and a request waiting on it) that the connection is gone.
+    connection: Option<Pin<Box<Connection>>>,
+}
+
+/// Moves a connection along; whatever it does next wakes the calling task.
+fn drive(connection: &mut Option<Pin<Box<Connection>>>, cx: &mut Context<'_>) {
+    if let Some(running) = connection
+        && let Poll::Ready(result) = running.as_mut().poll(cx)
+    {
+        *connection = None;
+        if let Err(err) = result {
+            tracing::debug!(error = %err, "upstream connection ended");
+        }
+    }
+}
+
+impl Link {
+    /// Sends `request` and waits for the response head, driving the connection meanwhile.
+    async fn exchange(&mut self, request: hyper::Request<Body>) -> Result<Response, NotAnswered> {
+        let Link { sender, connection } = self;
+        if let Err(err) = poll_fn(|cx| {
+            drive(connection, cx);
+            sender.poll_ready(cx)
+        })
+        .await
+        {
+            return Err(NotAnswered::NotSent(err, Box::new(request)));
+        }
+        let mut answer = std::pin::pin!(sender.try_send_request(request));
+        let answer = poll_fn(|cx| {
+            drive(connection, cx);
+            answer.as_mut().poll(cx)
+        })
+        .await;
+        answer.map_err(|mut err| match err.take_message() {
+            Some(request) => NotAnswered::NotSent(err.into_error(), Box::new(request)),
+            None => NotAnswered::Failed(err.into_error()),
+        })
+    }
+
+    fn reusable(&self) -> bool {
+        self.connection.is_some() && !self.sender.is_closed()
+    }
+}
+
+type Response = hyper::Response<Incoming>;
+
+enum NotAnswered {
+    /// The request never left: it can go again on another connection.
+    NotSent(hyper::Error, Box<hyper::Request<Body>>),
+    Failed(hyper::Error),
+}
+
+struct Idle {
+    link: Link,
+    since: Instant,
+}
+
+/// The upstream's idle keep-alive connections.
+pub struct Pool {
+    /// `host:port` to connect to.
+    address: String,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    /// Oldest first; requests take the newest, which is the likeliest to be alive.
+    idle: Mutex<VecDeque<Idle>>,
+}
+
+impl Pool {
+    pub fn new(address: String, connect_timeout: Duration, idle_timeout: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            address,
+            connect_timeout,
+            idle_timeout,
+            idle: Mutex::new(VecDeque::new()),
+        })
+    }
+
+    /// Sends `request` (origin-form URI, `Host` set) and answers the response head; the
+    /// body streams from the upstream as it is read.
+    pub async fn send(
+        self: &Arc<Self>,
+        mut request: hyper::Request<Body>,
+    ) -> Result<hyper::Response<Body>, Failure> {
+        while let Some(mut link) = self.take_idle() {
+            match link.exchange(request).await {
+                Ok(response) => return Ok(self.stream(link, response)),
+                // Closed while it sat idle: try the next one, or a fresh one.
+                Err(NotAnswered::NotSent(err, unsent)) => {
+                    tracing::debug!(error = %err, "idle upstream connection was closed");
+                    request = *unsent;
+                }
+                Err(NotAnswered::Failed(err)) => return Err(Failure::Exchange(err)),
+            }
+        }
+        let mut link = self.connect().await?;
+        match link.exchange(request).await {
+            Ok(response) => Ok(self.stream(link, response)),
+            Err(NotAnswered::NotSent(err, _) | NotAnswered::Failed(err)) => {
+                Err(Failure::Exchange(err))
+            }
+        }
+    }
+
+    /// Sends a protocol-upgrade request on a connection of its own, run by its own task
+    /// so that it can hand the socket over after `101 Switching Protocols`.
+    pub async fn send_upgrade(
+        &self,
+        request: hyper::Request<Body>,
+    ) -> Result<hyper::Response<Body>, Failure> {
+        let stream = self.open().await?;
+        let (mut sender, connection) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(Failure::Exchange)?;
+        tokio::spawn(async move {
+            if let Err(err) = connection.with_upgrades().await {
+                tracing::debug!(error = %err, "upstream upgrade connection ended");
+            }
+        });
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(Failure::Exchange)?;
+        Ok(response.map(Body::new))
+    }
+
+    fn stream(self: &Arc<Self>, link: Link, response: Response) -> hyper::Response<Body> {
+        response.map(|body| {
+            Body::new(PooledBody {
+                body,
+                link: Some(link),
+                pool: Arc::clone(self),
+            })
+        })
+    }
+
+    async fn open(&self) -> Result<TcpStream, Failure> {
+        let stream = tokio::time::timeout(
+            self.connect_timeout,
+            TcpStream::connect(self.address.as_str()),
+        )
+        .await
+        .map_err(|_| {
+            Failure::Connect(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no connection within the connect timeout",
+            ))
+        })?
+        .map_err(Failure::Connect)?;
+        // Requests are written whole: Nagle would hold them behind delayed ACKs.
+        if let Err(err) = stream.set_nodelay(true) {
+            tracing::debug!(error = %err, "could not set TCP_NODELAY upstream");
+        }
+        Ok(stream)
+    }
+
+    async fn connect(&self) -> Result<Link, Failure> {
+        let stream = self.open().await?;
+        let (sender, connection) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(Failure::Exchange)?;
+        Ok(Link {
+            sender,
+            connection: Some(Box::pin(connection)),
+        })
+    }
+
+    fn idle(&self) -> std::sync::MutexGuard<'_, VecDeque<Idle>> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn take_idle(&self) -> Option<Link> {
+        let mut idle = self.idle();
+        let newest = idle.pop_back()?;
+        if newest.since.elapsed() >= self.idle_timeout {
+            // The newest is stale, so every one is.
+            idle.clear();
+            return None;
+        }
+        Some(newest.link)
+    }
+
+    fn put_back(&self, link: Link) {
+        if !link.reusable() {
+            return;
+        }
+        let mut idle = self.idle();
+        if idle.len() < MAX_IDLE {
+            idle.push_back(Idle {
+                link,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Closes connections idle for longer than the idle timeout.
+    fn close_stale(&self) {
+        let mut idle = self.idle();
+        while idle
+            .front()
+            .is_some_and(|oldest| oldest.since.elapsed() >= self.idle_timeout)
+        {
+            idle.pop_front();
+        }
+    }
+
+    /// Closes stale idle connections every so often until `stop` or the pool is gone.
+    pub async fn close_stale_until(pool: Weak<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let Some(period) = pool.upgrade().map(|p| (p.idle_timeout / 2).max(MIN_SWEEP)) else {
+            return;
+        };
+        let mut ticks = tokio::time::interval(period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => match pool.upgrade() {
+                    Some(pool) => pool.close_stale(),
+                    None => return,
+                },
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn idle_count(&self) -> usize {
+        self.idle().len()
+    }
+}
+
+/// The shortest interval between sweeps of stale idle connections.
+const MIN_SWEEP: Duration = Duration::from_millis(100);
+
+/// A response body from a pooled connection: reading it drives the connection, and the
+/// connection goes back to the pool once the body has been read to its end.
+struct PooledBody {
+    body: Incoming,
+    link: Option<Link>,
+    pool: Arc<Pool>,
+}
+
+impl PooledBody {
+    fn release(&mut self) {
+        if let Some(link) = self.link.take() {
+            self.pool.put_back(link);
+        }
+    }
+}
+
+impl hyper::body::Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        if let Some(link) = &mut this.link {
+            drive(&mut link.connection, cx);
+        }
+        let frame = Pin::new(&mut this.body).poll_frame(cx);
+        if let Poll::Ready(None) = frame {
+            this.release();
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        // A body read to its end (or empty, which a server may never poll) leaves the
+        // connection ready for the next request; one dropped half-read leaves it mid-
+        // message, so it is closed.
+        if hyper::body::Body::is_end_stream(&self.body) {
+            self.release();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    struct Upstream {
+        address: String,
+        connections: Arc<std::sync::atomic::AtomicUsize>,
+        /// One message each time the upstream has closed a connection.
+        closed: tokio::sync::mpsc::UnboundedReceiver<()>,
+        /// A connection that has had its answers closes when this is notified.
+        close: Arc<tokio::sync::Notify>,
+    }
+
+    impl Upstream {
+        fn connections(&self) -> usize {
+            self.connections.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    /// An upstream that answers `answers` requests on each connection with a fixed body,
+    /// then closes it when told to; counts connections.
+    async fn upstream(answers: usize) -> Upstream {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address").to_string();
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = Arc::clone(&connections);
+        let (closed_tx, closed) = tokio::sync::mpsc::unbounded_channel();
+        let close = Arc::new(tokio::sync::Notify::new());
+        let told = Arc::clone(&close);
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.expect("accept");
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let closed_tx = closed_tx.clone();
+                let told = Arc::clone(&told);
+                tokio::spawn(async move {
+                    let mut buffer = Vec::new();
+                    for _ in 0..answers {
+                        while !buffer.windows(4).any(|w| w == b"\r\n\r\n") {
+                            let mut chunk = [0u8; 1024];
+                            match stream.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        let end = buffer
+                            .windows(4)
+                            .position(|w| w == b"\r\n\r\n")
+                            .expect("a head");
+                        buffer.drain(..end + 4);
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if stream.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                    told.notified().await;
+                    drop(stream);
+                    let _ = closed_tx.send(());
+                });
+            }
+        });
+        Upstream {
+            address,
+            connections,
+            closed,
+            close,
+        }
+    }
+
+    fn get() -> hyper::Request<Body> {
+        hyper::Request::builder()
+            .uri("/")
+            .header("host", "upstream")
+            .body(Body::empty())
+            .expect("a request")
+    }
+
+    async fn body_of(response: hyper::Response<Body>) -> Bytes {
+        axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .expect("a body")
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_reused_once_its_body_is_read() {
+        let upstream = upstream(usize::MAX).await;
+        let pool = Pool::new(
+            upstream.address.clone(),
+            Duration::from_secs(1),
+            Duration::from_secs(60),
+        );
+        for _ in 0..5 {
+            let response = pool.send(get()).await.expect("an answer");
+            assert_eq!(body_of(response).await, "ok");
+        }
+        assert_eq!(upstream.connections(), 1);
+        assert_eq!(pool.idle_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_upstream_closed_is_replaced_without_failing_the_request() {
+        // One answer per connection, then the upstream closes it (as at its idle timeout).
+        let mut upstream = upstream(1).await;
+        let pool = Pool::new(
+            upstream.address.clone(),
+            Duration::from_secs(1),
+            Duration::from_secs(60),
+        );
+        for _ in 0..3 {
+            let response = pool.send(get()).await.expect("an answer");
+            assert_eq!(body_of(response).await, "ok");
+            assert_eq!(pool.idle_count(), 1);
+            upstream.close.notify_one();
+            upstream.closed.recv().await.expect("a close");
+        }
+        assert_eq!(upstream.connections(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_half_read_body_closes_its_connection() {
+        let upstream = upstream(usize::MAX).await;
+        let pool = Pool::new(
+            upstream.address.clone(),
+            Duration::from_secs(1),
+            Duration::from_secs(60),
+        );
+        drop(pool.send(get()).await.expect("an answer"));
+        assert_eq!(pool.idle_count(), 0);
+        assert_eq!(
+            body_of(pool.send(get()).await.expect("an answer")).await,
+            "ok"
+        );
+        assert_eq!(upstream.connections(), 2);
+    }
+
+    #[tokio::test]
+    async fn stale_idle_connections_are_not_used() {
+        let upstream = upstream(usize::MAX).await;
+        let pool = Pool::new(
+            upstream.address.clone(),
+            Duration::from_secs(1),
+            Duration::ZERO,
+        );
+        for _ in 0..2 {
+            assert_eq!(
+                body_of(pool.send(get()).await.expect("an answer")).await,
+                "ok"
+            );
+        }
+        assert_eq!(upstream.connections(), 2);
+        assert_eq!(pool.idle_count(), 1);
+        pool.close_stale();
+        assert_eq!(pool.idle_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_a_connect_failure() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let address = listener.local_addr().expect("address").to_string();
+        drop(listener);
+        let pool = Pool::new(address, Duration::from_secs(1), Duration::from_secs(60));
+        assert!(matches!(pool.send(get()).await, Err(Failure::Connect(_))));
+    }
+}
