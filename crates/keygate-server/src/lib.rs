@@ -146,7 +146,7 @@ impl Server {
                 upstream: config
                     .upstream
                     .clone()
-                    .map(http::proxy::Upstream::new)
+                    .map(|upstream| http::proxy::Upstream::new(upstream, &config))
                     .transpose()
                     .map_err(StartError::Config)?
                     .map(Arc::new),

@@ -116,14 +116,14 @@ impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Front {
             )));
         }
         let mut request = request.map(axum::body::Body::new);
-        // Handlers read the peer from here (as with axum's `ConnectInfo`).
-        request.extensions_mut().insert(ConnectInfo(self.peer));
         if fronts.proxy_beside && !may_be_keygates(request.uri().path()) {
-            let state = fronts.state.clone();
+            let (state, peer) = (fronts.state.clone(), self.peer.ip());
             return FrontFuture::Pending(Box::pin(async move {
-                Ok(crate::http::proxy::answer_beside_router(state, request).await)
+                Ok(crate::http::proxy::answer_beside_router(state, request, Some(peer)).await)
             }));
         }
+        // Handlers read the peer from here (as with axum's `ConnectInfo`).
+        request.extensions_mut().insert(ConnectInfo(self.peer));
         let mut router = fronts.router.clone();
         FrontFuture::Pending(Box::pin(tower::Service::call(&mut router, request)))
     }

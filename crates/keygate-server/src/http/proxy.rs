@@ -8,7 +8,7 @@
 
 use crate::AppState;
 use crate::clock::now_ms;
-use crate::config::UpstreamConfig;
+use crate::config::{ServerConfig, UpstreamConfig};
 use crate::engine::Principal;
 use crate::http::context::set_request_limits;
 use crate::http::error::ApiError;
@@ -31,10 +31,15 @@ pub struct Upstream {
     pool: Arc<Pool>,
     /// `Host` for requests that do not pass the client's on.
     host: HeaderValue,
+    /// The server's configured header names, parsed once rather than per request.
+    api_key_header: Option<HeaderName>,
+    client_ip_header: Option<HeaderName>,
+    /// The identity headers' prefix, lowercase.
+    identity_prefix: String,
 }
 
 impl Upstream {
-    pub fn new(config: UpstreamConfig) -> Result<Self, String> {
+    pub fn new(config: UpstreamConfig, server: &ServerConfig) -> Result<Self, String> {
         let url = &config.url;
         let (Some(host), Some(authority)) = (url.host(), url.authority()) else {
             return Err(format!("upstream `{url}` names no host"));
@@ -43,7 +48,15 @@ impl Upstream {
         let host = HeaderValue::from_str(authority.as_str())
             .map_err(|_| format!("upstream `{url}`: its host cannot be a Host header"))?;
         let pool = Pool::new(address, config.connect_timeout, config.pool_idle_timeout);
-        Ok(Self { config, pool, host })
+        let header = |name: &str| HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).ok();
+        Ok(Self {
+            config,
+            pool,
+            host,
+            api_key_header: header(&server.api_key_header),
+            client_ip_header: header(&server.client_ip_header),
+            identity_prefix: server.identity_header_prefix.to_ascii_lowercase(),
+        })
     }
 
     /// The idle connections, for the sweeper of stale ones.
@@ -52,18 +65,36 @@ impl Upstream {
     }
 
     /// The origin-form URI the upstream is asked for: its path prefix, then the path and
-    /// query of the request.
-    fn target(&self, path: &str, query: Option<&str>) -> Result<Uri, ApiError> {
+    /// the query of the request without `apikey` parameters (never forwarded, DESIGN.md).
+    fn target(&self, uri: &Uri) -> Result<Uri, ApiError> {
         let prefix = self.config.url.path().trim_end_matches('/');
-        let mut path_and_query = format!("{prefix}{path}");
-        if let Some(query) = query.filter(|q| !q.is_empty()) {
+        let query = uri.query().filter(|q| !q.is_empty());
+        if prefix.is_empty()
+            && !query.is_some_and(may_carry_credential)
+            && let Some(path_and_query) = uri.path_and_query()
+            && path_and_query.query() != Some("")
+        {
+            // Nothing to change: the request's own path and query, without a copy.
+            return Ok(Uri::from(path_and_query.clone()));
+        }
+        let mut path_and_query = format!("{prefix}{}", uri.path());
+        if let Some(query) = query.map(query_without_credential).filter(|q| !q.is_empty()) {
             path_and_query.push('?');
-            path_and_query.push_str(query);
+            path_and_query.push_str(&query);
         }
         let path_and_query = PathAndQuery::try_from(path_and_query)
             .map_err(|_| ApiError::invalid("The request path cannot be forwarded."))?;
         Ok(Uri::from(path_and_query))
     }
+}
+
+/// Could this query hold an `apikey` parameter (in any case, or percent-encoded)?
+fn may_carry_credential(query: &str) -> bool {
+    query.contains('%')
+        || query
+            .as_bytes()
+            .windows(6)
+            .any(|w| w.eq_ignore_ascii_case(b"apikey"))
 }
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1); never
@@ -81,6 +112,13 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass over the names instead of nine removals.
+    if !headers
+        .keys()
+        .any(|name| name == header::UPGRADE || HOP_BY_HOP.contains(name))
+    {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -135,6 +173,17 @@ fn is_credential_authorization(value: &HeaderValue) -> bool {
         .any(|s| scheme.eq_ignore_ascii_case(s))
 }
 
+/// Would an upstream read this header name as one of keygate's identity headers?
+/// `_` counts as `-`: CGI-style upstreams read X_Keygate_User as X-Keygate-User.
+fn claims_identity(name: &HeaderName, prefix: &str) -> bool {
+    let (name, prefix) = (name.as_str().as_bytes(), prefix.as_bytes());
+    name.len() >= prefix.len()
+        && name
+            .iter()
+            .zip(prefix)
+            .all(|(n, p)| n == p || (*n == b'_' && *p == b'-'))
+}
+
 /// Sends requests for paths a route marks `upstream = true` to the upstream before
 /// keygate's own router sees them.
 pub async fn divert(State(state): State<AppState>, request: Request, next: Next) -> Response {
@@ -156,13 +205,17 @@ pub async fn divert(State(state): State<AppState>, request: Request, next: Next)
 /// A proxied request answered beside the router (`front.rs`): what the router's fallback
 /// would answer, with the same request id, `RateLimit` fields, error style, panic
 /// handling and log line, without the routing and the general middleware stack.
-pub async fn answer_beside_router(state: AppState, request: Request) -> Response {
+pub async fn answer_beside_router(
+    state: AppState,
+    request: Request,
+    peer: Option<std::net::IpAddr>,
+) -> Response {
     use futures_util::FutureExt as _;
     let started = std::time::Instant::now();
     let id = crate::http::context::request_id_of(request.headers());
     let (method, uri) = (request.method().clone(), request.uri().clone());
     let policy = state.error_policy.clone();
-    let answer = std::panic::AssertUnwindSafe(proxy(State(state), request))
+    let answer = std::panic::AssertUnwindSafe(answer(&state, request, peer))
         .catch_unwind()
         .map(|answer| {
             answer.unwrap_or_else(|_| {
@@ -178,13 +231,22 @@ pub async fn answer_beside_router(state: AppState, request: Request) -> Response
 
 /// The handler for every request keygate does not answer itself.
 pub async fn proxy(State(state): State<AppState>, request: Request) -> Response {
-    match forward(&state, request).await {
+    let peer = crate::http::extract::peer_ip_of(&request);
+    answer(&state, request, peer).await
+}
+
+async fn answer(state: &AppState, request: Request, peer: Option<std::net::IpAddr>) -> Response {
+    match forward(state, request, peer).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
     }
 }
 
-async fn forward(state: &AppState, mut request: Request) -> Result<Response, ApiError> {
+async fn forward(
+    state: &AppState,
+    mut request: Request,
+    peer: Option<std::net::IpAddr>,
+) -> Result<Response, ApiError> {
     let Some(upstream) = state.upstream.as_deref() else {
         return Err(ApiError::new(ErrorCode::NotFound).message("No such endpoint."));
     };
@@ -197,7 +259,6 @@ async fn forward(state: &AppState, mut request: Request) -> Result<Response, Api
         )
         .hint("send the path as the server should read it, e.g. /a/b rather than /a/./b or /x/../a/b"));
     }
-    let peer = crate::http::extract::peer_ip_of(&request);
     let client_ip = state.config.client_ip(peer, request.headers());
     let policy: Option<&RoutePolicy> = policy_for(
         &state.config.routes,
@@ -232,14 +293,15 @@ async fn forward(state: &AppState, mut request: Request) -> Result<Response, Api
     let (mut parts, body) = request.into_parts();
     let config = &upstream.config;
     // The `apikey` parameter is never forwarded (DESIGN.md), even with keep_credential.
-    let query = parts.uri.query().map(query_without_credential);
-    let target = upstream.target(parts.uri.path(), query.as_deref())?;
+    let target = upstream.target(&parts.uri)?;
 
     let headers = &mut parts.headers;
     let original_host = headers.get(header::HOST).cloned();
     strip_hop_by_hop(headers);
     if !config.keep_credential {
-        headers.remove(state.config.api_key_header.as_str());
+        if let Some(name) = &upstream.api_key_header {
+            headers.remove(name);
+        }
         let app_authorization: Vec<HeaderValue> = headers
             .get_all(header::AUTHORIZATION)
             .iter()
@@ -252,20 +314,21 @@ async fn forward(state: &AppState, mut request: Request) -> Result<Response, Api
         }
     }
     // Identity headers come from keygate alone: a client's own copies are dropped.
-    // `_` counts as `-`: CGI-style upstreams read X_Keygate_User as X-Keygate-User.
-    let prefix = state.config.identity_header_prefix.to_ascii_lowercase();
-    let spoofed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| name.as_str().replace('_', "-").starts_with(&prefix))
-        .cloned()
-        .collect();
-    for name in spoofed {
-        headers.remove(&name);
+    let prefix = upstream.identity_prefix.as_str();
+    if headers.keys().any(|name| claims_identity(name, prefix)) {
+        let spoofed: Vec<HeaderName> = headers
+            .keys()
+            .filter(|name| claims_identity(name, prefix))
+            .cloned()
+            .collect();
+        for name in spoofed {
+            headers.remove(&name);
+        }
     }
     if let Some(principal) = &principal {
         headers.extend(identity_headers(&state.identity_names, principal));
     }
-    forwarded_headers(state, headers, peer, original_host.as_ref());
+    forwarded_headers(state, upstream, headers, peer, original_host.as_ref());
     if !config.preserve_host || !headers.contains_key(header::HOST) {
         headers.insert(header::HOST, upstream.host.clone());
     }
@@ -325,64 +388,72 @@ async fn forward(state: &AppState, mut request: Request) -> Result<Response, Api
     Ok(response)
 }
 
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+const X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
+const X_FORWARDED_SERVER: HeaderName = HeaderName::from_static("x-forwarded-server");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
 /// `X-Forwarded-For/-Host/-Proto`: what the upstream needs to know about the original
 /// request. A chain sent by an untrusted client is replaced, not extended.
 fn forwarded_headers(
     state: &AppState,
+    upstream: &Upstream,
     headers: &mut HeaderMap,
     peer: Option<std::net::IpAddr>,
     original_host: Option<&HeaderValue>,
 ) {
-    let peer_trusted = peer.is_some_and(|ip| {
-        let ip = ip.to_canonical();
-        state.config.trusted_proxies.iter().any(|n| n.contains(&ip))
-    });
-    if !peer_trusted {
+    let peer = peer.map(|ip| ip.to_canonical());
+    let peer_trusted =
+        peer.is_some_and(|ip| state.config.trusted_proxies.iter().any(|n| n.contains(&ip)));
+    let mut chain = String::new();
+    if peer_trusted {
+        for earlier in headers
+            .get_all(X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+        {
+            chain.push_str(earlier);
+            chain.push_str(", ");
+        }
+    } else {
         // What an untrusted client says about addresses and hops is not passed on.
         for name in [
-            "forwarded",
-            "x-real-ip",
-            "x-forwarded-port",
-            "x-forwarded-prefix",
-            "x-forwarded-server",
-            state.config.client_ip_header.as_str(),
+            FORWARDED,
+            X_REAL_IP,
+            X_FORWARDED_PORT,
+            X_FORWARDED_PREFIX,
+            X_FORWARDED_SERVER,
         ] {
             headers.remove(name);
         }
-    }
-    let xff = HeaderName::from_static("x-forwarded-for");
-    let earlier: Vec<String> = if peer_trusted {
-        headers
-            .get_all(&xff)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .map(str::to_owned)
-            .collect()
-    } else {
-        Vec::new()
-    };
-    let mut chain = earlier.join(", ");
-    if let Some(peer) = peer {
-        if !chain.is_empty() {
-            chain.push_str(", ");
+        if let Some(name) = &upstream.client_ip_header {
+            headers.remove(name);
         }
-        chain.push_str(&peer.to_canonical().to_string());
     }
-    headers.remove(&xff);
+    match peer {
+        Some(peer) => {
+            use std::fmt::Write as _;
+            let _ = write!(chain, "{peer}");
+        }
+        None => chain.truncate(chain.len().saturating_sub(2)),
+    }
+    headers.remove(X_FORWARDED_FOR);
     if let Ok(value) = HeaderValue::try_from(chain)
         && !value.is_empty()
     {
-        headers.insert(xff, value);
+        headers.insert(X_FORWARDED_FOR, value);
     }
-    let proto = HeaderName::from_static("x-forwarded-proto");
-    let host = HeaderName::from_static("x-forwarded-host");
-    if !peer_trusted || !headers.contains_key(&proto) {
-        headers.insert(proto, HeaderValue::from_static("http"));
+    if !peer_trusted || !headers.contains_key(X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     }
-    if !peer_trusted || !headers.contains_key(&host) {
-        headers.remove(&host);
+    if !peer_trusted || !headers.contains_key(X_FORWARDED_HOST) {
+        headers.remove(X_FORWARDED_HOST);
         if let Some(original) = original_host {
-            headers.insert(host, original.clone());
+            headers.insert(X_FORWARDED_HOST, original.clone());
         }
     }
 }
@@ -416,6 +487,35 @@ mod tests {
         strip_hop_by_hop(&mut headers);
         assert_eq!(headers.len(), 1, "{headers:?}");
         assert!(headers.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn identity_headers_are_recognised_in_either_spelling() {
+        let prefix = "x-keygate-";
+        for (name, claims) in [
+            ("x-keygate-user", true),
+            ("x_keygate_user", true),
+            ("x-keygate_scopes", true),
+            ("x-keygate", false),
+            ("x-keygates", false),
+            ("x-other", false),
+        ] {
+            let name = HeaderName::from_static(name);
+            assert_eq!(claims_identity(&name, prefix), claims, "{name}");
+        }
+    }
+
+    #[test]
+    fn queries_that_might_hold_a_credential_are_rewritten() {
+        for (query, may) in [
+            ("a=1&b=2", false),
+            ("apikey=x", true),
+            ("a=1&APIKEY=x", true),
+            ("api%6Bey=x", true),
+            ("q=apikeys", true),
+        ] {
+            assert_eq!(may_carry_credential(query), may, "{query}");
+        }
     }
 
     #[test]
