@@ -39,7 +39,8 @@ async fn main() -> std::io::Result<()> {
                     match pool.send(request).await {
                         Ok(response) => Ok::<_, std::convert::Infallible>(response),
                         Err(err) => {
-                            let mut response = hyper::Response::new(axum::body::Body::from(err.to_string()));
+                            let mut response =
+                                hyper::Response::new(axum::body::Body::from(err.to_string()));
                             *response.status_mut() = hyper::StatusCode::BAD_GATEWAY;
                             Ok(response)
                         }

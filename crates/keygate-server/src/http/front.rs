@@ -7,7 +7,7 @@
 //! are the same either way; only the way to them is shorter.
 
 use crate::AppState;
-use crate::http::forward;
+use crate::http::{forward, proxy};
 use axum::Router;
 use axum::extract::ConnectInfo;
 use axum::response::Response;
@@ -15,6 +15,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 /// The path forward auth answers on (and under, for Envoy's prefix form).
@@ -52,6 +53,9 @@ impl Fronts {
         Front {
             fronts: self.clone(),
             peer,
+            address: self
+                .proxy_beside
+                .then(|| Arc::new(proxy::PeerAddress::new(peer.ip()))),
         }
     }
 }
@@ -61,6 +65,8 @@ impl Fronts {
 pub struct Front {
     fronts: Fronts,
     peer: SocketAddr,
+    /// The peer written out for proxied requests, once per connection.
+    address: Option<Arc<proxy::PeerAddress>>,
 }
 
 /// Could the router answer this path itself? Everything keygate serves is under `/api`,
@@ -117,9 +123,9 @@ impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Front {
         }
         let mut request = request.map(axum::body::Body::new);
         if fronts.proxy_beside && !may_be_keygates(request.uri().path()) {
-            let (state, peer) = (fronts.state.clone(), self.peer.ip());
+            let (state, address) = (fronts.state.clone(), self.address.clone());
             return FrontFuture::Pending(Box::pin(async move {
-                Ok(crate::http::proxy::answer_beside_router(state, request, Some(peer)).await)
+                Ok(proxy::answer_beside_router(state, request, address.as_deref()).await)
             }));
         }
         // Handlers read the peer from here (as with axum's `ConnectInfo`).
