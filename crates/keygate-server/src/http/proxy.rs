@@ -22,6 +22,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::TokioIo;
 use keygate_api::ErrorCode;
+use keygate_core::decision::Decision;
+use keygate_core::limit::LimitStatuses;
 use keygate_core::route::{Access, ProjectRule, RoutePolicy, normalize_path, policy_for};
 use std::sync::Arc;
 
@@ -228,31 +230,29 @@ pub async fn answer_beside_router(
         tracing::error!("a proxied request panicked");
         ApiError::new(ErrorCode::InternalError)
     };
-    enum Checked {
-        Ready(Prepared),
-        Refused(Response),
-    }
-    let (checked, limits) = within_request(&id, policy.clone(), || {
-        match catch_unwind(AssertUnwindSafe(|| prepare(&state, request, peer))) {
-            Ok(Ok(prepared)) => Checked::Ready(prepared),
-            Ok(Err(error)) => Checked::Refused(error.into_response()),
-            Err(_) => Checked::Refused(panicked().into_response()),
-        }
-    });
-    let mut response = match checked {
-        Checked::Refused(refused) => refused,
-        Checked::Ready(prepared) => {
-            // Boxed: the proxy's future is large, and catching panics moves it.
-            let sent = AssertUnwindSafe(Box::pin(send(&state, prepared)))
-                .catch_unwind()
-                .await;
-            match sent {
-                Ok(Ok(response)) => response,
-                Ok(Err(error)) => within_request(&id, policy, || error.into_response()).0,
-                Err(_) => within_request(&id, policy, || panicked().into_response()).0,
-            }
-        }
+    // An error is rendered inside the request's task-locals (its id, error style and
+    // the key's limit states); a request on its way to the upstream needs none.
+    let refused = |refusal: Refusal| {
+        within_request(&id, policy.clone(), || refusal.into_error().into_response())
     };
+    let (mut response, limits) =
+        match catch_unwind(AssertUnwindSafe(|| prepare(&state, request, peer))) {
+            Ok(Ok(mut prepared)) => {
+                let limits = std::mem::take(&mut prepared.limits);
+                // Boxed: the proxy's future is large, and catching panics moves it.
+                let sent = AssertUnwindSafe(Box::pin(send(&state, prepared)))
+                    .catch_unwind()
+                    .await;
+                let response = match sent {
+                    Ok(Ok(response)) => response,
+                    Ok(Err(error)) => refused(error.into()).0,
+                    Err(_) => refused(panicked().into()).0,
+                };
+                (response, limits.as_slice().to_vec())
+            }
+            Ok(Err(refusal)) => refused(refusal),
+            Err(_) => refused(panicked().into()),
+        };
     finish(&mut response, &id, &limits, &method, &uri, started);
     response
 }
@@ -277,8 +277,12 @@ impl PeerAddress {
 pub async fn proxy(State(state): State<AppState>, request: Request) -> Response {
     let peer = crate::http::extract::peer_ip_of(&request).map(PeerAddress::new);
     let answer = match prepare(&state, request, peer.as_ref()) {
-        Ok(prepared) => send(&state, prepared).await,
-        Err(error) => Err(error),
+        Ok(prepared) => {
+            // The router's request context adds the `RateLimit` fields.
+            set_request_limits(prepared.limits.as_slice());
+            send(&state, prepared).await
+        }
+        Err(refusal) => Err(refusal.into_error()),
     };
     answer.unwrap_or_else(IntoResponse::into_response)
 }
@@ -288,6 +292,31 @@ pub struct Prepared {
     outgoing: Request,
     /// The protocol of an upgrade request, and the client side of the upgrade.
     upgrade: Option<(HeaderValue, hyper::upgrade::OnUpgrade)>,
+    /// The key's limit states after this request (for `RateLimit` fields).
+    limits: LimitStatuses,
+}
+
+/// Why a request does not go upstream.
+pub enum Refusal {
+    Error(ApiError),
+    /// Refused by the route policy. Made into an error where the request's task-locals
+    /// are set, since that conversion also records the key's `RateLimit` fields there.
+    Denied(Box<Decision>),
+}
+
+impl From<ApiError> for Refusal {
+    fn from(error: ApiError) -> Self {
+        Refusal::Error(error)
+    }
+}
+
+impl Refusal {
+    fn into_error(self) -> ApiError {
+        match self {
+            Refusal::Error(error) => error,
+            Refusal::Denied(decision) => ApiError::from(*decision),
+        }
+    }
 }
 
 /// Checks a request against its route policy and makes the request the upstream gets.
@@ -295,9 +324,11 @@ fn prepare(
     state: &AppState,
     mut request: Request,
     peer: Option<&PeerAddress>,
-) -> Result<Prepared, ApiError> {
+) -> Result<Prepared, Refusal> {
     let Some(upstream) = state.upstream.as_deref() else {
-        return Err(ApiError::new(ErrorCode::NotFound).message("No such endpoint."));
+        return Err(ApiError::new(ErrorCode::NotFound)
+            .message("No such endpoint.")
+            .into());
     };
     // The policy is matched on the path the upstream will resolve, so the path must
     // already be in that form: `/public/../admin` or `//admin` would otherwise be checked
@@ -306,7 +337,8 @@ fn prepare(
         return Err(ApiError::invalid(
             "The request path is not in canonical form (dot segments, empty segments or an encoded separator).",
         )
-        .hint("send the path as the server should read it, e.g. /a/b rather than /a/./b or /x/../a/b"));
+        .hint("send the path as the server should read it, e.g. /a/b rather than /a/./b or /x/../a/b")
+        .into());
     }
     let client_ip = state
         .config
@@ -332,10 +364,7 @@ fn prepare(
                 policy.is_some_and(|p| p.project == ProjectRule::Required),
                 now_ms(),
             )
-            .map_err(|decision| ApiError::from(*decision))?;
-        if let Principal::ApiKey { limits, .. } = &principal {
-            set_request_limits(limits.as_slice());
-        }
+            .map_err(Refusal::Denied)?;
         Some(principal)
     };
 
@@ -393,6 +422,10 @@ fn prepare(
     Ok(Prepared {
         outgoing: Request::from_parts(parts, body),
         upgrade: upgrade.zip(client_upgrade),
+        limits: match principal {
+            Some(Principal::ApiKey { limits, .. }) => limits,
+            _ => LimitStatuses::default(),
+        },
     })
 }
 
@@ -401,7 +434,9 @@ async fn send(state: &AppState, prepared: Prepared) -> Result<Response, ApiError
     let Some(upstream) = state.upstream.as_deref() else {
         return Err(ApiError::new(ErrorCode::NotFound).message("No such endpoint."));
     };
-    let Prepared { outgoing, upgrade } = prepared;
+    let Prepared {
+        outgoing, upgrade, ..
+    } = prepared;
     let sent = async {
         if upgrade.is_some() {
             upstream.pool.send_upgrade(outgoing).await

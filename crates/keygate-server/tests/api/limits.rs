@@ -18,7 +18,7 @@ impl TestServer {
     }
 }
 
-fn header(response: &reqwest::Response, name: &str) -> String {
+pub(super) fn header(response: &reqwest::Response, name: &str) -> String {
     response
         .headers()
         .get(name)

@@ -1,5 +1,6 @@
 //! Reverse-proxy mode against a stub upstream on loopback.
 
+use super::limits::header;
 use super::*;
 use keygate_core::route::RoutePolicy;
 use keygate_server::config::UpstreamConfig;
@@ -385,4 +386,52 @@ async fn websocket_upgrades_pass_through_after_auth() {
     let mut echoed = vec![0u8; 20];
     stream.read_exact(&mut echoed).await.expect("read");
     assert_eq!(&echoed, b"ping over the tunnel");
+}
+
+#[tokio::test]
+async fn proxied_requests_carry_the_keys_rate_limit_fields() {
+    let (upstream, seen) = stub_upstream().await;
+    let server = proxy_server(&upstream, json!([])).await;
+    let plan = server
+        .plan(json!({"name": "small", "rate_limits": [{"limit": 2, "period_seconds": 60}]}))
+        .await;
+    let (key, _) = server
+        .create_key(json!({"name": "metered", "plan": plan}))
+        .await;
+    for remaining in [1, 0] {
+        let response = server
+            .request(Method::GET, "/echo/limited")
+            .header("x-api-key", &key)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            header(&response, "ratelimit-policy"),
+            r#""minute";q=2;w=60"#
+        );
+        assert!(
+            header(&response, "ratelimit").starts_with(&format!(r#""minute";r={remaining};"#)),
+            "{}",
+            header(&response, "ratelimit")
+        );
+        assert!(header(&response, "x-request-id").starts_with("req_"));
+    }
+    let before = seen.lock().expect("lock").requests;
+    let response = server
+        .request(Method::GET, "/echo/limited")
+        .header("x-api-key", &key)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(!header(&response, "retry-after").is_empty());
+    assert!(header(&response, "ratelimit").starts_with(r#""minute";r=0;"#));
+    let (status, body) = read(response).await;
+    assert_error(status, &body, 429, "rate_limited", &key);
+    assert_eq!(
+        seen.lock().expect("lock").requests,
+        before,
+        "refused, not forwarded"
+    );
 }
