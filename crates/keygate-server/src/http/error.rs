@@ -119,6 +119,29 @@ impl ApiError {
     }
 }
 
+/// Why a request on a hot path (forward auth, the proxy) is refused.
+pub enum Rejection {
+    Error(ApiError),
+    /// Refused by the route policy. Made into an error where the request's task-locals
+    /// are set, since that conversion also records the key's `RateLimit` fields there.
+    Denied(Box<Decision>),
+}
+
+impl From<ApiError> for Rejection {
+    fn from(error: ApiError) -> Self {
+        Rejection::Error(error)
+    }
+}
+
+impl Rejection {
+    pub fn into_error(self) -> ApiError {
+        match self {
+            Rejection::Error(error) => error,
+            Rejection::Denied(decision) => ApiError::from(*decision),
+        }
+    }
+}
+
 impl From<Decision> for ApiError {
     fn from(decision: Decision) -> Self {
         let code = ErrorCode::from_decision(decision.code).unwrap_or(ErrorCode::InternalError);

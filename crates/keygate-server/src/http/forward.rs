@@ -11,9 +11,11 @@ use crate::clock::now_ms;
 use crate::engine::Principal;
 use crate::http::context::{self, set_request_limits};
 use crate::http::error::ApiError;
+use crate::http::error::Rejection;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use keygate_core::limit::LimitStatuses;
 use keygate_core::route::{Access, ProjectRule, normalize_path, policy_for};
 
 /// The original method and URI as proxies send them (names made once, not parsed per
@@ -54,7 +56,10 @@ pub async fn forward_auth(
 ) -> Result<Response, ApiError> {
     let peer = crate::http::extract::peer_ip_of(&request);
     let (parts, _) = request.into_parts();
-    decide(&state, &parts, peer)
+    let (response, limits) = decide(&state, &parts, peer).map_err(Rejection::into_error)?;
+    // The router's request context adds the `RateLimit` fields.
+    set_request_limits(limits.as_slice());
+    Ok(response)
 }
 
 /// Forward auth answered beside the router (`front.rs`): the same answer as the routed
@@ -68,16 +73,24 @@ pub fn answer_beside_router(
 ) -> Response {
     let started = std::time::Instant::now();
     let id = context::request_id_of(&parts.headers);
-    let (mut response, limits) = context::within_request(&id, state.error_policy.clone(), || {
-        // As the router's CatchPanicLayer does: a panic is a 500 in the error model.
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            decide(state, parts, peer).unwrap_or_else(IntoResponse::into_response)
-        }))
-        .unwrap_or_else(|_| {
-            tracing::error!("forward auth panicked");
-            ApiError::new(keygate_api::ErrorCode::InternalError).into_response()
+    // A refusal is rendered inside the request's task-locals (its id, error style and
+    // the key's limit states); an allowed request needs none.
+    let refused = |refusal: Rejection| {
+        context::within_request(&id, state.error_policy.clone(), || {
+            refusal.into_error().into_response()
         })
-    });
+    };
+    // As the router's CatchPanicLayer does: a panic is a 500 in the error model.
+    let (mut response, limits) =
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decide(state, parts, peer)))
+        {
+            Ok(Ok((response, limits))) => (response, limits.as_slice().to_vec()),
+            Ok(Err(refusal)) => refused(refusal),
+            Err(_) => {
+                tracing::error!("forward auth panicked");
+                refused(ApiError::new(keygate_api::ErrorCode::InternalError).into())
+            }
+        };
     context::finish(
         &mut response,
         &id,
@@ -90,12 +103,12 @@ pub fn answer_beside_router(
 }
 
 /// The decision for one forward-auth request, from its head (read by reference: the hot
-/// path copies no header map) and its TCP peer.
+/// path copies no header map) and its TCP peer; with the key's limit states.
 fn decide(
     state: &AppState,
     parts: &axum::http::request::Parts,
     peer: Option<std::net::IpAddr>,
-) -> Result<Response, ApiError> {
+) -> Result<(Response, LimitStatuses), Rejection> {
     let client_ip = state.config.client_ip(peer, &parts.headers);
     let (method, uri, headers) = (&parts.method, &parts.uri, &parts.headers);
     let original_method = header(headers, &ORIGINAL_METHOD).unwrap_or(method.as_str());
@@ -116,11 +129,15 @@ fn decide(
     let Some(path) = normalize_path(original_uri.path()) else {
         return Err(ApiError::invalid(
             "The original path climbs above the root or hides a separator (%2f, %5c).",
-        ));
+        )
+        .into());
     };
     let policy = policy_for(&state.config.routes, original_method, path.as_ref());
     if policy.is_some_and(|p| p.access == Access::Public) {
-        return Ok(allowed(&state.identity_names, None));
+        return Ok((
+            allowed(&state.identity_names, None),
+            LimitStatuses::default(),
+        ));
     }
     let scopes: Vec<&str> = policy
         .map(|p| p.scopes.iter().map(String::as_str).collect())
@@ -136,11 +153,13 @@ fn decide(
             project_required,
             now_ms(),
         )
-        .map_err(|decision| ApiError::from(*decision))?;
-    if let Principal::ApiKey { limits, .. } = &principal {
-        set_request_limits(limits.as_slice());
-    }
-    Ok(allowed(&state.identity_names, Some(&principal)))
+        .map_err(Rejection::Denied)?;
+    let response = allowed(&state.identity_names, Some(&principal));
+    let limits = match principal {
+        Principal::ApiKey { limits, .. } => limits,
+        _ => LimitStatuses::default(),
+    };
+    Ok((response, limits))
 }
 
 /// The 200 of an allowed request: every identity header, empty when there is nothing to

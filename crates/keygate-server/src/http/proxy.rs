@@ -11,7 +11,7 @@ use crate::clock::now_ms;
 use crate::config::{ServerConfig, UpstreamConfig};
 use crate::engine::Principal;
 use crate::http::context::set_request_limits;
-use crate::http::error::ApiError;
+use crate::http::error::{ApiError, Rejection};
 use crate::http::forward::identity_headers;
 use crate::http::upstream::{Failure, Pool};
 use axum::body::Body;
@@ -22,7 +22,6 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::TokioIo;
 use keygate_api::ErrorCode;
-use keygate_core::decision::Decision;
 use keygate_core::limit::LimitStatuses;
 use keygate_core::route::{Access, ProjectRule, RoutePolicy, normalize_path, policy_for};
 use std::sync::Arc;
@@ -232,7 +231,7 @@ pub async fn answer_beside_router(
     };
     // An error is rendered inside the request's task-locals (its id, error style and
     // the key's limit states); a request on its way to the upstream needs none.
-    let refused = |refusal: Refusal| {
+    let refused = |refusal: Rejection| {
         within_request(&id, policy.clone(), || refusal.into_error().into_response())
     };
     let (mut response, limits) =
@@ -296,35 +295,12 @@ pub struct Prepared {
     limits: LimitStatuses,
 }
 
-/// Why a request does not go upstream.
-pub enum Refusal {
-    Error(ApiError),
-    /// Refused by the route policy. Made into an error where the request's task-locals
-    /// are set, since that conversion also records the key's `RateLimit` fields there.
-    Denied(Box<Decision>),
-}
-
-impl From<ApiError> for Refusal {
-    fn from(error: ApiError) -> Self {
-        Refusal::Error(error)
-    }
-}
-
-impl Refusal {
-    fn into_error(self) -> ApiError {
-        match self {
-            Refusal::Error(error) => error,
-            Refusal::Denied(decision) => ApiError::from(*decision),
-        }
-    }
-}
-
 /// Checks a request against its route policy and makes the request the upstream gets.
 fn prepare(
     state: &AppState,
     mut request: Request,
     peer: Option<&PeerAddress>,
-) -> Result<Prepared, Refusal> {
+) -> Result<Prepared, Rejection> {
     let Some(upstream) = state.upstream.as_deref() else {
         return Err(ApiError::new(ErrorCode::NotFound)
             .message("No such endpoint.")
@@ -364,7 +340,7 @@ fn prepare(
                 policy.is_some_and(|p| p.project == ProjectRule::Required),
                 now_ms(),
             )
-            .map_err(Refusal::Denied)?;
+            .map_err(Rejection::Denied)?;
         Some(principal)
     };
 

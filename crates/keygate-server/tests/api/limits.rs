@@ -794,3 +794,41 @@ async fn forward_auth_for_reverse_proxies() {
         .expect("send");
     assert_eq!(response.status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn forward_auth_answers_carry_the_keys_rate_limit_fields() {
+    let server = TestServer::start().await;
+    let plan = server
+        .plan(json!({"name": "small", "rate_limits": [{"limit": 2, "period_seconds": 60}]}))
+        .await;
+    let (key, _) = server
+        .create_key(json!({"name": "metered", "plan": plan}))
+        .await;
+    let ask = || {
+        server
+            .request(Method::GET, "/api/v1/forward-auth")
+            .header("x-api-key", &key)
+            .header("x-forwarded-uri", "/files/a.txt")
+            .send()
+    };
+    for remaining in [1, 0] {
+        let response = ask().await.expect("send");
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            header(&response, "ratelimit-policy"),
+            r#""minute";q=2;w=60"#
+        );
+        let state = header(&response, "ratelimit");
+        assert!(
+            state.starts_with(&format!(r#""minute";r={remaining};"#)),
+            "{state}"
+        );
+        assert!(header(&response, "x-request-id").starts_with("req_"));
+    }
+    let response = ask().await.expect("send");
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(!header(&response, "retry-after").is_empty());
+    assert!(header(&response, "ratelimit").starts_with(r#""minute";r=0;"#));
+    let (status, body) = read(response).await;
+    assert_error(status, &body, 429, "rate_limited", &key);
+}
