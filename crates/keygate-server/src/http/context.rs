@@ -67,7 +67,7 @@ pub fn current_request_id() -> String {
         .unwrap_or_else(|_| "-".into())
 }
 
-fn new_request_id() -> Arc<str> {
+fn new_request_id() -> HeaderValue {
     static NODE: OnceLock<u32> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let node = NODE.get_or_init(|| {
@@ -83,7 +83,7 @@ fn new_request_id() -> Arc<str> {
     let mut end = 4;
     end += hex_into(&mut id[end..], u64::from(*node), 8);
     end += hex_into(&mut id[end..], COUNTER.fetch_add(1, Ordering::Relaxed), 10);
-    Arc::from(std::str::from_utf8(&id[..end]).unwrap_or("req_"))
+    HeaderValue::from_bytes(&id[..end]).unwrap_or_else(|_| HeaderValue::from_static("req_"))
 }
 
 /// Writes `value` in lower-case hex, zero-padded to at least `min_digits`; answers the
@@ -103,14 +103,14 @@ fn hex_into(out: &mut [u8], value: u64, min_digits: usize) -> usize {
     digits
 }
 
-fn sane_incoming(value: &HeaderValue) -> Option<Arc<str>> {
+fn sane_incoming(value: &HeaderValue) -> Option<HeaderValue> {
     let text = value.to_str().ok()?;
     let ok = !text.is_empty()
         && text.len() <= 64
         && text
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
-    ok.then(|| Arc::from(text))
+    ok.then(|| value.clone())
 }
 
 /// The URI as it may appear in a log line: the `apikey` parameter's value and anything
@@ -132,8 +132,16 @@ pub fn loggable_uri(uri: &Uri) -> String {
     format!("{path}?{}", redacted.join("&"))
 }
 
+/// The request id as the task-local error rendering reads it (made only when an error
+/// may be rendered: the hot paths answer allowed requests without it).
+fn id_text(id: &HeaderValue) -> Arc<str> {
+    Arc::from(id.to_str().unwrap_or("-"))
+}
+
 /// The id of an incoming request: its own `X-Request-Id` when sane, else a new one.
-pub fn request_id_of(headers: &axum::http::HeaderMap) -> Arc<str> {
+/// Kept as the header value it is sent back as, so an allowed request costs at most one
+/// allocation for it.
+pub fn request_id_of(headers: &axum::http::HeaderMap) -> HeaderValue {
     headers
         .get(&REQUEST_ID_NAME)
         .and_then(sane_incoming)
@@ -143,12 +151,12 @@ pub fn request_id_of(headers: &axum::http::HeaderMap) -> Arc<str> {
 /// Runs a synchronous handler with the request's task-locals set (for answers made beside
 /// the router, see `front.rs`); answers its result and the limit states it recorded.
 pub fn within_request<T>(
-    id: &Arc<str>,
+    id: &HeaderValue,
     policy: Option<Arc<ErrorPolicy>>,
     handler: impl FnOnce() -> T,
 ) -> (T, Vec<LimitStatus>) {
     let limits = Arc::new(Mutex::new(Vec::new()));
-    let answer = REQUEST_ID.sync_scope(Arc::clone(id), || {
+    let answer = REQUEST_ID.sync_scope(id_text(id), || {
         REQUEST_LIMITS.sync_scope(Arc::clone(&limits), || {
             ERROR_POLICY.sync_scope(policy, handler)
         })
@@ -159,14 +167,14 @@ pub fn within_request<T>(
 
 /// [`within_request`] for an asynchronous handler.
 pub async fn within_request_async(
-    id: &Arc<str>,
+    id: &HeaderValue,
     policy: Option<Arc<ErrorPolicy>>,
     handler: impl Future<Output = Response>,
 ) -> (Response, Vec<LimitStatus>) {
     let limits = Arc::new(Mutex::new(Vec::new()));
     let answer = REQUEST_ID
         .scope(
-            Arc::clone(id),
+            id_text(id),
             REQUEST_LIMITS.scope(Arc::clone(&limits), ERROR_POLICY.scope(policy, handler)),
         )
         .await;
@@ -178,15 +186,14 @@ pub async fn within_request_async(
 /// the credential's limits, and the access log line.
 pub fn finish(
     response: &mut Response,
-    id: &str,
+    id: &HeaderValue,
     limits: &[LimitStatus],
     method: &axum::http::Method,
     uri: &Uri,
     started: Instant,
 ) {
-    if let Ok(value) = HeaderValue::from_str(id) {
-        response.headers_mut().insert(REQUEST_ID_NAME, value);
-    }
+    response.headers_mut().insert(REQUEST_ID_NAME, id.clone());
+    let id = id.to_str().unwrap_or("-");
     if let Some((policy, state)) = rate_limit_fields(limits)
         && let (Ok(policy), Ok(state)) = (
             HeaderValue::from_str(&policy),
@@ -244,6 +251,7 @@ mod tests {
         let second = new_request_id();
         assert_ne!(first, second);
         for id in [&first, &second] {
+            let id = id.to_str().expect("ascii");
             assert_eq!(id.len(), 4 + 8 + 10, "{id}");
             assert!(id.starts_with("req_"));
             assert!(
