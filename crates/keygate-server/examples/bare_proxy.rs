@@ -15,11 +15,10 @@ async fn main() -> std::io::Result<()> {
     let mut args = std::env::args().skip(1);
     let listen = args.next().unwrap_or_else(|| "127.0.0.1:9001".into());
     let upstream = args.next().unwrap_or_else(|| "127.0.0.1:9000".into());
-    let pool = Pool::new(
-        upstream.clone(),
-        Duration::from_secs(5),
-        Duration::from_secs(90),
-    );
+    let origin: hyper::Uri = format!("http://{upstream}")
+        .parse()
+        .map_err(std::io::Error::other)?;
+    let pool = Pool::new(&origin, Duration::from_secs(5), Duration::from_secs(90));
     let host = hyper::header::HeaderValue::from_str(&upstream).map_err(std::io::Error::other)?;
     let listener = tokio::net::TcpListener::bind(&listen).await?;
     println!("bare proxy listening on http://{}", listener.local_addr()?);

@@ -42,13 +42,12 @@ pub struct Upstream {
 impl Upstream {
     pub fn new(config: UpstreamConfig, server: &ServerConfig) -> Result<Self, String> {
         let url = &config.url;
-        let (Some(host), Some(authority)) = (url.host(), url.authority()) else {
+        let Some(host) = url.host() else {
             return Err(format!("upstream `{url}` names no host"));
         };
-        let address = format!("{host}:{}", url.port_u16().unwrap_or(80));
-        let host = HeaderValue::from_str(authority.as_str())
-            .map_err(|_| format!("upstream `{url}`: its host cannot be a Host header"))?;
-        let pool = Pool::new(address, config.connect_timeout, config.pool_idle_timeout);
+        let host = host_header(host, url.port_u16())
+            .ok_or_else(|| format!("upstream `{url}`: its host cannot be a Host header"))?;
+        let pool = Pool::new(url, config.connect_timeout, config.pool_idle_timeout);
         let header = |name: &str| HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).ok();
         Ok(Self {
             config,
@@ -89,6 +88,15 @@ impl Upstream {
         let path_and_query = PathAndQuery::try_from(path_and_query)
             .map_err(|_| ApiError::invalid("The request path cannot be forwarded."))?;
         Ok(Uri::from(path_and_query))
+    }
+}
+
+/// `Host` for the upstream: its name, and its port unless it is HTTP's default (never
+/// the URL's user information).
+fn host_header(host: &str, port: Option<u16>) -> Option<HeaderValue> {
+    match port {
+        Some(port) if port != 80 => HeaderValue::try_from(format!("{host}:{port}")).ok(),
+        _ => HeaderValue::from_str(host).ok(),
     }
 }
 
@@ -414,8 +422,9 @@ async fn send(state: &AppState, prepared: Prepared) -> Result<Response, ApiError
         outgoing, upgrade, ..
     } = prepared;
     let sent = async {
-        if upgrade.is_some() {
-            upstream.pool.send_upgrade(outgoing).await
+        // See `upstream.rs`: requests without a body take the pool driven in this task.
+        if upgrade.is_some() || !hyper::body::Body::is_end_stream(outgoing.body()) {
+            upstream.pool.send_streaming(outgoing).await
         } else {
             upstream.pool.send(outgoing).await
         }
@@ -567,6 +576,22 @@ mod tests {
         strip_hop_by_hop(&mut headers);
         assert_eq!(headers.len(), 1, "{headers:?}");
         assert!(headers.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn the_upstreams_host_header_has_no_default_port_and_no_user_information() {
+        for (url, host) in [
+            ("http://app", "app"),
+            ("http://app:80", "app"),
+            ("http://app:8080/prefix", "app:8080"),
+            ("http://user:secret@app:8080", "app:8080"),
+            ("http://127.0.0.1:9000", "127.0.0.1:9000"),
+            ("http://[::1]:9000", "[::1]:9000"),
+        ] {
+            let config = UpstreamConfig::new(url).expect("url");
+            let upstream = Upstream::new(config, &ServerConfig::default()).expect("upstream");
+            assert_eq!(upstream.host, host, "{url}");
+        }
     }
 
     #[test]

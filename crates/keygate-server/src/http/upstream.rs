@@ -11,11 +11,20 @@
 //! An idle connection the upstream closed is only noticed when it is next taken; a
 //! request that was never written on it goes again on a fresh connection, so that race
 //! costs a reconnect and never a failed request.
+//!
+//! That only suits requests without a body. While a body is still being sent, the
+//! connection must keep moving whatever the response side does: an upstream may answer
+//! before it has read an upload (a 401, a 413), or stream its answer while the client
+//! is still uploading and reads nothing until it is done. Requests with a body, and
+//! protocol upgrades, therefore go through hyper-util's pooled client, whose connection
+//! tasks run on their own ([`Pool::send_streaming`]).
 
 use axum::body::Body;
 use hyper::body::{Bytes, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
@@ -27,13 +36,15 @@ use tokio::net::TcpStream;
 /// Most idle connections kept; more are closed as their requests finish.
 const MAX_IDLE: usize = 1024;
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Why a request got no answer from the upstream.
 #[derive(Debug)]
 pub enum Failure {
     /// No TCP connection within the connect timeout, or it was refused.
-    Connect(std::io::Error),
+    Connect(BoxError),
     /// The connection failed while the request was sent or the answer read.
-    Exchange(hyper::Error),
+    Exchange(BoxError),
 }
 
 impl std::fmt::Display for Failure {
@@ -92,8 +103,11 @@ impl Link {
         })
     }
 
+    /// Done with its last exchange, both ways, and open: hyper only asks for the next
+    /// request then. (An upstream may answer before the request is written whole; such
+    /// a connection is closed, not handed to the next request to wait behind.)
     fn reusable(&self) -> bool {
-        self.connection.is_some() && !self.sender.is_closed()
+        self.connection.is_some() && self.sender.is_ready()
     }
 }
 
@@ -112,19 +126,39 @@ struct Idle {
 
 /// The upstream's idle keep-alive connections.
 pub struct Pool {
-    /// `host:port` to connect to.
-    address: String,
-    connect_timeout: Duration,
+    /// The upstream's scheme and authority (`http://host:port`).
+    origin: axum::http::Uri,
+    /// Makes TCP connections (name resolution, each address in turn, connect timeout).
+    connector: HttpConnector,
+    /// For requests with a body and upgrades (see the module's documentation).
+    streaming: Client<HttpConnector, Body>,
     idle_timeout: Duration,
     /// Oldest first; requests take the newest, which is the likeliest to be alive.
     idle: Mutex<VecDeque<Idle>>,
 }
 
 impl Pool {
-    pub fn new(address: String, connect_timeout: Duration, idle_timeout: Duration) -> Arc<Self> {
+    /// A pool for the upstream at `origin` (`http://host:port`; a path is ignored).
+    pub fn new(
+        origin: &axum::http::Uri,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+    ) -> Arc<Self> {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(connect_timeout));
+        // Requests are written whole: Nagle would hold them behind delayed ACKs.
+        connector.set_nodelay(true);
+        let streaming = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(idle_timeout)
+            .build(connector.clone());
+        let mut parts = axum::http::uri::Parts::default();
+        parts.scheme = origin.scheme().cloned();
+        parts.authority = origin.authority().cloned();
+        parts.path_and_query = Some(axum::http::uri::PathAndQuery::from_static("/"));
         Arc::new(Self {
-            address,
-            connect_timeout,
+            origin: axum::http::Uri::from_parts(parts).unwrap_or_else(|_| origin.clone()),
+            connector,
+            streaming,
             idle_timeout,
             idle: Mutex::new(VecDeque::new()),
         })
@@ -144,38 +178,35 @@ impl Pool {
                     tracing::debug!(error = %err, "idle upstream connection was closed");
                     request = *unsent;
                 }
-                Err(NotAnswered::Failed(err)) => return Err(Failure::Exchange(err)),
+                Err(NotAnswered::Failed(err)) => return Err(Failure::Exchange(err.into())),
             }
         }
         let mut link = self.connect().await?;
         match link.exchange(request).await {
             Ok(response) => Ok(self.stream(link, response)),
             Err(NotAnswered::NotSent(err, _) | NotAnswered::Failed(err)) => {
-                Err(Failure::Exchange(err))
+                Err(Failure::Exchange(err.into()))
             }
         }
     }
 
-    /// Sends a protocol-upgrade request on a connection of its own, run by its own task
-    /// so that it can hand the socket over after `101 Switching Protocols`.
-    pub async fn send_upgrade(
+    /// Sends a request with a body, or a protocol upgrade, through hyper-util's pooled
+    /// client: its connections run in tasks of their own, so an upload keeps flowing
+    /// whatever the response side does, and a `101` hands the socket over.
+    pub async fn send_streaming(
         &self,
-        request: hyper::Request<Body>,
+        mut request: hyper::Request<Body>,
     ) -> Result<hyper::Response<Body>, Failure> {
-        let stream = self.open().await?;
-        let (mut sender, connection) = http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(Failure::Exchange)?;
-        tokio::spawn(async move {
-            if let Err(err) = connection.with_upgrades().await {
-                tracing::debug!(error = %err, "upstream upgrade connection ended");
-            }
-        });
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(Failure::Exchange)?;
-        Ok(response.map(Body::new))
+        // hyper-util's client wants the absolute form; it sends the origin form.
+        let mut parts = self.origin.clone().into_parts();
+        parts.path_and_query = request.uri().path_and_query().cloned();
+        *request.uri_mut() =
+            axum::http::Uri::from_parts(parts).map_err(|err| Failure::Exchange(Box::new(err)))?;
+        match self.streaming.request(request).await {
+            Ok(response) => Ok(response.map(Body::new)),
+            Err(err) if err.is_connect() => Err(Failure::Connect(Box::new(err))),
+            Err(err) => Err(Failure::Exchange(Box::new(err))),
+        }
     }
 
     fn stream(self: &Arc<Self>, link: Link, response: Response) -> hyper::Response<Body> {
@@ -188,31 +219,17 @@ impl Pool {
         })
     }
 
-    async fn open(&self) -> Result<TcpStream, Failure> {
-        let stream = tokio::time::timeout(
-            self.connect_timeout,
-            TcpStream::connect(self.address.as_str()),
-        )
-        .await
-        .map_err(|_| {
-            Failure::Connect(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "no connection within the connect timeout",
-            ))
-        })?
-        .map_err(Failure::Connect)?;
-        // Requests are written whole: Nagle would hold them behind delayed ACKs.
-        if let Err(err) = stream.set_nodelay(true) {
-            tracing::debug!(error = %err, "could not set TCP_NODELAY upstream");
-        }
-        Ok(stream)
-    }
-
     async fn connect(&self) -> Result<Link, Failure> {
-        let stream = self.open().await?;
-        let (sender, connection) = http1::handshake(TokioIo::new(stream))
+        use tower::ServiceExt as _;
+        let io = self
+            .connector
+            .clone()
+            .oneshot(self.origin.clone())
             .await
-            .map_err(Failure::Exchange)?;
+            .map_err(|err| Failure::Connect(Box::new(err)))?;
+        let (sender, connection) = http1::handshake(io)
+            .await
+            .map_err(|err| Failure::Exchange(err.into()))?;
         Ok(Link {
             sender,
             connection: Some(Box::pin(connection)),
@@ -315,6 +332,10 @@ impl hyper::body::Body for PooledBody {
         }
         let frame = Pin::new(&mut this.body).poll_frame(cx);
         if let Poll::Ready(None) = frame {
+            // Once more, so the connection moves from the finished exchange to idle.
+            if let Some(link) = &mut this.link {
+                drive(&mut link.connection, cx);
+            }
             this.release();
         }
         frame
@@ -355,6 +376,10 @@ mod tests {
     }
 
     impl Upstream {
+        fn origin(&self) -> axum::http::Uri {
+            format!("http://{}", self.address).parse().expect("uri")
+        }
+
         fn connections(&self) -> usize {
             self.connections.load(std::sync::atomic::Ordering::SeqCst)
         }
@@ -430,7 +455,7 @@ mod tests {
     async fn a_connection_is_reused_once_its_body_is_read() {
         let upstream = upstream(usize::MAX).await;
         let pool = Pool::new(
-            upstream.address.clone(),
+            &upstream.origin(),
             Duration::from_secs(1),
             Duration::from_secs(60),
         );
@@ -447,7 +472,7 @@ mod tests {
         // One answer per connection, then the upstream closes it (as at its idle timeout).
         let mut upstream = upstream(1).await;
         let pool = Pool::new(
-            upstream.address.clone(),
+            &upstream.origin(),
             Duration::from_secs(1),
             Duration::from_secs(60),
         );
@@ -465,7 +490,7 @@ mod tests {
     async fn a_half_read_body_closes_its_connection() {
         let upstream = upstream(usize::MAX).await;
         let pool = Pool::new(
-            upstream.address.clone(),
+            &upstream.origin(),
             Duration::from_secs(1),
             Duration::from_secs(60),
         );
@@ -479,13 +504,42 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn stale_idle_connections_are_not_used() {
+    async fn a_connection_answered_before_its_request_was_written_is_not_reused() {
+        // The upstream answers once it has the head; this body never ends.
         let upstream = upstream(usize::MAX).await;
         let pool = Pool::new(
-            upstream.address.clone(),
+            &upstream.origin(),
             Duration::from_secs(1),
-            Duration::ZERO,
+            Duration::from_secs(60),
         );
+        let endless = futures_util::stream::unfold(true, |first| async move {
+            if first {
+                Some((Ok::<_, std::io::Error>(Bytes::from_static(b"part")), false))
+            } else {
+                std::future::pending().await
+            }
+        });
+        let upload = hyper::Request::builder()
+            .method("POST")
+            .uri("/")
+            .header("host", "upstream")
+            .body(Body::from_stream(endless))
+            .expect("a request");
+        let response = pool.send(upload).await.expect("an answer");
+        assert_eq!(body_of(response).await, "ok");
+        assert_eq!(pool.idle_count(), 0, "still sending: not reusable");
+        let next = tokio::time::timeout(Duration::from_secs(5), pool.send(get()))
+            .await
+            .expect("not held up behind the unfinished upload")
+            .expect("an answer");
+        assert_eq!(body_of(next).await, "ok");
+        assert_eq!(upstream.connections(), 2);
+    }
+
+    #[tokio::test]
+    async fn stale_idle_connections_are_not_used() {
+        let upstream = upstream(usize::MAX).await;
+        let pool = Pool::new(&upstream.origin(), Duration::from_secs(1), Duration::ZERO);
         for _ in 0..2 {
             assert_eq!(
                 body_of(pool.send(get()).await.expect("an answer")).await,
@@ -503,7 +557,8 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let address = listener.local_addr().expect("address").to_string();
         drop(listener);
-        let pool = Pool::new(address, Duration::from_secs(1), Duration::from_secs(60));
+        let origin = format!("http://{address}").parse().expect("uri");
+        let pool = Pool::new(&origin, Duration::from_secs(1), Duration::from_secs(60));
         assert!(matches!(pool.send(get()).await, Err(Failure::Connect(_))));
     }
 }
