@@ -435,3 +435,76 @@ async fn proxied_requests_carry_the_keys_rate_limit_fields() {
         "refused, not forwarded"
     );
 }
+
+/// An upstream that answers every request as soon as it has the head, without reading
+/// a body, and keeps the connection open (as nginx does when it refuses an upload).
+async fn early_answering_upstream() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&chunk[..n]),
+                    }
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..end + 4);
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nearly";
+                        if stream.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    base
+}
+
+#[tokio::test]
+async fn an_upload_the_app_answered_early_holds_up_no_other_request() {
+    let upstream = early_answering_upstream().await;
+    let server = proxy_server(&upstream, json!([])).await;
+    let (key, _) = server.create_key(json!({"name": "uploads"})).await;
+    // A chunked upload that is never finished; the app answers it at once.
+    let addr = server.base.trim_start_matches("http://").to_string();
+    let mut uploader = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nHost: {addr}\r\nX-API-Key: {key}\r\n\
+         Transfer-Encoding: chunked\r\n\r\n4\r\npart\r\n"
+    );
+    uploader.write_all(head.as_bytes()).await.expect("write");
+    let mut answer = Vec::new();
+    let mut byte = [0u8; 1];
+    while !answer.ends_with(b"early") {
+        let n = uploader.read(&mut byte).await.expect("read");
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&answer));
+        answer.push(byte[0]);
+    }
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    // Other requests are not queued behind the unfinished upload (the upstream timeout
+    // here is 300 ms: waiting behind it would be a 504).
+    for _ in 0..3 {
+        let response = server
+            .request(Method::GET, "/after")
+            .header("x-api-key", &key)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.text().await.expect("body"), "early");
+    }
+    drop(uploader);
+}
