@@ -295,7 +295,7 @@ pub async fn proxy(State(state): State<AppState>, request: Request) -> Response 
 }
 
 /// A request checked and ready for the upstream.
-pub struct Prepared {
+struct Prepared {
     outgoing: Request,
     /// The protocol of an upgrade request, and the client side of the upgrade.
     upgrade: Option<(HeaderValue, hyper::upgrade::OnUpgrade)>,

@@ -380,6 +380,15 @@ mod tests {
             format!("http://{}", self.address).parse().expect("uri")
         }
 
+        /// A pool for this upstream: 1 s to connect, idle connections kept 60 s.
+        fn pool(&self) -> Arc<Pool> {
+            Pool::new(
+                &self.origin(),
+                Duration::from_secs(1),
+                Duration::from_secs(60),
+            )
+        }
+
         fn connections(&self) -> usize {
             self.connections.load(std::sync::atomic::Ordering::SeqCst)
         }
@@ -454,11 +463,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_is_reused_once_its_body_is_read() {
         let upstream = upstream(usize::MAX).await;
-        let pool = Pool::new(
-            &upstream.origin(),
-            Duration::from_secs(1),
-            Duration::from_secs(60),
-        );
+        let pool = upstream.pool();
         for _ in 0..5 {
             let response = pool.send(get()).await.expect("an answer");
             assert_eq!(body_of(response).await, "ok");
@@ -471,11 +476,7 @@ mod tests {
     async fn a_connection_the_upstream_closed_is_replaced_without_failing_the_request() {
         // One answer per connection, then the upstream closes it (as at its idle timeout).
         let mut upstream = upstream(1).await;
-        let pool = Pool::new(
-            &upstream.origin(),
-            Duration::from_secs(1),
-            Duration::from_secs(60),
-        );
+        let pool = upstream.pool();
         for _ in 0..3 {
             let response = pool.send(get()).await.expect("an answer");
             assert_eq!(body_of(response).await, "ok");
@@ -489,11 +490,7 @@ mod tests {
     #[tokio::test]
     async fn a_half_read_body_closes_its_connection() {
         let upstream = upstream(usize::MAX).await;
-        let pool = Pool::new(
-            &upstream.origin(),
-            Duration::from_secs(1),
-            Duration::from_secs(60),
-        );
+        let pool = upstream.pool();
         drop(pool.send(get()).await.expect("an answer"));
         assert_eq!(pool.idle_count(), 0);
         assert_eq!(
@@ -507,11 +504,7 @@ mod tests {
     async fn a_connection_answered_before_its_request_was_written_is_not_reused() {
         // The upstream answers once it has the head; this body never ends.
         let upstream = upstream(usize::MAX).await;
-        let pool = Pool::new(
-            &upstream.origin(),
-            Duration::from_secs(1),
-            Duration::from_secs(60),
-        );
+        let pool = upstream.pool();
         let endless = futures_util::stream::unfold(true, |first| async move {
             if first {
                 Some((Ok::<_, std::io::Error>(Bytes::from_static(b"part")), false))

@@ -9,6 +9,16 @@ impl TestServer {
         plan["id"].as_str().expect("id").to_string()
     }
 
+    /// A key on a plan of two requests a minute.
+    pub(super) async fn key_on_two_a_minute(&self) -> String {
+        let plan = self
+            .plan(json!({"name": "small", "rate_limits": [{"limit": 2, "period_seconds": 60}]}))
+            .await;
+        self.create_key(json!({"name": "metered", "plan": plan}))
+            .await
+            .0
+    }
+
     async fn whoami_response(&self, key: &str) -> reqwest::Response {
         self.request(Method::GET, "/api/v1/whoami")
             .bearer_auth(key)
@@ -798,12 +808,7 @@ async fn forward_auth_for_reverse_proxies() {
 #[tokio::test]
 async fn forward_auth_answers_carry_the_keys_rate_limit_fields() {
     let server = TestServer::start().await;
-    let plan = server
-        .plan(json!({"name": "small", "rate_limits": [{"limit": 2, "period_seconds": 60}]}))
-        .await;
-    let (key, _) = server
-        .create_key(json!({"name": "metered", "plan": plan}))
-        .await;
+    let key = server.key_on_two_a_minute().await;
     let ask = || {
         server
             .request(Method::GET, "/api/v1/forward-auth")

@@ -392,12 +392,7 @@ async fn websocket_upgrades_pass_through_after_auth() {
 async fn proxied_requests_carry_the_keys_rate_limit_fields() {
     let (upstream, seen) = stub_upstream().await;
     let server = proxy_server(&upstream, json!([])).await;
-    let plan = server
-        .plan(json!({"name": "small", "rate_limits": [{"limit": 2, "period_seconds": 60}]}))
-        .await;
-    let (key, _) = server
-        .create_key(json!({"name": "metered", "plan": plan}))
-        .await;
+    let key = server.key_on_two_a_minute().await;
     for remaining in [1, 0] {
         let response = server
             .request(Method::GET, "/echo/limited")
