@@ -35,7 +35,7 @@ async fn main() -> std::io::Result<()> {
                     let (mut parts, body) = request.into_parts();
                     parts.headers.insert(hyper::header::HOST, host);
                     let request = hyper::Request::from_parts(parts, axum::body::Body::new(body));
-                    match pool.send(request).await {
+                    match pool.send(Box::new(request)).await {
                         Ok(response) => Ok::<_, std::convert::Infallible>(response),
                         Err(err) => {
                             let mut response =

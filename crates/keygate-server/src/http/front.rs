@@ -123,10 +123,16 @@ impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Front {
         }
         let mut request = request.map(axum::body::Body::new);
         if fronts.proxy_beside && !may_be_keygates(request.uri().path()) {
-            let (state, address) = (fronts.state.clone(), self.address.clone());
-            return FrontFuture::Pending(Box::pin(async move {
-                Ok(proxy::answer_beside_router(state, request, address.as_deref()).await)
-            }));
+            return match proxy::answer_beside_router(
+                &fronts.state,
+                request,
+                self.address.as_deref(),
+            ) {
+                proxy::Answer::Ready(response) => FrontFuture::Ready(Some(response)),
+                proxy::Answer::Sending(sending) => {
+                    FrontFuture::Pending(Box::pin(futures_util::FutureExt::map(sending, Ok)))
+                }
+            };
         }
         // Handlers read the peer from here (as with axum's `ConnectInfo`).
         request.extensions_mut().insert(ConnectInfo(self.peer));

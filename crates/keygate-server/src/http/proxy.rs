@@ -218,14 +218,15 @@ pub async fn divert(State(state): State<AppState>, request: Request, next: Next)
 /// would answer, with the same request id, `RateLimit` fields, error style, panic
 /// handling and log line, without the routing and the general middleware stack.
 ///
-/// The request's task-locals (id, limits, error style) are only set around the
-/// synchronous parts, checking the request and rendering an error, so the wait for the
-/// upstream is not wrapped in them.
-pub async fn answer_beside_router(
-    state: AppState,
+/// The request is checked here, synchronously: a refusal is answered at once, and only
+/// a request on its way to the upstream becomes a future. The request's task-locals (id,
+/// limits, error style) are only set to render an error, so the wait for the upstream is
+/// not wrapped in them.
+pub fn answer_beside_router(
+    state: &AppState,
     request: Request,
     peer: Option<&PeerAddress>,
-) -> Response {
+) -> Answer<impl Future<Output = Response> + Send + 'static> {
     use crate::http::context::{finish, request_id_of, within_request};
     use futures_util::FutureExt as _;
     use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -239,29 +240,49 @@ pub async fn answer_beside_router(
     };
     // An error is rendered inside the request's task-locals (its id, error style and
     // the key's limit states); a request on its way to the upstream needs none.
-    let refused = |refusal: Rejection| {
-        within_request(&id, policy.clone(), || refusal.into_error().into_response())
+    let refused = move |refusal: Rejection, id: &HeaderValue| {
+        within_request(id, policy, || refusal.into_error().into_response())
     };
-    let (mut response, limits) =
-        match catch_unwind(AssertUnwindSafe(|| prepare(&state, request, peer))) {
-            Ok(Ok(mut prepared)) => {
-                let limits = std::mem::take(&mut prepared.limits);
-                // Boxed: the proxy's future is large, and catching panics moves it.
-                let sent = AssertUnwindSafe(Box::pin(send(&state, prepared)))
+    let prepared = match &state.upstream {
+        Some(upstream) => catch_unwind(AssertUnwindSafe(|| {
+            prepare(state, upstream, request, peer).map(|p| (p, Arc::clone(upstream)))
+        })),
+        None => Ok(Err(no_upstream().into())),
+    };
+    let (mut response, limits) = match prepared {
+        Ok(Ok((prepared, upstream))) => {
+            let Prepared {
+                outgoing,
+                upgrade,
+                limits,
+            } = prepared;
+            let limits = limits.as_slice().to_vec();
+            return Answer::Sending(async move {
+                let sent = AssertUnwindSafe(send(&upstream, outgoing, upgrade))
                     .catch_unwind()
                     .await;
-                let response = match sent {
+                let mut response = match sent {
                     Ok(Ok(response)) => response,
-                    Ok(Err(error)) => refused(error.into()).0,
-                    Err(_) => refused(panicked().into()).0,
+                    Ok(Err(error)) => refused(error.into(), &id).0,
+                    Err(_) => refused(panicked().into(), &id).0,
                 };
-                (response, limits.as_slice().to_vec())
-            }
-            Ok(Err(refusal)) => refused(refusal),
-            Err(_) => refused(panicked().into()),
-        };
+                finish(&mut response, &id, &limits, &method, &uri, started);
+                response
+            });
+        }
+        Ok(Err(refusal)) => refused(refusal, &id),
+        Err(_) => refused(panicked().into(), &id),
+    };
     finish(&mut response, &id, &limits, &method, &uri, started);
-    response
+    Answer::Ready(response)
+}
+
+/// What [`answer_beside_router`] makes of a request.
+pub enum Answer<F> {
+    /// Answered by keygate itself (a refusal).
+    Ready(Response),
+    /// On its way to the upstream; the future answers its response.
+    Sending(F),
 }
 
 /// The peer of a connection, with its address already written out for
@@ -283,11 +304,14 @@ impl PeerAddress {
 /// The handler for every request keygate does not answer itself.
 pub async fn proxy(State(state): State<AppState>, request: Request) -> Response {
     let peer = crate::http::extract::peer_ip_of(&request).map(PeerAddress::new);
-    let answer = match prepare(&state, request, peer.as_ref()) {
+    let Some(upstream) = state.upstream.as_deref() else {
+        return no_upstream().into_response();
+    };
+    let answer = match prepare(&state, upstream, request, peer.as_ref()) {
         Ok(prepared) => {
             // The router's request context adds the `RateLimit` fields.
             set_request_limits(prepared.limits.as_slice());
-            send(&state, prepared).await
+            send(upstream, prepared.outgoing, prepared.upgrade).await
         }
         Err(refusal) => Err(refusal.into_error()),
     };
@@ -296,7 +320,8 @@ pub async fn proxy(State(state): State<AppState>, request: Request) -> Response 
 
 /// A request checked and ready for the upstream.
 struct Prepared {
-    outgoing: Request,
+    /// Boxed: it is kept in the proxied request's future (see `Pool::send`).
+    outgoing: Box<Request>,
     /// The protocol of an upgrade request, and the client side of the upgrade.
     upgrade: Option<(HeaderValue, hyper::upgrade::OnUpgrade)>,
     /// The key's limit states after this request (for `RateLimit` fields).
@@ -306,14 +331,10 @@ struct Prepared {
 /// Checks a request against its route policy and makes the request the upstream gets.
 fn prepare(
     state: &AppState,
+    upstream: &Upstream,
     mut request: Request,
     peer: Option<&PeerAddress>,
 ) -> Result<Prepared, Rejection> {
-    let Some(upstream) = state.upstream.as_deref() else {
-        return Err(ApiError::new(ErrorCode::NotFound)
-            .message("No such endpoint.")
-            .into());
-    };
     // The policy is matched on the path the upstream will resolve, so the path must
     // already be in that form: `/public/../admin` or `//admin` would otherwise be checked
     // as one route and served as another.
@@ -404,7 +425,7 @@ fn prepare(
     // The client speaks HTTP/1.1 to the upstream whatever the caller used.
     parts.version = axum::http::Version::HTTP_11;
     Ok(Prepared {
-        outgoing: Request::from_parts(parts, body),
+        outgoing: Box::new(Request::from_parts(parts, body)),
         upgrade: upgrade.zip(client_upgrade),
         limits: match principal {
             Some(Principal::ApiKey { limits, .. }) => limits,
@@ -413,21 +434,24 @@ fn prepare(
     })
 }
 
+/// The answer for a proxied path when keygate has no upstream.
+fn no_upstream() -> ApiError {
+    ApiError::new(ErrorCode::NotFound).message("No such endpoint.")
+}
+
 /// Sends a prepared request and answers the upstream's response, streaming.
-async fn send(state: &AppState, prepared: Prepared) -> Result<Response, ApiError> {
-    let Some(upstream) = state.upstream.as_deref() else {
-        return Err(ApiError::new(ErrorCode::NotFound).message("No such endpoint."));
-    };
-    let Prepared {
-        outgoing, upgrade, ..
-    } = prepared;
-    let sent = async {
-        // See `upstream.rs`: requests without a body take the pool driven in this task.
-        if upgrade.is_some() || !hyper::body::Body::is_end_stream(outgoing.body()) {
-            upstream.pool.send_streaming(outgoing).await
-        } else {
-            upstream.pool.send(outgoing).await
-        }
+async fn send(
+    upstream: &Upstream,
+    outgoing: Box<Request>,
+    upgrade: Option<(HeaderValue, hyper::upgrade::OnUpgrade)>,
+) -> Result<Response, ApiError> {
+    use futures_util::future::Either;
+    // See `upstream.rs`: requests without a body take the pool driven in this task.
+    // Requests with one are boxed apart, so as not to make every request's future larger.
+    let sent = if upgrade.is_some() || !hyper::body::Body::is_end_stream(outgoing.body()) {
+        Either::Left(Box::pin(upstream.pool.send_streaming(*outgoing)))
+    } else {
+        Either::Right(upstream.pool.send(outgoing))
     };
     let mut response = match tokio::time::timeout(upstream.config.timeout, sent).await {
         Err(_) => {

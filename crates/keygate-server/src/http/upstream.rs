@@ -80,18 +80,25 @@ fn drive(connection: &mut Option<Pin<Box<Connection>>>, cx: &mut Context<'_>) {
 }
 
 impl Link {
-    /// Sends `request` and waits for the response head, driving the connection meanwhile.
-    async fn exchange(&mut self, request: hyper::Request<Body>) -> Result<Response, NotAnswered> {
+    /// Waits until the connection takes a request, driving it meanwhile; an error means
+    /// it has closed.
+    async fn ready(&mut self) -> Result<(), hyper::Error> {
         let Link { sender, connection } = self;
-        if let Err(err) = poll_fn(|cx| {
+        poll_fn(|cx| {
             drive(connection, cx);
             sender.poll_ready(cx)
         })
         .await
-        {
-            return Err(NotAnswered::NotSent(err, Box::new(request)));
-        }
-        let mut answer = std::pin::pin!(sender.try_send_request(request));
+    }
+
+    /// Sends `request` on a [ready](Link::ready) connection and waits for the response
+    /// head, driving the connection meanwhile.
+    async fn exchange(
+        &mut self,
+        request: Box<hyper::Request<Body>>,
+    ) -> Result<Response, NotAnswered> {
+        let Link { sender, connection } = self;
+        let mut answer = std::pin::pin!(sender.try_send_request(*request));
         let answer = poll_fn(|cx| {
             drive(connection, cx);
             answer.as_mut().poll(cx)
@@ -166,22 +173,34 @@ impl Pool {
 
     /// Sends `request` (origin-form URI, `Host` set) and answers the response head; the
     /// body streams from the upstream as it is read.
+    ///
+    /// The request comes boxed because this future is in every proxied request's own
+    /// (boxed) future: an unboxed request would be kept at each layer of it, and a
+    /// future that size takes the allocator's slow path (BENCHMARKS.md).
     pub async fn send(
         self: &Arc<Self>,
-        mut request: hyper::Request<Body>,
+        mut request: Box<hyper::Request<Body>>,
     ) -> Result<hyper::Response<Body>, Failure> {
         while let Some(mut link) = self.take_idle() {
-            match link.exchange(request).await {
+            let sent = match link.ready().await {
+                Ok(()) => link.exchange(request).await,
+                Err(err) => Err(NotAnswered::NotSent(err, request)),
+            };
+            match sent {
                 Ok(response) => return Ok(self.stream(link, response)),
                 // Closed while it sat idle: try the next one, or a fresh one.
                 Err(NotAnswered::NotSent(err, unsent)) => {
                     tracing::debug!(error = %err, "idle upstream connection was closed");
-                    request = *unsent;
+                    request = unsent;
                 }
                 Err(NotAnswered::Failed(err)) => return Err(Failure::Exchange(err.into())),
             }
         }
-        let mut link = self.connect().await?;
+        // Boxed: connecting is rare, and its future is larger than the rest of this one.
+        let mut link = Box::pin(self.connect()).await?;
+        link.ready()
+            .await
+            .map_err(|err| Failure::Exchange(err.into()))?;
         match link.exchange(request).await {
             Ok(response) => Ok(self.stream(link, response)),
             Err(NotAnswered::NotSent(err, _) | NotAnswered::Failed(err)) => {
@@ -446,12 +465,14 @@ mod tests {
         }
     }
 
-    fn get() -> hyper::Request<Body> {
-        hyper::Request::builder()
-            .uri("/")
-            .header("host", "upstream")
-            .body(Body::empty())
-            .expect("a request")
+    fn get() -> Box<hyper::Request<Body>> {
+        Box::new(
+            hyper::Request::builder()
+                .uri("/")
+                .header("host", "upstream")
+                .body(Body::empty())
+                .expect("a request"),
+        )
     }
 
     async fn body_of(response: hyper::Response<Body>) -> Bytes {
@@ -518,7 +539,7 @@ mod tests {
             .header("host", "upstream")
             .body(Body::from_stream(endless))
             .expect("a request");
-        let response = pool.send(upload).await.expect("an answer");
+        let response = pool.send(Box::new(upload)).await.expect("an answer");
         assert_eq!(body_of(response).await, "ok");
         assert_eq!(pool.idle_count(), 0, "still sending: not reusable");
         let next = tokio::time::timeout(Duration::from_secs(5), pool.send(get()))
