@@ -169,14 +169,13 @@ fn decide(
 /// would set the literal placeholder text instead.
 fn allowed(names: &IdentityNames, principal: Option<&Principal>) -> Response {
     let mut response = empty(StatusCode::OK);
+    let values = principal.map_or([None, None, None, None], identity_headers);
     let headers = response.headers_mut();
-    if let Some(principal) = principal {
-        headers.extend(identity_headers(names, principal));
-    }
-    for name in [&names.key_id, &names.user, &names.project, &names.scopes] {
-        if !headers.contains_key(name) {
-            headers.insert(name.clone(), HeaderValue::from_static(""));
-        }
+    for (name, value) in names.all().into_iter().zip(values) {
+        headers.insert(
+            name.clone(),
+            value.unwrap_or_else(|| HeaderValue::from_static("")),
+        );
     }
     response
 }
@@ -191,6 +190,11 @@ pub struct IdentityNames {
 }
 
 impl IdentityNames {
+    /// Key id, user, project, scopes: the order of [`identity_headers`].
+    pub fn all(&self) -> [&HeaderName; 4] {
+        [&self.key_id, &self.user, &self.project, &self.scopes]
+    }
+
     pub fn new(prefix: &str) -> Result<Self, String> {
         let name = |suffix: &str| {
             HeaderName::try_from(format!("{prefix}{suffix}")).map_err(|_| {
@@ -206,52 +210,41 @@ impl IdentityNames {
     }
 }
 
-/// The identity headers that tell the app who is calling (`X-Keygate-Key-Id`, ...).
-pub fn identity_headers(
-    names: &IdentityNames,
-    principal: &Principal,
-) -> Vec<(HeaderName, HeaderValue)> {
-    let mut out = Vec::with_capacity(4);
+/// The identity headers that tell the app who is calling (`X-Keygate-Key-Id`, ...), in
+/// the order of [`IdentityNames::all`]: key id, user, project, scopes. `None` where there
+/// is nothing to say (a key without an owner, a request outside any project).
+pub fn identity_headers(principal: &Principal) -> [Option<HeaderValue>; 4] {
+    let id = |id: &uuid::Uuid| {
+        // Written into a buffer on the stack rather than formatted into a String.
+        let mut buffer = uuid::Uuid::encode_buffer();
+        HeaderValue::from_str(id.hyphenated().encode_lower(&mut buffer)).ok()
+    };
+    let text = |text: &str| HeaderValue::from_str(text).ok();
     match principal {
         Principal::ApiKey {
             key,
             owner,
             project,
             ..
-        } => {
-            push_id(&mut out, &names.key_id, &key.record.id);
-            if let Some((user, _)) = owner {
-                push_id(&mut out, &names.user, user);
-            }
-            if let Some(project) = project {
-                push_id(&mut out, &names.project, project);
-            }
-            push(&mut out, &names.scopes, &key.record.scopes.join(" "));
-        }
+        } => [
+            id(&key.record.id),
+            owner.and_then(|(user, _)| id(&user)),
+            project.as_ref().and_then(id),
+            text(&key.record.scopes.join(" ")),
+        ],
         Principal::User {
-            id, role, project, ..
-        } => {
-            push_id(&mut out, &names.user, id);
-            if let Some(project) = project {
-                push_id(&mut out, &names.project, project);
-            }
-            push(&mut out, &names.scopes, &role.permissions().join(" "));
-        }
-        Principal::Open => {}
+            id: user,
+            role,
+            project,
+            ..
+        } => [
+            None,
+            id(user),
+            project.as_ref().and_then(id),
+            text(&role.permissions().join(" ")),
+        ],
+        Principal::Open => [None, None, None, None],
     }
-    out
-}
-
-fn push(out: &mut Vec<(HeaderName, HeaderValue)>, name: &HeaderName, value: &str) {
-    if let Ok(value) = HeaderValue::from_str(value) {
-        out.push((name.clone(), value));
-    }
-}
-
-/// An id written into a buffer on the stack rather than formatted into a String.
-fn push_id(out: &mut Vec<(HeaderName, HeaderValue)>, name: &HeaderName, id: &uuid::Uuid) {
-    let mut buffer = uuid::Uuid::encode_buffer();
-    push(out, name, id.hyphenated().encode_lower(&mut buffer));
 }
 
 fn empty(status: StatusCode) -> Response {

@@ -411,7 +411,12 @@ fn prepare(
         }
     }
     if let Some(principal) = &principal {
-        headers.extend(identity_headers(&state.identity_names, principal));
+        let names = state.identity_names.all();
+        for (name, value) in names.into_iter().zip(identity_headers(principal)) {
+            if let Some(value) = value {
+                headers.insert(name.clone(), value);
+            }
+        }
     }
     forwarded_headers(state, upstream, headers, peer, original_host.as_ref());
     if !config.preserve_host || !headers.contains_key(header::HOST) {
