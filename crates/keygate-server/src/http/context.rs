@@ -204,11 +204,11 @@ pub fn finish(
         response.headers_mut().insert(RATELIMIT, state);
     }
     let status = response.status().as_u16();
-    let micros = started.elapsed().as_micros() as u64;
+    // The clock is read inside the macros: only when the line is logged.
     if status >= 500 {
-        tracing::warn!(request_id = %id, %method, uri = %loggable_uri(uri), status, micros, "request failed");
+        tracing::warn!(request_id = %id, %method, uri = %loggable_uri(uri), status, micros = started.elapsed().as_micros() as u64, "request failed");
     } else {
-        tracing::debug!(request_id = %id, %method, uri = %loggable_uri(uri), status, micros, "request");
+        tracing::debug!(request_id = %id, %method, uri = %loggable_uri(uri), status, micros = started.elapsed().as_micros() as u64, "request");
     }
 }
 
