@@ -29,9 +29,10 @@ mod tests {
 
     #[test]
     fn now_is_the_calendar_clock_in_milliseconds() {
-        let before = millis_of(OffsetDateTime::now_utc());
+        let calendar = millis_of(OffsetDateTime::now_utc());
         let now = now_ms();
-        let after = millis_of(OffsetDateTime::now_utc());
-        assert!(before <= now && now <= after, "{before} {now} {after}");
+        // Within a second: a unit or epoch mistake is off by far more, and a clock
+        // stepped between the two reads does not fail the test.
+        assert!((now - calendar).abs() < 1_000, "{calendar} {now}");
     }
 }
