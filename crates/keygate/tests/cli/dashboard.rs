@@ -21,6 +21,16 @@ fn binary(candidates: &[&'static str]) -> Option<&'static str> {
         .find(|path| Path::new(path).exists())
 }
 
+/// Whether a WebDriver error means the element belonged to a page that has since been
+/// replaced. Chromium reports this either as a stale reference or, mid-navigation, as an
+/// inspector error about a node outside the document.
+fn is_stale(error: &str, answer: &Value) -> bool {
+    error == "stale element reference"
+        || answer["value"]["message"]
+            .as_str()
+            .is_some_and(|message| message.contains("does not belong to the document"))
+}
+
 impl Browser {
     async fn start() -> Option<Self> {
         let chromium = binary(&["/usr/bin/chromium", "/usr/bin/chromium-browser"]);
@@ -155,11 +165,60 @@ impl Browser {
                 .expect("json");
             match answer["value"].get("error").and_then(Value::as_str) {
                 None => return answer["value"].clone(),
-                Some("stale element reference") if Instant::now() < deadline => {
+                Some(error) if is_stale(error, &answer) && Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 Some(_) => panic!("WebDriver {command} on {css}: {answer}"),
             }
+        }
+    }
+
+    /// Clicks a control that submits a form and waits for the page the form leads to, so
+    /// the next step never reads the page being left (which may hold a matching element).
+    async fn submit(&self, css: &str) {
+        self.mark_page().await;
+        self.click(css).await;
+        self.wait_for_new_page().await;
+    }
+
+    /// Like `submit`, for a form that asks for confirmation first.
+    async fn submit_confirmed(&self, css: &str) {
+        self.mark_page().await;
+        self.click(css).await;
+        self.accept_confirm().await;
+        self.wait_for_new_page().await;
+    }
+
+    /// Marks the current document; a navigation replaces the window object and the mark.
+    async fn mark_page(&self) {
+        self.script("window.keygateTestOldPage = true;").await;
+    }
+
+    async fn wait_for_new_page(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            // Errors here mean the browser is between pages; ask again.
+            let answer: Value = self
+                .http
+                .post(format!("{}/execute/sync", self.session))
+                .json(&json!({
+                    "script": "return window.keygateTestOldPage !== true && document.readyState === 'complete';",
+                    "args": []
+                }))
+                .send()
+                .await
+                .expect("webdriver")
+                .json()
+                .await
+                .expect("json");
+            if answer["value"] == Value::Bool(true) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the form led to no new page: {answer}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -297,12 +356,12 @@ async fn dashboard_in_a_real_browser() {
     browser.screenshot("01-sign-in").await;
     browser.type_into("#username", "admin").await;
     browser.type_into("#password", "not-the-password").await;
-    browser.click("#sign-in").await;
+    browser.submit("#sign-in").await;
     assert!(browser.text("#login-error").await.contains("wrong"));
     browser
         .type_into("#password", "dashboard-admin-password")
         .await;
-    browser.click("#sign-in").await;
+    browser.submit("#sign-in").await;
     // Signed in, the overview: keys by state and the last 24 hours as a chart.
     browser.find("#key-counts").await;
     browser.find("svg.chart").await;
@@ -313,7 +372,7 @@ async fn dashboard_in_a_real_browser() {
     // A form with bad input says what is wrong next to the field.
     browser.click("#level-project").await;
     browser.type_into("#name", "no project chosen").await;
-    browser.click("#create-key").await;
+    browser.submit("#create-key").await;
     assert!(browser.text("#project-error").await.contains("project"));
 
     // Create a project-level key and copy it.
@@ -322,7 +381,7 @@ async fn dashboard_in_a_real_browser() {
     browser
         .click(&format!("#project_id option[value='{project_id}']"))
         .await;
-    browser.click("#create-key").await;
+    browser.submit("#create-key").await;
     let key = browser.text("#new-key-value").await;
     assert!(key.starts_with("kg_"), "{key}");
     browser.click("#copy-new-key").await;
@@ -335,9 +394,8 @@ async fn dashboard_in_a_real_browser() {
     let key_id = whoami["key_id"].as_str().expect("id").to_string();
 
     // Revoke it (with confirmation) and see the refusal.
-    browser.click(&format!("#revoke-{key_id}")).await;
-    browser.accept_confirm().await;
-    browser.find("p.ok").await;
+    browser.submit_confirmed(&format!("#revoke-{key_id}")).await;
+    assert!(browser.text("#keys-message").await.contains("Revoked"));
     browser.screenshot("03-revoked").await;
     let (status, body) = get(&base, "/api/v1/whoami", &key).await;
     assert_eq!(status, 401);
@@ -347,7 +405,7 @@ async fn dashboard_in_a_real_browser() {
     browser.go(&format!("{base}/ui/settings")).await;
     browser.assert_only_from(&base).await;
     browser.click("#api-access").await;
-    browser.click("#save-settings").await;
+    browser.submit("#save-settings").await;
     browser.find("#access-warning").await;
     browser.screenshot("04-access-off").await;
     let open = http
@@ -357,7 +415,7 @@ async fn dashboard_in_a_real_browser() {
         .expect("send");
     assert_eq!(open.status().as_u16(), 200);
     browser.click("#api-access").await;
-    browser.click("#save-settings").await;
+    browser.submit("#save-settings").await;
     assert!(browser.text("#settings-message").await.contains("saved"));
     let closed = http
         .get(format!("{base}/api/v1/whoami"))
@@ -367,8 +425,7 @@ async fn dashboard_in_a_real_browser() {
     assert_eq!(closed.status().as_u16(), 401);
 
     // Regenerate the global key: the new one is shown, the old one stops.
-    browser.click("#regenerate-global-key").await;
-    browser.accept_confirm().await;
+    browser.submit_confirmed("#regenerate-global-key").await;
     let fresh = browser.text("#global-key").await;
     assert!(fresh.starts_with("kg_") && fresh != global, "{fresh}");
     browser.screenshot("05-regenerated").await;
@@ -407,7 +464,7 @@ async fn dashboard_in_a_real_browser() {
     browser
         .type_into("#new_password", "a-new-password-123")
         .await;
-    browser.click("#change-password").await;
+    browser.submit("#change-password").await;
     assert!(browser.text("#old-password-error").await.contains("wrong"));
     browser.screenshot("06-profile").await;
 
@@ -469,7 +526,7 @@ async fn dashboard_in_a_real_browser() {
     assert!(!browser.text("#audit-table").await.contains("key.create"));
 
     // Sign out: back to the sign-in form; the keys page needs signing in again.
-    browser.click("#sign-out").await;
+    browser.submit("#sign-out").await;
     browser.find("#sign-in").await;
     browser.go(&format!("{base}/ui/keys")).await;
     browser.find("#sign-in").await;
