@@ -61,6 +61,8 @@ pub struct ServerConfig {
     pub errors: crate::http::error::ErrorPolicy,
     /// Reverse-proxy mode: where requests that are not keygate's own go.
     pub upstream: Option<UpstreamConfig>,
+    /// How slowly a client may send requests, and how long it may keep a connection idle.
+    pub client_timeouts: crate::http::watch::ClientTimeouts,
     pub tokens: TokenConfig,
     pub password_cost: PasswordCost,
     pub throttle: ThrottleConfig,
@@ -88,6 +90,7 @@ impl Default for ServerConfig {
             usage_minute_retention: Duration::from_secs(7 * 86_400),
             usage_hour_retention: Duration::from_secs(90 * 86_400),
             upstream: None,
+            client_timeouts: Default::default(),
             errors: Default::default(),
             aliases: Default::default(),
             user_key_scopes: Vec::new(),

@@ -19,6 +19,8 @@ mod gateway;
 mod limits;
 #[path = "api/proxy.rs"]
 mod proxy;
+#[path = "api/timeouts.rs"]
+mod timeouts;
 #[path = "api/ui.rs"]
 mod ui;
 #[path = "api/webhooks.rs"]

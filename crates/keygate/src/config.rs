@@ -9,6 +9,7 @@ use keygate_core::credential::Transport;
 use keygate_server::config::{ServerConfig, UpstreamConfig};
 use keygate_server::http::alias::{Alias, Aliases};
 use keygate_server::http::error::ErrorPolicy;
+use keygate_server::http::watch::ClientTimeouts;
 use keygate_server::passwords::PasswordCost;
 use keygate_server::throttle::ThrottleConfig;
 use keygate_server::tokens::{JwtAlgorithm, TokenConfig};
@@ -50,6 +51,9 @@ pub struct FileConfig {
     pub upstream: Option<String>,
     pub upstream_timeout: Option<String>,
     pub upstream_connect_timeout: Option<String>,
+    pub client_header_timeout: Option<String>,
+    pub client_body_timeout: Option<String>,
+    pub client_idle_timeout: Option<String>,
     /// Forward the credential to the upstream too (file only).
     pub upstream_keep_credential: Option<bool>,
     /// Pass the client's Host on (file only; default true).
@@ -180,6 +184,15 @@ pub struct Overrides {
         value_name = "DURATION"
     )]
     pub upstream_connect_timeout: Option<String>,
+    /// Longest time a client may take to send a request head, e.g. 60s.
+    #[arg(long, env = "KEYGATE_CLIENT_HEADER_TIMEOUT", value_name = "DURATION")]
+    pub client_header_timeout: Option<String>,
+    /// Longest a request body may stall between two reads, e.g. 60s.
+    #[arg(long, env = "KEYGATE_CLIENT_BODY_TIMEOUT", value_name = "DURATION")]
+    pub client_body_timeout: Option<String>,
+    /// Longest a keep-alive connection may wait for its next request, e.g. 180s.
+    #[arg(long, env = "KEYGATE_CLIENT_IDLE_TIMEOUT", value_name = "DURATION")]
+    pub client_idle_timeout: Option<String>,
     /// Let webhooks reach loopback and private addresses (development; never link-local).
     #[arg(long, env = "KEYGATE_WEBHOOKS_ALLOW_PRIVATE", value_name = "BOOL")]
     pub webhooks_allow_private: Option<bool>,
@@ -240,6 +253,12 @@ pub struct Effective {
     pub upstream_timeout: Duration,
     #[serde(serialize_with = "ser_duration")]
     pub upstream_connect_timeout: Duration,
+    #[serde(serialize_with = "ser_duration")]
+    pub client_header_timeout: Duration,
+    #[serde(serialize_with = "ser_duration")]
+    pub client_body_timeout: Duration,
+    #[serde(serialize_with = "ser_duration")]
+    pub client_idle_timeout: Duration,
     pub upstream_keep_credential: bool,
     pub upstream_preserve_host: bool,
     pub key_prefix: String,
@@ -330,6 +349,11 @@ impl Effective {
                 upstream.preserve_host = self.upstream_preserve_host;
                 Some(upstream)
             }),
+            client_timeouts: ClientTimeouts {
+                header: self.client_header_timeout,
+                body: self.client_body_timeout,
+                idle: self.client_idle_timeout,
+            },
             key_prefix: self.key_prefix.clone(),
             user_key_scopes: self.user_key_scopes.clone(),
             free_key_accounts: self.free_key_accounts,
@@ -653,6 +677,28 @@ pub fn resolve(file: &FileConfig, over: &Overrides) -> Result<Effective, Vec<Str
         &file.upstream_connect_timeout,
         upstream_defaults.connect_timeout,
     );
+    let client_defaults = ClientTimeouts::default();
+    let client_header_timeout = layered_duration(
+        &mut errors,
+        "client_header_timeout",
+        &over.client_header_timeout,
+        &file.client_header_timeout,
+        client_defaults.header,
+    );
+    let client_body_timeout = layered_duration(
+        &mut errors,
+        "client_body_timeout",
+        &over.client_body_timeout,
+        &file.client_body_timeout,
+        client_defaults.body,
+    );
+    let client_idle_timeout = layered_duration(
+        &mut errors,
+        "client_idle_timeout",
+        &over.client_idle_timeout,
+        &file.client_idle_timeout,
+        client_defaults.idle,
+    );
     let key_prefix = file
         .key_prefix
         .clone()
@@ -781,6 +827,9 @@ pub fn resolve(file: &FileConfig, over: &Overrides) -> Result<Effective, Vec<Str
         upstream,
         upstream_timeout,
         upstream_connect_timeout,
+        client_header_timeout,
+        client_body_timeout,
+        client_idle_timeout,
         upstream_keep_credential: file
             .upstream_keep_credential
             .unwrap_or(upstream_defaults.keep_credential),
@@ -879,6 +928,32 @@ mod tests {
         assert!(errors[0].contains("302"), "{errors:?}");
         assert!(toml::from_str::<FileConfig>("[errors]\nstyle = \"xml\"").is_err());
         assert!(toml::from_str::<FileConfig>("[errors.codes.not_a_code]\nstatus = 400").is_err());
+    }
+
+    #[test]
+    fn client_timeouts_are_layered_and_checked() {
+        let file: FileConfig =
+            toml::from_str("client_idle_timeout = \"90s\"\nclient_header_timeout = \"20s\"")
+                .expect("toml");
+        let over = Overrides {
+            client_header_timeout: Some("5s".into()),
+            ..Default::default()
+        };
+        let timeouts = resolve(&file, &over)
+            .expect("valid")
+            .server_config()
+            .client_timeouts;
+        assert_eq!(
+            timeouts,
+            ClientTimeouts {
+                header: Duration::from_secs(5),
+                body: ClientTimeouts::default().body,
+                idle: Duration::from_secs(90),
+            }
+        );
+        let file: FileConfig = toml::from_str("client_body_timeout = \"0s\"").expect("toml");
+        let errors = resolve(&file, &Overrides::default()).expect_err("a zero timeout");
+        assert!(errors[0].contains("client_body_timeout"), "{errors:?}");
     }
 
     #[test]

@@ -931,6 +931,46 @@ async fn proxy_streams_a_gigabyte_upload_with_flat_memory() {
     assert!(status.success());
 }
 
+/// The client timeouts come from the configuration: a connection that never finishes its
+/// request head is closed, and such a connection does not hold up a SIGTERM.
+#[test]
+fn slow_clients_are_cut_off_as_configured() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = serve(
+        dir.path(),
+        &[
+            ("KEYGATE_CLIENT_HEADER_TIMEOUT", "300ms"),
+            ("KEYGATE_CLIENT_IDLE_TIMEOUT", "1h"),
+        ],
+    );
+    let address = server.base.trim_start_matches("http://").to_string();
+    let mut silent = std::net::TcpStream::connect(&address).expect("connect");
+    silent
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let opened = Instant::now();
+    let mut buf = [0u8; 64];
+    let read = silent.read(&mut buf);
+    // Closed by keygate (a read timeout here would be an error of another kind).
+    assert!(
+        matches!(&read, Ok(0))
+            || matches!(&read, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "{read:?}"
+    );
+    assert!(
+        opened.elapsed() < Duration::from_secs(5),
+        "cut after {:?}",
+        opened.elapsed()
+    );
+    // Half a head, then SIGTERM: keygate still stops.
+    let mut half = std::net::TcpStream::connect(&address).expect("connect");
+    half.write_all(b"GET /healthz HTTP/1.1\r\nHost: keygate\r\n")
+        .expect("write");
+    let (exit, log) = server.terminate();
+    assert!(exit.success(), "exit {exit:?}\n{log}");
+}
+
 #[path = "cli/compat.rs"]
 mod compat;
 #[path = "cli/dashboard.rs"]

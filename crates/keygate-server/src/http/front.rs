@@ -7,7 +7,8 @@
 //! are the same either way; only the way to them is shorter.
 
 use crate::AppState;
-use crate::http::{forward, proxy};
+use crate::http::watch::{Activity, Answered, ClientTimeouts, Reading, Watched};
+use crate::http::{forward, proxy, watch};
 use axum::Router;
 use axum::extract::ConnectInfo;
 use axum::response::Response;
@@ -33,6 +34,7 @@ pub struct Fronts {
     /// In reverse-proxy mode (without aliases), paths keygate has nothing under go to
     /// the upstream beside the router.
     proxy_beside: bool,
+    timeouts: ClientTimeouts,
 }
 
 impl Fronts {
@@ -40,19 +42,22 @@ impl Fronts {
         let forward_auth_beside =
             state.config.aliases.is_empty() && !state.config.routes.iter().any(|r| r.upstream);
         let proxy_beside = state.upstream.is_some() && state.config.aliases.is_empty();
+        let timeouts = state.config.client_timeouts;
         Self {
             state,
             router,
             forward_auth_beside,
             proxy_beside,
+            timeouts,
         }
     }
 
     /// The service of one accepted connection.
-    pub fn for_peer(&self, peer: SocketAddr) -> Front {
+    fn for_peer(&self, peer: SocketAddr, activity: Arc<Activity>) -> Front {
         Front {
             fronts: self.clone(),
             peer,
+            activity,
             address: self
                 .proxy_beside
                 .then(|| Arc::new(proxy::PeerAddress::new(peer.ip()))),
@@ -67,6 +72,8 @@ pub struct Front {
     peer: SocketAddr,
     /// The peer written out for proxied requests, once per connection.
     address: Option<Arc<proxy::PeerAddress>>,
+    /// What the connection's client has done, for its timeouts (`watch.rs`).
+    activity: Arc<Activity>,
 }
 
 /// Could the router answer this path itself? Everything keygate serves is under `/api`,
@@ -84,60 +91,87 @@ fn is_forward_auth(path: &str) -> bool {
 }
 
 /// An answer made already, or one on its way.
-pub enum FrontFuture {
+enum Answer {
     Ready(Option<Response>),
-    Pending(Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>),
+    Pending(Pin<Box<dyn Future<Output = Response> + Send>>),
+}
+
+/// The answer to one request, its body counted as answered once written (`watch.rs`).
+pub struct FrontFuture {
+    answer: Answer,
+    activity: Option<Arc<Activity>>,
 }
 
 impl Future for FrontFuture {
-    type Output = Result<Response, Infallible>;
+    type Output = Result<hyper::Response<Answered>, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.get_mut() {
-            FrontFuture::Ready(answer) => Poll::Ready(Ok(answer.take().unwrap_or_else(|| {
+        let this = self.get_mut();
+        let response = match &mut this.answer {
+            Answer::Ready(answer) => answer.take().unwrap_or_else(|| {
                 // Polled again after it answered: a caller's bug, not a reason to panic.
                 axum::response::IntoResponse::into_response(crate::http::error::ApiError::new(
                     keygate_api::ErrorCode::InternalError,
                 ))
-            }))),
-            FrontFuture::Pending(pending) => pending.as_mut().poll(cx),
-        }
+            }),
+            Answer::Pending(pending) => std::task::ready!(pending.as_mut().poll(cx)),
+        };
+        let activity = this.activity.take();
+        Poll::Ready(Ok(response.map(|body| Answered::new(body, activity))))
     }
 }
 
 impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Front {
-    type Response = Response;
+    type Response = hyper::Response<Answered>;
     type Error = Infallible;
     type Future = FrontFuture;
 
     fn call(&self, request: hyper::Request<hyper::body::Incoming>) -> FrontFuture {
         let fronts = &self.fronts;
+        let activity = Some(Arc::clone(&self.activity));
+        let with_body = !hyper::body::Body::is_end_stream(request.body());
         if fronts.forward_auth_beside && is_forward_auth(request.uri().path()) {
             // Forward auth reads the head only; its body is dropped unread.
+            self.activity.head(false);
             let (parts, _) = request.into_parts();
-            return FrontFuture::Ready(Some(forward::answer_beside_router(
-                &fronts.state,
-                &parts,
-                Some(self.peer.ip()),
-            )));
+            let answer = forward::answer_beside_router(&fronts.state, &parts, Some(self.peer.ip()));
+            return FrontFuture {
+                answer: Answer::Ready(Some(answer)),
+                activity,
+            };
         }
-        let mut request = request.map(axum::body::Body::new);
+        self.activity.head(with_body);
+        let mut request = if with_body {
+            let activity = Arc::clone(&self.activity);
+            request.map(|body| axum::body::Body::new(Reading::new(body, activity)))
+        } else {
+            request.map(axum::body::Body::new)
+        };
         if fronts.proxy_beside && !may_be_keygates(request.uri().path()) {
-            return match proxy::answer_beside_router(
+            let answer = match proxy::answer_beside_router(
                 &fronts.state,
                 request,
                 self.address.as_deref(),
             ) {
-                proxy::Answer::Ready(response) => FrontFuture::Ready(Some(response)),
-                proxy::Answer::Sending(sending) => {
-                    FrontFuture::Pending(Box::pin(futures_util::FutureExt::map(sending, Ok)))
-                }
+                proxy::Answer::Ready(response) => Answer::Ready(Some(response)),
+                proxy::Answer::Sending(sending) => Answer::Pending(Box::pin(sending)),
             };
+            return FrontFuture { answer, activity };
         }
         // Handlers read the peer from here (as with axum's `ConnectInfo`).
         request.extensions_mut().insert(ConnectInfo(self.peer));
         let mut router = fronts.router.clone();
-        FrontFuture::Pending(Box::pin(tower::Service::call(&mut router, request)))
+        let routed = tower::Service::call(&mut router, request);
+        FrontFuture {
+            answer: Answer::Pending(Box::pin(futures_util::FutureExt::map(
+                routed,
+                |answer: Result<Response, Infallible>| match answer {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                },
+            ))),
+            activity,
+        }
     }
 }
 
@@ -172,21 +206,43 @@ pub async fn serve(
         if let Err(err) = stream.set_nodelay(true) {
             tracing::debug!(error = %err, "could not set TCP_NODELAY");
         }
-        // No timer, as with `axum::serve` before: hyper's header-read timeout would also
-        // close keep-alive connections idle for 30 s, under proxies that keep theirs
-        // longer (nginx 60 s, Traefik 90 s), and turn that race into their 502s.
+        // No hyper timer: `watch.rs` keeps the client timeouts (hyper's header-read
+        // timeout would also cut idle keep-alive connections).
+        let activity = Arc::new(Activity::default());
+        let io = hyper_util::rt::TokioIo::new(Watched::new(stream, Arc::clone(&activity)));
         let connection = hyper::server::conn::http1::Builder::new()
-            .serve_connection(hyper_util::rt::TokioIo::new(stream), fronts.for_peer(peer))
+            .serve_connection(io, fronts.for_peer(peer, Arc::clone(&activity)))
             .with_upgrades();
+        // The watcher runs as a task of its own, so the connection's task polls nothing
+        // more per request than a channel; it ends with the connection.
+        let (expired_tx, mut expired) = tokio::sync::oneshot::channel();
+        let timeouts = fronts.timeouts;
+        tokio::spawn(async move {
+            let mut expired_tx = expired_tx;
+            let opened = std::time::Instant::now();
+            let verdict = watch::watch(activity, timeouts, opened, expired_tx.closed()).await;
+            if let Some(verdict) = verdict {
+                let _ = expired_tx.send(verdict);
+            }
+        });
         let mut stop = stop_rx.clone();
         connections.spawn(async move {
             let mut connection = std::pin::pin!(connection);
+            let closing = |why: watch::Expired| {
+                tracing::debug!(reason = why.as_str(), "closing a client connection");
+                Ok(())
+            };
             let ended = tokio::select! {
                 ended = connection.as_mut() => ended,
+                Ok(why) = &mut expired => closing(why),
                 _ = stop.changed() => {
-                    // Finish the request in flight, then close.
+                    // Finish the request in flight, then close (unless the client is
+                    // too slow to let it finish).
                     connection.as_mut().graceful_shutdown();
-                    connection.await
+                    tokio::select! {
+                        ended = connection.as_mut() => ended,
+                        Ok(why) = &mut expired => closing(why),
+                    }
                 }
             };
             if let Err(err) = ended {

@@ -20,6 +20,7 @@ pub mod upstream;
 pub mod usage;
 pub mod users;
 pub mod verify;
+pub mod watch;
 pub mod webhooks;
 
 use crate::AppState;
