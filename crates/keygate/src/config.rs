@@ -53,6 +53,7 @@ pub struct FileConfig {
     pub upstream_connect_timeout: Option<String>,
     pub client_header_timeout: Option<String>,
     pub client_body_timeout: Option<String>,
+    pub client_send_timeout: Option<String>,
     pub client_idle_timeout: Option<String>,
     /// Forward the credential to the upstream too (file only).
     pub upstream_keep_credential: Option<bool>,
@@ -190,6 +191,9 @@ pub struct Overrides {
     /// Longest a request body may stall between two reads, e.g. 60s.
     #[arg(long, env = "KEYGATE_CLIENT_BODY_TIMEOUT", value_name = "DURATION")]
     pub client_body_timeout: Option<String>,
+    /// Longest a client may leave its answer unread before taking more of it, e.g. 60s.
+    #[arg(long, env = "KEYGATE_CLIENT_SEND_TIMEOUT", value_name = "DURATION")]
+    pub client_send_timeout: Option<String>,
     /// Longest a keep-alive connection may wait for its next request, e.g. 180s.
     #[arg(long, env = "KEYGATE_CLIENT_IDLE_TIMEOUT", value_name = "DURATION")]
     pub client_idle_timeout: Option<String>,
@@ -257,6 +261,8 @@ pub struct Effective {
     pub client_header_timeout: Duration,
     #[serde(serialize_with = "ser_duration")]
     pub client_body_timeout: Duration,
+    #[serde(serialize_with = "ser_duration")]
+    pub client_send_timeout: Duration,
     #[serde(serialize_with = "ser_duration")]
     pub client_idle_timeout: Duration,
     pub upstream_keep_credential: bool,
@@ -352,6 +358,7 @@ impl Effective {
             client_timeouts: ClientTimeouts {
                 header: self.client_header_timeout,
                 body: self.client_body_timeout,
+                send: self.client_send_timeout,
                 idle: self.client_idle_timeout,
             },
             key_prefix: self.key_prefix.clone(),
@@ -692,6 +699,13 @@ pub fn resolve(file: &FileConfig, over: &Overrides) -> Result<Effective, Vec<Str
         &file.client_body_timeout,
         client_defaults.body,
     );
+    let client_send_timeout = layered_duration(
+        &mut errors,
+        "client_send_timeout",
+        &over.client_send_timeout,
+        &file.client_send_timeout,
+        client_defaults.send,
+    );
     let client_idle_timeout = layered_duration(
         &mut errors,
         "client_idle_timeout",
@@ -829,6 +843,7 @@ pub fn resolve(file: &FileConfig, over: &Overrides) -> Result<Effective, Vec<Str
         upstream_connect_timeout,
         client_header_timeout,
         client_body_timeout,
+        client_send_timeout,
         client_idle_timeout,
         upstream_keep_credential: file
             .upstream_keep_credential
@@ -948,6 +963,7 @@ mod tests {
             ClientTimeouts {
                 header: Duration::from_secs(5),
                 body: ClientTimeouts::default().body,
+                send: ClientTimeouts::default().send,
                 idle: Duration::from_secs(90),
             }
         );

@@ -140,10 +140,10 @@ impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Front {
                 activity,
             };
         }
-        self.activity.head(with_body);
+        let number = self.activity.head(with_body);
         let mut request = if with_body {
             let activity = Arc::clone(&self.activity);
-            request.map(|body| axum::body::Body::new(Reading::new(body, activity)))
+            request.map(|body| axum::body::Body::new(Reading::new(body, activity, number)))
         } else {
             request.map(axum::body::Body::new)
         };
@@ -215,7 +215,7 @@ pub async fn serve(
             .with_upgrades();
         // The watcher runs as a task of its own, so the connection's task polls nothing
         // more per request than a channel; it ends with the connection.
-        let (expired_tx, mut expired) = tokio::sync::oneshot::channel();
+        let (expired_tx, expired) = tokio::sync::oneshot::channel();
         let timeouts = fronts.timeouts;
         tokio::spawn(async move {
             let mut expired_tx = expired_tx;
@@ -228,6 +228,8 @@ pub async fn serve(
         let mut stop = stop_rx.clone();
         connections.spawn(async move {
             let mut connection = std::pin::pin!(connection);
+            // Fused: polled again after the watcher ended without a verdict, it waits.
+            let mut expired = futures_util::FutureExt::fuse(expired);
             let closing = |why: watch::Expired| {
                 tracing::debug!(reason = why.as_str(), "closing a client connection");
                 Ok(())

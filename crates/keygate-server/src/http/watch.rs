@@ -1,22 +1,24 @@
 //! Client timeouts: a connection that sends a request head too slowly, stalls in the
-//! middle of a request body, or sits idle between requests too long is closed.
+//! middle of a request body, stops reading its answer, or sits idle between requests too
+//! long is closed.
 //!
 //! Why not hyper's `header_read_timeout`: its timer also runs while a keep-alive
 //! connection waits for its next request, so it is an idle timeout as short as the header
 //! timeout, shorter than the idle times of the proxies keygate sits behind (nginx 60 s,
-//! Traefik 90 s, Caddy 120 s) — closing under them turns into their 502s. Here the three
-//! phases have their own limits, as in nginx (`client_header_timeout`,
-//! `client_body_timeout`, `keepalive_timeout`).
+//! Traefik 90 s, Caddy 120 s) — closing under them turns into their 502s. Here each phase
+//! has its own limit, as in nginx (`client_header_timeout`, `client_body_timeout`,
+//! `send_timeout`, `keepalive_timeout`).
 //!
-//! The request path only counts: reads in the socket wrapper ([`Watched`]), heads in the
-//! service call, finished answers when the response body is dropped ([`Answered`]). A task
-//! per connection ([`watch`]) looks at those counts a few times per timeout and decides;
-//! no timer is set or reset per request. A limit is thus enforced up to a quarter of the
-//! shortest timeout late, which is what keeps it off the hot path.
+//! The request path only counts: reads and writes in the socket wrapper ([`Watched`]),
+//! heads in the service call, a body's reader starved for bytes ([`Reading`]), finished
+//! answers when the response body is dropped ([`Answered`]). A task per connection
+//! ([`watch`]) looks at those counts a few times per timeout and decides; no timer is set
+//! or reset per request. A limit is thus enforced up to a quarter of the shortest timeout
+//! late, which is what keeps it off the hot path.
 //!
-//! What is never cut: a request keygate is handling and not waiting on the client for
-//! (the upstream is slow, or keygate is not reading the body yet because the upstream
-//! is not taking it), a response streaming out, and an upgraded (WebSocket) connection.
+//! What is never cut: a request keygate is working on without waiting for the client (the
+//! upstream is slow, or has not taken the body yet), a response the client keeps reading
+//! however long it streams, and an upgraded (WebSocket) connection.
 
 use axum::body::Body;
 use hyper::body::{Bytes, Frame, Incoming, SizeHint};
@@ -33,8 +35,11 @@ pub struct ClientTimeouts {
     /// From a connection's opening, or the first byte of a later request, to the end of
     /// the request head.
     pub header: Duration,
-    /// The longest wait for the next byte of a request body keygate is reading.
+    /// The longest a request body's reader waits for the client's next byte.
     pub body: Duration,
+    /// The longest the client may leave its answer unread (the socket full) before it
+    /// takes more of it.
+    pub send: Duration,
     /// The longest a keep-alive connection waits for its next request.
     pub idle: Duration,
 }
@@ -44,28 +49,36 @@ impl Default for ClientTimeouts {
         Self {
             header: Duration::from_secs(60),
             body: Duration::from_secs(60),
+            send: Duration::from_secs(60),
             // Above the idle times of the proxies keygate is put behind (see above).
             idle: Duration::from_secs(180),
         }
     }
 }
 
-/// What one connection has done so far. Each count has one writer (the connection's task);
-/// the watching task only reads, so relaxed loads and stores are enough.
+/// What one connection has done so far. The socket counts and the heads are written by
+/// the connection's task alone; a request body may be read (and its marks written) on
+/// another task, the upstream connection's, so those marks name their request. The
+/// watching task only reads: relaxed loads and stores are enough.
 #[derive(Default)]
 pub struct Activity {
     /// Reads that returned bytes.
     reads: AtomicU64,
-    /// The last read found nothing to read: the connection waits on the client.
-    waiting: AtomicBool,
+    /// Writes that took bytes.
+    writes: AtomicU64,
+    /// The last write found the socket full: the client is not reading.
+    write_blocked: AtomicBool,
     /// Request heads handed to the service.
     heads: AtomicU64,
     /// Responses whose body has been written out (or dropped).
     answered: AtomicU64,
-    /// `reads` when the last response was done: more reads since are a new request's.
-    reads_when_answered: AtomicU64,
-    /// A request body is being read and is not finished.
-    body_open: AtomicBool,
+    /// `reads` when the latest head arrived or the latest body ended: more reads since
+    /// are the next request's.
+    reads_mark: AtomicU64,
+    /// The number (counting heads) of the request whose body is being read; 0 for none.
+    open_body: AtomicU64,
+    /// The number of the request whose body's reader waits for the client; 0 for none.
+    starved_body: AtomicU64,
 }
 
 fn bump(count: &AtomicU64) {
@@ -73,22 +86,43 @@ fn bump(count: &AtomicU64) {
 }
 
 impl Activity {
-    /// A request head has arrived; `with_body` when a body follows it.
-    pub fn head(&self, with_body: bool) {
-        bump(&self.heads);
+    /// A request head has arrived; `with_body` when a body follows it. Answers the
+    /// request's number, for its [`Reading`].
+    pub fn head(&self, with_body: bool) -> u64 {
+        let number = self.heads.load(Relaxed) + 1;
+        self.heads.store(number, Relaxed);
+        self.reads_mark.store(self.reads.load(Relaxed), Relaxed);
         if with_body {
-            self.body_open.store(true, Relaxed);
+            self.open_body.store(number, Relaxed);
         }
+        number
     }
 
     fn answered(&self) {
-        self.reads_when_answered
-            .store(self.reads.load(Relaxed), Relaxed);
         bump(&self.answered);
+    }
+
+    /// Request `number`'s body reader waits for the client's bytes.
+    fn body_starved(&self, number: u64) {
+        self.starved_body.store(number, Relaxed);
+    }
+
+    /// Request `number`'s body reader got bytes.
+    fn body_fed(&self, number: u64) {
+        let _ = self
+            .starved_body
+            .compare_exchange(number, 0, Relaxed, Relaxed);
+    }
+
+    /// Request `number`'s body has ended or been dropped. A later request's marks stay.
+    fn body_done(&self, number: u64) {
+        let _ = self.open_body.compare_exchange(number, 0, Relaxed, Relaxed);
+        self.body_fed(number);
+        self.reads_mark.store(self.reads.load(Relaxed), Relaxed);
     }
 }
 
-/// A client connection's socket, counting reads for [`watch`].
+/// A client connection's socket, counting reads and writes for [`watch`].
 pub struct Watched<T> {
     inner: T,
     activity: Arc<Activity>,
@@ -97,6 +131,17 @@ pub struct Watched<T> {
 impl<T> Watched<T> {
     pub fn new(inner: T, activity: Arc<Activity>) -> Self {
         Self { inner, activity }
+    }
+
+    fn wrote(&self, polled: &Poll<std::io::Result<usize>>) {
+        match polled {
+            Poll::Ready(Ok(n)) if *n > 0 => {
+                bump(&self.activity.writes);
+                self.activity.write_blocked.store(false, Relaxed);
+            }
+            Poll::Pending => self.activity.write_blocked.store(true, Relaxed),
+            _ => {}
+        }
     }
 }
 
@@ -109,13 +154,8 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
         let this = self.get_mut();
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
-        match polled {
-            Poll::Ready(Ok(())) if buf.filled().len() > before => {
-                bump(&this.activity.reads);
-                this.activity.waiting.store(false, Relaxed);
-            }
-            Poll::Pending => this.activity.waiting.store(true, Relaxed),
-            _ => {}
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            bump(&this.activity.reads);
         }
         polled
     }
@@ -127,7 +167,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.wrote(&polled);
+        polled
     }
 
     fn poll_write_vectored(
@@ -135,7 +178,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.wrote(&polled);
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -151,21 +197,38 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     }
 }
 
-/// A request body, marking the body finished when it ends or is dropped.
+/// A request body, marking when its reader waits for the client and when it is done.
+/// Whether the reader waits is the body's business, not the socket's: hyper also reads
+/// the socket while a body it has whole waits for its reader (to notice a hang-up), and
+/// that is no stall of the client's.
 pub struct Reading {
     body: Incoming,
     activity: Arc<Activity>,
+    /// The request's number (see [`Activity::head`]).
+    number: u64,
+    finished: bool,
 }
 
 impl Reading {
-    pub fn new(body: Incoming, activity: Arc<Activity>) -> Self {
-        Self { body, activity }
+    pub fn new(body: Incoming, activity: Arc<Activity>, number: u64) -> Self {
+        Self {
+            body,
+            activity,
+            number,
+            finished: false,
+        }
+    }
+
+    fn finish(&mut self) {
+        if !std::mem::replace(&mut self.finished, true) {
+            self.activity.body_done(self.number);
+        }
     }
 }
 
 impl Drop for Reading {
     fn drop(&mut self) {
-        self.activity.body_open.store(false, Relaxed);
+        self.finish();
     }
 }
 
@@ -179,8 +242,10 @@ impl hyper::body::Body for Reading {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.body).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
-            this.activity.body_open.store(false, Relaxed);
+        match &polled {
+            Poll::Pending => this.activity.body_starved(this.number),
+            Poll::Ready(Some(Ok(_))) => this.activity.body_fed(this.number),
+            Poll::Ready(None | Some(Err(_))) => this.finish(),
         }
         polled
     }
@@ -240,6 +305,7 @@ impl hyper::body::Body for Answered {
 pub enum Expired {
     Header,
     Body,
+    Send,
     Idle,
 }
 
@@ -248,6 +314,7 @@ impl Expired {
         match self {
             Expired::Header => "the request head took too long",
             Expired::Body => "the request body stalled",
+            Expired::Send => "the client stopped reading its answer",
             Expired::Idle => "the connection was idle too long",
         }
     }
@@ -259,9 +326,11 @@ struct Look {
     heads: u64,
     answered: u64,
     reads: u64,
-    reads_when_answered: u64,
-    waiting: bool,
-    body_open: bool,
+    writes: u64,
+    reads_mark: u64,
+    open_body: u64,
+    starved_body: u64,
+    write_blocked: bool,
 }
 
 impl Look {
@@ -270,9 +339,11 @@ impl Look {
             heads: activity.heads.load(Relaxed),
             answered: activity.answered.load(Relaxed),
             reads: activity.reads.load(Relaxed),
-            reads_when_answered: activity.reads_when_answered.load(Relaxed),
-            waiting: activity.waiting.load(Relaxed),
-            body_open: activity.body_open.load(Relaxed),
+            writes: activity.writes.load(Relaxed),
+            reads_mark: activity.reads_mark.load(Relaxed),
+            open_body: activity.open_body.load(Relaxed),
+            starved_body: activity.starved_body.load(Relaxed),
+            write_blocked: activity.write_blocked.load(Relaxed),
         }
     }
 }
@@ -280,33 +351,36 @@ impl Look {
 /// What a connection is doing, as far as the client's pace goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
-    /// Receiving the head of request number `answered + 1` (the first one counts from
-    /// the connection's opening).
-    Head { answered: u64 },
-    /// Waiting on the client for more of a request body; `reads` so far.
+    /// Receiving the head of the request after the first `heads` (the first one counts
+    /// from the connection's opening).
+    Head { heads: u64 },
+    /// A body's reader waits on the client; `reads` so far.
     BodyStalled { reads: u64 },
-    /// Between requests, after `answered` answers.
-    Idle { answered: u64 },
+    /// An answer waits for the client to read; `writes` so far.
+    SendStalled { writes: u64 },
+    /// Between requests, after `heads` of them.
+    Idle { heads: u64 },
     /// Keygate's turn: handling a request or writing its answer.
     Busy,
 }
 
 impl Phase {
     fn of(look: Look) -> Self {
-        if look.heads > look.answered {
-            if look.body_open && look.waiting {
-                Phase::BodyStalled { reads: look.reads }
-            } else {
-                Phase::Busy
+        let working = look.open_body != 0 || look.heads > look.answered;
+        if look.open_body != 0 && look.starved_body == look.open_body {
+            Phase::BodyStalled { reads: look.reads }
+        } else if look.write_blocked {
+            // Unwritten bytes wait in hyper's buffer (even once the answer's body has been
+            // taken whole and dropped).
+            Phase::SendStalled {
+                writes: look.writes,
             }
-        } else if look.heads == 0 || look.reads > look.reads_when_answered {
-            Phase::Head {
-                answered: look.answered,
-            }
+        } else if working {
+            Phase::Busy
+        } else if look.heads == 0 || look.reads > look.reads_mark {
+            Phase::Head { heads: look.heads }
         } else {
-            Phase::Idle {
-                answered: look.answered,
-            }
+            Phase::Idle { heads: look.heads }
         }
     }
 
@@ -314,6 +388,7 @@ impl Phase {
         match self {
             Phase::Head { .. } => Some((timeouts.header, Expired::Header)),
             Phase::BodyStalled { .. } => Some((timeouts.body, Expired::Body)),
+            Phase::SendStalled { .. } => Some((timeouts.send, Expired::Send)),
             Phase::Idle { .. } => Some((timeouts.idle, Expired::Idle)),
             Phase::Busy => None,
         }
@@ -331,7 +406,7 @@ impl Watcher {
     /// A watcher of a connection opened at `opened`.
     pub fn new(opened: Instant) -> Self {
         Self {
-            phase: Phase::Head { answered: 0 },
+            phase: Phase::Head { heads: 0 },
             since: opened,
         }
     }
@@ -351,7 +426,11 @@ impl Watcher {
 /// How often a connection is looked at: a quarter of the shortest limit, so a limit is
 /// enforced at most that late.
 pub fn interval(timeouts: &ClientTimeouts) -> Duration {
-    (timeouts.header.min(timeouts.body).min(timeouts.idle) / 4).max(Duration::from_millis(10))
+    let shortest = [timeouts.header, timeouts.body, timeouts.send, timeouts.idle]
+        .into_iter()
+        .min()
+        .unwrap_or(timeouts.header);
+    (shortest / 4).max(Duration::from_millis(10))
 }
 
 /// Watches a connection until it breaks a limit (answering which) or `gone` completes.
@@ -384,136 +463,143 @@ mod tests {
     const LIMITS: ClientTimeouts = ClientTimeouts {
         header: Duration::from_secs(10),
         body: Duration::from_secs(20),
+        send: Duration::from_secs(25),
         idle: Duration::from_secs(30),
     };
 
-    fn at(start: Instant, secs: u64) -> Instant {
-        start + Duration::from_secs(secs)
+    /// A connection as its watcher sees it, with time under the test's control.
+    struct Connection {
+        activity: Activity,
+        watcher: Watcher,
+        start: Instant,
+    }
+
+    impl Connection {
+        fn new() -> Self {
+            let start = Instant::now();
+            Self {
+                activity: Activity::default(),
+                watcher: Watcher::new(start),
+                start,
+            }
+        }
+
+        fn at(&mut self, secs: u64) -> Option<Expired> {
+            let now = self.start + Duration::from_secs(secs);
+            self.watcher.look(Look::of(&self.activity), now, &LIMITS)
+        }
+
+        fn read(&self) {
+            bump(&self.activity.reads);
+        }
     }
 
     #[test]
     fn a_new_connection_must_send_its_head_within_the_header_limit() {
-        let start = Instant::now();
-        let activity = Activity::default();
-        let mut watcher = Watcher::new(start);
-        assert_eq!(
-            watcher.look(Look::of(&activity), at(start, 9), &LIMITS),
-            None
-        );
+        let mut c = Connection::new();
+        assert_eq!(c.at(9), None);
         // Trickling bytes does not buy time: the limit is on the whole head.
-        bump(&activity.reads);
-        assert_eq!(
-            watcher.look(Look::of(&activity), at(start, 9), &LIMITS),
-            None
-        );
-        assert_eq!(
-            watcher.look(Look::of(&activity), at(start, 10), &LIMITS),
-            Some(Expired::Header)
-        );
+        c.read();
+        assert_eq!(c.at(9), None);
+        assert_eq!(c.at(10), Some(Expired::Header));
     }
 
     #[test]
     fn an_idle_keep_alive_connection_gets_the_idle_limit_not_the_header_one() {
-        let start = Instant::now();
-        let activity = Activity::default();
-        let mut watcher = Watcher::new(start);
-        bump(&activity.reads);
-        activity.head(false);
-        assert_eq!(
-            watcher.look(Look::of(&activity), at(start, 1), &LIMITS),
-            None
-        );
-        activity.answered();
-        assert_eq!(
-            watcher.look(Look::of(&activity), at(start, 2), &LIMITS),
-            None
-        );
-        assert_eq!(
-            watcher.look(Look::of(&activity), at(start, 31), &LIMITS),
-            None
-        );
-        assert_eq!(
-            watcher.look(Look::of(&activity), at(start, 32), &LIMITS),
-            Some(Expired::Idle)
-        );
+        let mut c = Connection::new();
+        c.read();
+        c.activity.head(false);
+        assert_eq!(c.at(1), None);
+        c.activity.answered();
+        assert_eq!(c.at(2), None);
+        assert_eq!(c.at(31), None);
+        assert_eq!(c.at(32), Some(Expired::Idle));
     }
 
     #[test]
     fn the_next_head_starts_the_header_limit_again() {
-        let start = Instant::now();
-        let activity = Activity::default();
-        let mut watcher = Watcher::new(start);
-        bump(&activity.reads);
-        activity.head(false);
-        activity.answered();
-        assert_eq!(
-            watcher.look(Look::of(&activity), at(start, 5), &LIMITS),
-            None
-        );
-        bump(&activity.reads);
-        assert_eq!(
-            watcher.look(Look::of(&activity), at(start, 20), &LIMITS),
-            None
-        );
-        assert_eq!(
-            watcher.look(Look::of(&activity), at(start, 30), &LIMITS),
-            Some(Expired::Header)
-        );
+        let mut c = Connection::new();
+        c.read();
+        c.activity.head(false);
+        c.activity.answered();
+        assert_eq!(c.at(5), None);
+        c.read();
+        assert_eq!(c.at(20), None);
+        assert_eq!(c.at(30), Some(Expired::Header));
     }
 
     #[test]
     fn a_request_keygate_handles_is_never_cut() {
-        let start = Instant::now();
-        let activity = Activity::default();
-        let mut watcher = Watcher::new(start);
-        bump(&activity.reads);
-        activity.head(false);
-        // Waiting on the upstream: the client connection waits for nothing.
-        activity.waiting.store(true, Relaxed);
-        assert_eq!(
-            watcher.look(Look::of(&activity), at(start, 1), &LIMITS),
-            None
-        );
-        assert_eq!(
-            watcher.look(Look::of(&activity), at(start, 1000), &LIMITS),
-            None
-        );
-        // A body keygate is not reading (the last read returned bytes) is not a stall.
-        activity.head(true);
-        bump(&activity.reads);
-        activity.waiting.store(false, Relaxed);
-        assert_eq!(
-            watcher.look(Look::of(&activity), at(start, 2000), &LIMITS),
-            None
-        );
+        let mut c = Connection::new();
+        c.read();
+        c.activity.head(false);
+        // Waiting on the upstream.
+        assert_eq!(c.at(1), None);
+        assert_eq!(c.at(1000), None);
     }
 
     #[test]
-    fn a_stalled_body_is_cut_after_the_body_limit_without_bytes() {
-        let start = Instant::now();
-        let activity = Activity::default();
-        let mut watcher = Watcher::new(start);
-        bump(&activity.reads);
-        activity.head(true);
-        activity.waiting.store(true, Relaxed);
-        assert_eq!(
-            watcher.look(Look::of(&activity), at(start, 1), &LIMITS),
-            None
-        );
+    fn a_body_received_whole_but_not_yet_taken_is_no_stall() {
+        let mut c = Connection::new();
+        c.read();
+        let number = c.activity.head(true);
+        c.activity.body_starved(number);
+        c.read();
+        c.activity.body_fed(number);
+        // The reader got its bytes and has not asked again (the upstream is slow to take
+        // them); hyper meanwhile waits on the socket, which is not the client's doing.
+        assert_eq!(c.at(1), None);
+        assert_eq!(c.at(1000), None);
+        // Once the body ends and the answer is out, the connection is idle.
+        c.activity.body_done(number);
+        c.activity.answered();
+        assert_eq!(c.at(1001), None);
+        assert_eq!(c.at(1031), Some(Expired::Idle));
+    }
+
+    #[test]
+    fn a_starved_body_is_cut_after_the_body_limit_without_bytes() {
+        let mut c = Connection::new();
+        c.read();
+        let number = c.activity.head(true);
+        c.activity.body_starved(number);
+        assert_eq!(c.at(1), None);
         // Bytes keep it alive: each read starts the limit again.
-        bump(&activity.reads);
-        assert_eq!(
-            watcher.look(Look::of(&activity), at(start, 15), &LIMITS),
-            None
-        );
-        assert_eq!(
-            watcher.look(Look::of(&activity), at(start, 34), &LIMITS),
-            None
-        );
-        assert_eq!(
-            watcher.look(Look::of(&activity), at(start, 35), &LIMITS),
-            Some(Expired::Body)
-        );
+        c.read();
+        assert_eq!(c.at(15), None);
+        assert_eq!(c.at(34), None);
+        assert_eq!(c.at(35), Some(Expired::Body));
+    }
+
+    #[test]
+    fn an_earlier_bodys_end_does_not_clear_a_later_ones_marks() {
+        let mut c = Connection::new();
+        c.read();
+        let first = c.activity.head(true);
+        // The upstream answered early; the next request's body opens before the first
+        // body is dropped (on the upstream connection's task).
+        c.activity.answered();
+        c.read();
+        let second = c.activity.head(true);
+        c.activity.body_starved(second);
+        c.activity.body_done(first);
+        assert_eq!(c.at(1), None);
+        assert_eq!(c.at(21), Some(Expired::Body));
+    }
+
+    #[test]
+    fn a_client_that_stops_reading_its_answer_is_cut_after_the_send_limit() {
+        let mut c = Connection::new();
+        c.read();
+        c.activity.head(false);
+        c.activity.write_blocked.store(true, Relaxed);
+        c.activity.answered(); // hyper drops a small body once it is in the buffer
+        assert_eq!(c.at(1), None);
+        // Taking some of it starts the limit again.
+        bump(&c.activity.writes);
+        assert_eq!(c.at(20), None);
+        assert_eq!(c.at(44), None);
+        assert_eq!(c.at(45), Some(Expired::Send));
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! Client timeouts: slow heads, stalled bodies and idle keep-alive connections are cut;
-//! a request keygate is working on is not.
+//! Client timeouts: slow heads, stalled bodies, unread answers and idle keep-alive
+//! connections are cut; a request keygate is working on is not.
 
 use super::*;
 use keygate_server::config::UpstreamConfig;
@@ -78,6 +78,7 @@ async fn a_request_head_trickled_in_is_cut_at_the_header_timeout() {
     let server = server_with(ClientTimeouts {
         header: Duration::from_millis(400),
         body: Duration::from_secs(30),
+        send: Duration::from_secs(30),
         idle: Duration::from_secs(30),
     })
     .await;
@@ -120,6 +121,7 @@ async fn an_idle_keep_alive_connection_outlives_the_header_timeout_until_the_idl
     let server = server_with(ClientTimeouts {
         header: Duration::from_millis(300),
         body: Duration::from_secs(30),
+        send: Duration::from_secs(30),
         idle: Duration::from_millis(1500),
     })
     .await;
@@ -149,6 +151,7 @@ async fn a_stalled_request_body_is_cut_at_the_body_timeout() {
     let server = server_with(ClientTimeouts {
         header: Duration::from_secs(30),
         body: Duration::from_millis(400),
+        send: Duration::from_secs(30),
         idle: Duration::from_secs(30),
     })
     .await;
@@ -197,6 +200,7 @@ async fn a_request_waiting_on_the_upstream_is_not_cut_by_client_timeouts() {
         client_timeouts: ClientTimeouts {
             header: Duration::from_millis(200),
             body: Duration::from_millis(200),
+            send: Duration::from_secs(30),
             idle: Duration::from_millis(200),
         },
         ..test_config()
@@ -222,4 +226,109 @@ async fn a_request_waiting_on_the_upstream_is_not_cut_by_client_timeouts() {
     .await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(started.elapsed() >= Duration::from_millis(1200));
+}
+
+/// A proxy in front of `app`, with the key it accepts.
+async fn proxy_in_front_of(app: axum::Router, timeouts: ClientTimeouts) -> (TestServer, String) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let upstream = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let mut upstream = UpstreamConfig::new(&upstream).expect("upstream");
+    upstream.timeout = Duration::from_secs(20);
+    let server = TestServer::start_with(ServerConfig {
+        upstream: Some(upstream),
+        client_timeouts: timeouts,
+        ..test_config()
+    })
+    .await;
+    let (key, _) = server.create_key(json!({"name": "client"})).await;
+    (server, key)
+}
+
+#[tokio::test]
+async fn an_upload_the_upstream_is_slow_to_take_is_not_a_stalled_body() {
+    // The app waits before it reads: whatever part of the body keygate already holds
+    // waits inside keygate, with the client done sending (or blocked by keygate).
+    let app = axum::Router::new().fallback(|request: axum::extract::Request| async move {
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let body = axum::body::to_bytes(request.into_body(), usize::MAX)
+            .await
+            .expect("body");
+        body.len().to_string()
+    });
+    let (server, key) = proxy_in_front_of(
+        app,
+        ClientTimeouts {
+            header: Duration::from_secs(30),
+            body: Duration::from_millis(300),
+            send: Duration::from_secs(30),
+            idle: Duration::from_secs(30),
+        },
+    )
+    .await;
+    // Sizes around what loopback buffers hold, where the whole body can end up inside
+    // keygate before the app reads.
+    let sizes = [
+        64 << 10,
+        1 << 20,
+        2 << 20,
+        4 << 20,
+        (4 << 20) + (3 << 18),
+        6 << 20,
+        8 << 20,
+    ];
+    let uploads = sizes.map(|size| {
+        server
+            .request(Method::POST, "/upload")
+            .header("x-api-key", &key)
+            .body(vec![b'x'; size])
+            .send()
+    });
+    for (size, sent) in sizes
+        .iter()
+        .zip(futures_util::future::join_all(uploads).await)
+    {
+        let answer = sent.unwrap_or_else(|e| panic!("{size} bytes: {e}"));
+        assert_eq!(answer.status(), StatusCode::OK, "{size} bytes");
+        assert_eq!(answer.text().await.expect("text"), size.to_string());
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_its_answer_unread_is_cut_at_the_send_timeout() {
+    const ANSWER: usize = 64 << 20;
+    let app = axum::Router::new().fallback(|| async { vec![b'y'; ANSWER] });
+    let (server, key) = proxy_in_front_of(
+        app,
+        ClientTimeouts {
+            header: Duration::from_secs(30),
+            body: Duration::from_secs(30),
+            send: Duration::from_millis(300),
+            idle: Duration::from_secs(30),
+        },
+    )
+    .await;
+    let mut stream = connect(&server).await;
+    stream
+        .write_all(format!("GET /big HTTP/1.1\r\nHost: app\r\nX-API-Key: {key}\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    // The client reads nothing for a while (its behaviour under test, not a wait for a
+    // race), then reads what reached it: not the whole answer, as keygate gave up.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut received = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await {
+            Err(_) => panic!("still open after {received} bytes"),
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => received += n,
+        }
+    }
+    assert!(
+        received < ANSWER,
+        "the whole answer arrived: {received} bytes"
+    );
 }
