@@ -109,16 +109,23 @@ impl Activity {
 
     /// Request `number`'s body reader got bytes.
     fn body_fed(&self, number: u64) {
-        let _ = self
-            .starved_body
-            .compare_exchange(number, 0, Relaxed, Relaxed);
+        // Runs for every frame: a plain load first spares the usual case a locked write.
+        if self.starved_body.load(Relaxed) == number {
+            let _ = self
+                .starved_body
+                .compare_exchange(number, 0, Relaxed, Relaxed);
+        }
     }
 
     /// Request `number`'s body has ended or been dropped. A later request's marks stay.
     fn body_done(&self, number: u64) {
         let _ = self.open_body.compare_exchange(number, 0, Relaxed, Relaxed);
         self.body_fed(number);
-        self.reads_mark.store(self.reads.load(Relaxed), Relaxed);
+        // A body dropped late (on the upstream connection's task) after the next head
+        // arrived leaves that head's mark alone; the mark only moves forward.
+        if self.heads.load(Relaxed) == number {
+            self.reads_mark.fetch_max(self.reads.load(Relaxed), Relaxed);
+        }
     }
 }
 
@@ -356,8 +363,10 @@ enum Phase {
     Head { heads: u64 },
     /// A body's reader waits on the client; `reads` so far.
     BodyStalled { reads: u64 },
-    /// An answer waits for the client to read; `writes` so far.
-    SendStalled { writes: u64 },
+    /// An answer waits for the client to read; `writes` so far, and `reads` so far while
+    /// a body is still coming in (an app may stream its answer to a client that reads
+    /// nothing until its upload is done: the upload is progress too).
+    SendStalled { writes: u64, reads: u64 },
     /// Between requests, after `heads` of them.
     Idle { heads: u64 },
     /// Keygate's turn: handling a request or writing its answer.
@@ -374,6 +383,7 @@ impl Phase {
             // taken whole and dropped).
             Phase::SendStalled {
                 writes: look.writes,
+                reads: if look.open_body != 0 { look.reads } else { 0 },
             }
         } else if working {
             Phase::Busy
@@ -600,6 +610,41 @@ mod tests {
         assert_eq!(c.at(20), None);
         assert_eq!(c.at(44), None);
         assert_eq!(c.at(45), Some(Expired::Send));
+    }
+
+    #[test]
+    fn an_upload_still_coming_in_is_progress_while_the_answer_waits() {
+        let mut c = Connection::new();
+        c.read();
+        let number = c.activity.head(true);
+        // The app streams its answer; the client reads none of it until its upload is
+        // done, and the upload flows.
+        c.activity.write_blocked.store(true, Relaxed);
+        for second in (10..200).step_by(10) {
+            c.read();
+            c.activity.body_fed(number);
+            assert_eq!(c.at(second), None, "{second} s");
+        }
+        // The upload ends; now the answer must move.
+        c.activity.body_done(number);
+        assert_eq!(c.at(200), None);
+        assert_eq!(c.at(225), Some(Expired::Send));
+    }
+
+    #[test]
+    fn a_body_dropped_after_the_next_head_leaves_that_heads_mark() {
+        let mut c = Connection::new();
+        c.read();
+        let first = c.activity.head(true);
+        c.activity.answered();
+        c.read();
+        c.activity.head(false);
+        c.activity.answered();
+        // The first body is dropped only now, by the upstream connection's task.
+        c.activity.body_done(first);
+        assert_eq!(c.at(1), None);
+        assert_eq!(c.at(30), None);
+        assert_eq!(c.at(31), Some(Expired::Idle));
     }
 
     #[test]

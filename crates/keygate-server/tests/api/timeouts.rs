@@ -252,7 +252,7 @@ async fn an_upload_the_upstream_is_slow_to_take_is_not_a_stalled_body() {
     // The app waits before it reads: whatever part of the body keygate already holds
     // waits inside keygate, with the client done sending (or blocked by keygate).
     let app = axum::Router::new().fallback(|request: axum::extract::Request| async move {
-        tokio::time::sleep(Duration::from_millis(1200)).await;
+        tokio::time::sleep(Duration::from_millis(3000)).await;
         let body = axum::body::to_bytes(request.into_body(), usize::MAX)
             .await
             .expect("body");
@@ -262,7 +262,8 @@ async fn an_upload_the_upstream_is_slow_to_take_is_not_a_stalled_body() {
         app,
         ClientTimeouts {
             header: Duration::from_secs(30),
-            body: Duration::from_millis(300),
+            // Well above a scheduling pause on a busy machine, well below the app's wait.
+            body: Duration::from_secs(1),
             send: Duration::from_secs(30),
             idle: Duration::from_secs(30),
         },
@@ -319,14 +320,23 @@ async fn a_client_that_leaves_its_answer_unread_is_cut_at_the_send_timeout() {
     // race), then reads what reached it: not the whole answer, as keygate gave up.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let mut received = 0usize;
+    let mut head = Vec::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
         match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await {
             Err(_) => panic!("still open after {received} bytes"),
             Ok(Ok(0)) | Ok(Err(_)) => break,
-            Ok(Ok(n)) => received += n,
+            Ok(Ok(n)) => {
+                if head.len() < 64 {
+                    head.extend_from_slice(&buf[..n.min(64)]);
+                }
+                received += n;
+            }
         }
     }
+    // The answer had started (so it was cut while being sent, not refused) and did not
+    // arrive whole.
+    assert!(head.starts_with(b"HTTP/1.1 200"), "{head:?}");
     assert!(
         received < ANSWER,
         "the whole answer arrived: {received} bytes"
