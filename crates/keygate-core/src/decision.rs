@@ -368,8 +368,9 @@ pub fn decide<S: AsRef<str>>(index: &KeyIndex, check: &Check<'_, S>) -> Decision
 
     // Limits last: rate limits, then the monthly quota (a refused request spends neither).
     let mut limits = LimitStatuses::default();
-    if let Some(key_limits) = &key.limits {
-        let (admitted, statuses) = key.usage.limiter().admit(key_limits, check.now);
+    let metered = replacement_of(index, &key);
+    if let Some(key_limits) = &metered.limits {
+        let (admitted, statuses) = metered.usage.limiter().admit(key_limits, check.now);
         if let Err(refusal) = admitted {
             let (code, wait, hint) = match refusal {
                 LimitRefusal::RateLimited { retry_after_ms } => (
@@ -408,6 +409,22 @@ pub fn decide<S: AsRef<str>>(index: &KeyIndex, check: &Check<'_, S>) -> Decision
         owner,
         project,
     }
+}
+
+/// The key whose limits and limiter meter requests made with `key`: the last of its
+/// replacements, for a key rotated with a grace period. Both keys are one client's
+/// credentials while the grace lasts, and a limiter each would double the client's rate
+/// and quota. (Rotation carries the limiter state over, `Engine::carry_limits`.)
+fn replacement_of<'a>(index: &'a KeyIndex, key: &'a IndexedKey) -> &'a IndexedKey {
+    let mut current = key;
+    // Bounded: a corrupt chain that loops must not hang the hot path.
+    for _ in 0..8 {
+        match current.record.rotated_to.and_then(|id| index.get_by_id(id)) {
+            Some(next) => current = next,
+            None => break,
+        }
+    }
+    current
 }
 
 /// A plain active key record for `key`, for tests to adjust with struct update syntax.
@@ -525,6 +542,55 @@ mod tests {
                 "{credential} {scopes:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_key_in_its_rotation_grace_shares_its_replacements_limits() {
+        let two_a_minute = crate::limit::LimitsOverride {
+            rate_limits: Some(vec![crate::limit::RateLimit {
+                limit: 2,
+                period_seconds: 60,
+                burst: None,
+            }]),
+            ..Default::default()
+        };
+        let replacement = record(&key(21), |r| r.limits = two_a_minute.clone());
+        let replacement_id = replacement.id;
+        let index = KeyIndex::from_records([
+            replacement,
+            record(&key(20), |r| {
+                r.limits = two_a_minute.clone();
+                r.rotated_to = Some(replacement_id);
+                r.expires_at = Some(NOW + 60_000);
+            }),
+            record(&key(22), |r| r.limits = two_a_minute.clone()),
+        ]);
+        let (old, new, other) = (key(20), key(21), key(22));
+        assert_eq!(check(&index, &old, &[]).code, DecisionCode::Valid);
+        assert_eq!(check(&index, &new, &[]).code, DecisionCode::Valid);
+        // Two requests spent the client's two a minute, whichever key each used.
+        assert_eq!(check(&index, &old, &[]).code, DecisionCode::RateLimited);
+        assert_eq!(check(&index, &new, &[]).code, DecisionCode::RateLimited);
+        // Another client's key has its own.
+        assert_eq!(check(&index, &other, &[]).code, DecisionCode::Valid);
+    }
+
+    #[test]
+    fn a_rotation_chain_that_loops_still_gets_a_decision() {
+        let (a, b) = (Uuid::from_u128(9001), Uuid::from_u128(9002));
+        let index = KeyIndex::from_records([
+            record(&key(23), |r| {
+                r.id = a;
+                r.rotated_to = Some(b);
+                r.expires_at = Some(NOW + 60_000);
+            }),
+            record(&key(24), |r| {
+                r.id = b;
+                r.rotated_to = Some(a);
+                r.expires_at = Some(NOW + 60_000);
+            }),
+        ]);
+        assert_eq!(check(&index, &key(23), &[]).code, DecisionCode::Valid);
     }
 
     #[test]

@@ -569,6 +569,35 @@ async fn rotation_with_and_without_grace() {
 }
 
 #[tokio::test]
+async fn a_key_in_its_rotation_grace_shares_its_replacements_rate_limit() {
+    let server = TestServer::start().await;
+    let (old, created) = server
+        .create_key(json!({
+            "name": "metered",
+            "limits": {"rate_limits": [{"limit": 3, "period_seconds": 3600}]}
+        }))
+        .await;
+    let id = created["id"].as_str().expect("id");
+    assert_eq!(server.whoami(&old).await.0, StatusCode::OK);
+    let (status, rotated) = server
+        .admin_json(
+            Method::POST,
+            &format!("/api/v1/keys/{id}/rotate"),
+            json!({"grace_seconds": 3600}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{rotated}");
+    let new = rotated["key"].as_str().expect("key").to_string();
+    // Three an hour for the client, whichever of its two keys it sends.
+    assert_eq!(server.whoami(&new).await.0, StatusCode::OK);
+    assert_eq!(server.whoami(&old).await.0, StatusCode::OK);
+    for key in [&old, &new] {
+        let (status, body) = server.whoami(key).await;
+        assert_error(status, &body, 429, "rate_limited", key);
+    }
+}
+
+#[tokio::test]
 async fn imported_keys_work_like_any_other() {
     let server = TestServer::start().await;
     let legacy = "legacy-app-token-0123456789abcdef";
