@@ -367,6 +367,8 @@ enum Phase {
     /// a body is still coming in (an app may stream its answer to a client that reads
     /// nothing until its upload is done: the upload is progress too).
     SendStalled { writes: u64, reads: u64 },
+    /// The rest of an answered request's body; `reads` so far.
+    BodyAfterAnswer { reads: u64 },
     /// Between requests, after `heads` of them.
     Idle { heads: u64 },
     /// Keygate's turn: handling a request or writing its answer.
@@ -385,6 +387,10 @@ impl Phase {
                 writes: look.writes,
                 reads: if look.open_body != 0 { look.reads } else { 0 },
             }
+        } else if look.open_body != 0 && look.answered >= look.open_body {
+            // The app answered before taking the whole body; the rest is still on its way
+            // and nothing else bounds it (`upstream_timeout` ends with the answer's head).
+            Phase::BodyAfterAnswer { reads: look.reads }
         } else if working {
             Phase::Busy
         } else if look.heads == 0 || look.reads > look.reads_mark {
@@ -397,7 +403,9 @@ impl Phase {
     fn limit(self, timeouts: &ClientTimeouts) -> Option<(Duration, Expired)> {
         match self {
             Phase::Head { .. } => Some((timeouts.header, Expired::Header)),
-            Phase::BodyStalled { .. } => Some((timeouts.body, Expired::Body)),
+            Phase::BodyStalled { .. } | Phase::BodyAfterAnswer { .. } => {
+                Some((timeouts.body, Expired::Body))
+            }
             Phase::SendStalled { .. } => Some((timeouts.send, Expired::Send)),
             Phase::Idle { .. } => Some((timeouts.idle, Expired::Idle)),
             Phase::Busy => None,
@@ -645,6 +653,23 @@ mod tests {
         assert_eq!(c.at(1), None);
         assert_eq!(c.at(30), None);
         assert_eq!(c.at(31), Some(Expired::Idle));
+    }
+
+    #[test]
+    fn the_rest_of_an_answered_requests_body_must_keep_moving() {
+        let mut c = Connection::new();
+        c.read();
+        let number = c.activity.head(true);
+        // The app answers early and then takes the rest of the upload as it comes.
+        c.activity.answered();
+        for second in (10..100).step_by(10) {
+            c.read();
+            c.activity.body_fed(number);
+            assert_eq!(c.at(second), None, "{second} s");
+        }
+        // It stops taking it (and keeps its socket open): the upload no longer moves.
+        assert_eq!(c.at(109), None);
+        assert_eq!(c.at(110), Some(Expired::Body));
     }
 
     #[test]

@@ -342,3 +342,70 @@ async fn a_client_that_leaves_its_answer_unread_is_cut_at_the_send_timeout() {
         "the whole answer arrived: {received} bytes"
     );
 }
+
+#[tokio::test]
+async fn an_upload_the_app_stopped_taking_after_answering_is_cut() {
+    // An app that answers at once, then never reads the rest of the upload and keeps its
+    // socket open.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let upstream = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                let _ = socket.read(&mut buf).await;
+                let _ = socket
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await;
+                std::future::pending::<()>().await;
+                drop(socket);
+            });
+        }
+    });
+    let mut upstream = UpstreamConfig::new(&upstream).expect("upstream");
+    upstream.timeout = Duration::from_secs(20);
+    let server = TestServer::start_with(ServerConfig {
+        upstream: Some(upstream),
+        client_timeouts: ClientTimeouts {
+            header: Duration::from_secs(30),
+            body: Duration::from_millis(500),
+            send: Duration::from_secs(30),
+            idle: Duration::from_secs(30),
+        },
+        ..test_config()
+    })
+    .await;
+    let (key, _) = server.create_key(json!({"name": "uploader"})).await;
+    let (mut reader, mut writer) = connect(&server).await.into_split();
+    writer
+        .write_all(
+            format!(
+                "POST /upload HTTP/1.1\r\nHost: app\r\nX-API-Key: {key}\r\nContent-Length: {}\r\n\r\n",
+                1u64 << 30
+            )
+            .as_bytes(),
+        )
+        .await
+        .expect("write");
+    // The client keeps uploading as fast as keygate takes it.
+    let uploading = tokio::spawn(async move {
+        let chunk = vec![b'z'; 1 << 16];
+        while writer.write_all(&chunk).await.is_ok() {}
+    });
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, reader.read(&mut buf)).await {
+            Err(_) => panic!("still open: {}", String::from_utf8_lossy(&seen)),
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+    let seen = String::from_utf8_lossy(&seen);
+    assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+    uploading.abort();
+}
