@@ -188,25 +188,16 @@ async fn a_request_waiting_on_the_upstream_is_not_cut_by_client_timeouts() {
         tokio::time::sleep(Duration::from_millis(1200)).await;
         "late but fine"
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let upstream = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    let mut upstream = UpstreamConfig::new(&upstream).expect("upstream");
-    upstream.timeout = Duration::from_secs(10);
-    let server = TestServer::start_with(ServerConfig {
-        upstream: Some(upstream),
-        client_timeouts: ClientTimeouts {
+    let (server, key) = proxy_in_front_of(
+        app,
+        ClientTimeouts {
             header: Duration::from_millis(200),
             body: Duration::from_millis(200),
-            send: Duration::from_secs(30),
+            send: Duration::from_millis(200),
             idle: Duration::from_millis(200),
         },
-        ..test_config()
-    })
+    )
     .await;
-    let (key, _) = server.create_key(json!({"name": "patient"})).await;
     let mut stream = connect(&server).await;
     let answer = exchange(
         &mut stream,
@@ -235,7 +226,12 @@ async fn proxy_in_front_of(app: axum::Router, timeouts: ClientTimeouts) -> (Test
         .expect("bind");
     let upstream = format!("http://{}", listener.local_addr().expect("addr"));
     tokio::spawn(async move { axum::serve(listener, app).await });
-    let mut upstream = UpstreamConfig::new(&upstream).expect("upstream");
+    proxy_to(&upstream, timeouts).await
+}
+
+/// A proxy in front of the app at `upstream`, with the key it accepts.
+async fn proxy_to(upstream: &str, timeouts: ClientTimeouts) -> (TestServer, String) {
+    let mut upstream = UpstreamConfig::new(upstream).expect("upstream");
     upstream.timeout = Duration::from_secs(20);
     let server = TestServer::start_with(ServerConfig {
         upstream: Some(upstream),
@@ -364,20 +360,16 @@ async fn an_upload_the_app_stopped_taking_after_answering_is_cut() {
             });
         }
     });
-    let mut upstream = UpstreamConfig::new(&upstream).expect("upstream");
-    upstream.timeout = Duration::from_secs(20);
-    let server = TestServer::start_with(ServerConfig {
-        upstream: Some(upstream),
-        client_timeouts: ClientTimeouts {
+    let (server, key) = proxy_to(
+        &upstream,
+        ClientTimeouts {
             header: Duration::from_secs(30),
             body: Duration::from_millis(500),
             send: Duration::from_secs(30),
             idle: Duration::from_secs(30),
         },
-        ..test_config()
-    })
+    )
     .await;
-    let (key, _) = server.create_key(json!({"name": "uploader"})).await;
     let (mut reader, mut writer) = connect(&server).await.into_split();
     writer
         .write_all(

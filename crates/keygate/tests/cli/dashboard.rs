@@ -111,6 +111,19 @@ impl Browser {
         answer["value"].clone()
     }
 
+    /// A WebDriver command whose errors the caller looks at: the whole answer.
+    async fn post_raw(&self, path: &str, body: Value) -> Value {
+        self.http
+            .post(format!("{}{path}", self.session))
+            .json(&body)
+            .send()
+            .await
+            .expect("webdriver")
+            .json()
+            .await
+            .expect("json")
+    }
+
     async fn go(&self, url: &str) {
         self.call(reqwest::Method::POST, "/url", Some(json!({"url": url})))
             .await;
@@ -119,16 +132,9 @@ impl Browser {
     async fn find(&self, css: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let answer: Value = self
-                .http
-                .post(format!("{}/element", self.session))
-                .json(&json!({"using": "css selector", "value": css}))
-                .send()
-                .await
-                .expect("webdriver")
-                .json()
-                .await
-                .expect("json");
+            let answer = self
+                .post_raw("/element", json!({"using": "css selector", "value": css}))
+                .await;
             if let Some(id) = answer["value"][ELEMENT].as_str() {
                 return id.to_string();
             }
@@ -198,19 +204,15 @@ impl Browser {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             // Errors here mean the browser is between pages; ask again.
-            let answer: Value = self
-                .http
-                .post(format!("{}/execute/sync", self.session))
-                .json(&json!({
-                    "script": "return window.keygateTestOldPage !== true && document.readyState === 'complete';",
-                    "args": []
-                }))
-                .send()
-                .await
-                .expect("webdriver")
-                .json()
-                .await
-                .expect("json");
+            let answer = self
+                .post_raw(
+                    "/execute/sync",
+                    json!({
+                        "script": "return window.keygateTestOldPage !== true && document.readyState === 'complete';",
+                        "args": []
+                    }),
+                )
+                .await;
             if answer["value"] == Value::Bool(true) {
                 return;
             }
@@ -250,16 +252,7 @@ impl Browser {
     async fn accept_confirm(&self) {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let answer: Value = self
-                .http
-                .post(format!("{}/alert/accept", self.session))
-                .json(&json!({}))
-                .send()
-                .await
-                .expect("webdriver")
-                .json()
-                .await
-                .expect("json");
+            let answer = self.post_raw("/alert/accept", json!({})).await;
             if answer["value"].get("error").is_none() {
                 return;
             }
