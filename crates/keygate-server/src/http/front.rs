@@ -217,9 +217,9 @@ pub async fn serve(
         // more per request than a channel; it ends with the connection.
         let (expired_tx, expired) = tokio::sync::oneshot::channel();
         let timeouts = fronts.timeouts;
+        let opened = std::time::Instant::now();
         tokio::spawn(async move {
             let mut expired_tx = expired_tx;
-            let opened = std::time::Instant::now();
             let verdict = watch::watch(activity, timeouts, opened, expired_tx.closed()).await;
             if let Some(verdict) = verdict {
                 let _ = expired_tx.send(verdict);

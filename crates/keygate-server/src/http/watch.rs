@@ -18,7 +18,9 @@
 //!
 //! What is never cut: a request keygate is working on without waiting for the client (the
 //! upstream is slow, or has not taken the body yet), a response the client keeps reading
-//! however long it streams, and an upgraded (WebSocket) connection.
+//! however long it streams, and an upgraded (WebSocket) connection. Once the app has
+//! answered, though, what is left of the request's body must keep moving: nothing else
+//! bounds it.
 
 use axum::body::Body;
 use hyper::body::{Bytes, Frame, Incoming, SizeHint};
