@@ -129,7 +129,6 @@ impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Front {
     fn call(&self, request: hyper::Request<hyper::body::Incoming>) -> FrontFuture {
         let fronts = &self.fronts;
         let activity = Some(Arc::clone(&self.activity));
-        let with_body = !hyper::body::Body::is_end_stream(request.body());
         if fronts.forward_auth_beside && is_forward_auth(request.uri().path()) {
             // Forward auth reads the head only; its body is dropped unread.
             self.activity.head(false);
@@ -140,6 +139,7 @@ impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Front {
                 activity,
             };
         }
+        let with_body = !hyper::body::Body::is_end_stream(request.body());
         let number = self.activity.head(with_body);
         let mut request = if with_body {
             let activity = Arc::clone(&self.activity);

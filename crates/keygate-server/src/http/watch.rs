@@ -417,14 +417,14 @@ impl Phase {
 
 /// The watcher's memory between looks: the phase seen and since when.
 #[derive(Debug, Clone, Copy)]
-pub struct Watcher {
+struct Watcher {
     phase: Phase,
     since: Instant,
 }
 
 impl Watcher {
     /// A watcher of a connection opened at `opened`.
-    pub fn new(opened: Instant) -> Self {
+    fn new(opened: Instant) -> Self {
         Self {
             phase: Phase::Head { heads: 0 },
             since: opened,
