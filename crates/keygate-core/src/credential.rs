@@ -138,11 +138,19 @@ where
 /// (an unsigned `alg: none` token has an empty third one and must still be treated, and
 /// refused, as a token).
 pub fn looks_like_jwt(value: &str) -> bool {
-    let segments: Vec<&str> = value.split('.').collect();
-    segments.len() == 3
-        && !segments[0].is_empty()
-        && !segments[1].is_empty()
-        && segments.iter().all(|segment| {
+    // Asked of every credential: the segments are looked at where they lie, not collected.
+    let mut segments = value.split('.');
+    let (Some(header), Some(payload), Some(signature), None) = (
+        segments.next(),
+        segments.next(),
+        segments.next(),
+        segments.next(),
+    ) else {
+        return false;
+    };
+    !header.is_empty()
+        && !payload.is_empty()
+        && [header, payload, signature].iter().all(|segment| {
             segment
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
@@ -264,5 +272,6 @@ mod tests {
         assert!(looks_like_jwt("eyJh.eyJz."));
         assert!(!looks_like_jwt(".eyJz.sig"));
         assert!(!looks_like_jwt("kg_abc"));
+        assert!(!looks_like_jwt("eyJh.eyJz.c2ln.more"));
     }
 }

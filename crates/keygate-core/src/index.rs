@@ -18,6 +18,36 @@ pub struct IndexedKey {
     pub usage: Arc<UsageCounter>,
     /// The plan's limits with the key's overrides applied; `None` when unlimited.
     pub limits: Option<Arc<Limits>>,
+    /// What the server renders from the record once rather than per request.
+    pub derived: Derived,
+}
+
+/// A slot for what an outer layer derives from a key entry once and reuses on every
+/// request (the server keeps the key's identity header values here, which would
+/// otherwise be formatted and copied for each allowed request). Any change to a key
+/// makes a new entry, so nothing kept here outlives the record it was made from.
+#[derive(Default)]
+pub struct Derived(std::sync::OnceLock<Box<dyn std::any::Any + Send + Sync>>);
+
+impl Derived {
+    /// The value kept here, made by `make` on first use. `None` only if another type was
+    /// kept here first (one layer owns the slot).
+    pub fn get_or_init<T: std::any::Any + Send + Sync>(
+        &self,
+        make: impl FnOnce() -> T,
+    ) -> Option<&T> {
+        self.0.get_or_init(|| Box::new(make())).downcast_ref()
+    }
+}
+
+impl std::fmt::Debug for Derived {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "Derived(set)"
+        } else {
+            "Derived(unset)"
+        })
+    }
 }
 
 impl IndexedKey {
@@ -85,6 +115,7 @@ impl KeyIndex {
                 record,
                 usage,
                 limits,
+                derived: Derived::default(),
             }),
         );
     }
@@ -206,5 +237,27 @@ impl KeyIndex {
             }
         }
         counts
+    }
+}
+
+#[cfg(test)]
+mod derived_tests {
+    use super::Derived;
+
+    #[test]
+    fn a_derived_value_is_made_once_and_kept() {
+        let slot = Derived::default();
+        let mut made = 0;
+        for _ in 0..3 {
+            let value = slot.get_or_init(|| {
+                made += 1;
+                String::from("kept")
+            });
+            assert_eq!(value.map(String::as_str), Some("kept"));
+        }
+        assert_eq!(made, 1);
+        // Another type than the one kept: none, never a wrong value.
+        assert_eq!(slot.get_or_init(|| 7_u32), None);
+        assert_eq!(format!("{slot:?}"), "Derived(set)");
     }
 }

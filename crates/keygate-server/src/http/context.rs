@@ -56,7 +56,7 @@ pub fn rate_limit_fields(limits: &[LimitStatus]) -> Option<(String, String)> {
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 // Made once: inserting by `&str` would parse the name on every response.
-const REQUEST_ID_NAME: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
+pub const REQUEST_ID_NAME: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
 const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 

@@ -13,7 +13,7 @@ use crate::http::context::{self, set_request_limits};
 use crate::http::error::ApiError;
 use crate::http::error::Rejection;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use axum::response::{IntoResponse, Response};
 use keygate_core::limit::LimitStatuses;
 use keygate_core::route::{Access, ProjectRule, normalize_path, policy_for};
@@ -28,6 +28,33 @@ const ORIGINAL_URI: [HeaderName; 2] = [
     HeaderName::from_static("x-forwarded-uri"),
     HeaderName::from_static("x-original-uri"),
 ];
+
+/// The original URI as a proxy sent it.
+enum OriginalUri<'a> {
+    /// The origin form nginx, Traefik and Caddy send (`/path?query`), split where it lies:
+    /// this runs for every request a proxy passes on, and parsing copies the text.
+    Split {
+        path: &'a str,
+        query: Option<&'a str>,
+    },
+    /// Anything else (an absolute URI), parsed.
+    Parsed(Uri),
+}
+
+/// `None` when the value is no URI (the caller falls back to the request's own).
+fn original_uri(value: &str) -> Option<OriginalUri<'_>> {
+    // Header text is visible ASCII, spaces and tabs; a URI has no spaces or tabs.
+    if !value.starts_with('/') || value.bytes().any(|b| b == b' ' || b == b'\t') {
+        return value.parse().ok().map(OriginalUri::Parsed);
+    }
+    // A fragment is never the server's; drop one as URI parsing does.
+    let value = value.split_once('#').map_or(value, |(before, _)| before);
+    let (path, query) = match value.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (value, None),
+    };
+    Some(OriginalUri::Split { path, query })
+}
 
 fn header<'a>(headers: &'a HeaderMap, names: &[HeaderName]) -> Option<&'a str> {
     names
@@ -113,20 +140,30 @@ fn decide(
     let (method, uri, headers) = (&parts.method, &parts.uri, &parts.headers);
     let original_method = header(headers, &ORIGINAL_METHOD).unwrap_or(method.as_str());
     // The original URI: from the proxy's header, else whatever follows our own path (the
-    // form Envoy's path_prefix produces), else the request's URI itself.
-    let suffix = uri
-        .path_and_query()
-        .map(|pq| pq.as_str())
-        .and_then(|pq| pq.strip_prefix("/api/v1/forward-auth"))
-        .filter(|rest| rest.starts_with('/'))
-        .and_then(|rest| rest.parse::<Uri>().ok());
-    let original_uri: Uri = header(headers, &ORIGINAL_URI)
-        .and_then(|u| u.parse().ok())
-        .or(suffix)
-        .unwrap_or_else(|| uri.clone());
+    // form Envoy's path_prefix produces), else the request's URI itself. A parsed URI is
+    // kept here for the borrowed path and query below.
+    let parsed: Uri;
+    let (original_path, original_query) =
+        match header(headers, &ORIGINAL_URI).and_then(original_uri) {
+            Some(OriginalUri::Split { path, query }) => (path, query),
+            Some(OriginalUri::Parsed(uri)) => {
+                parsed = uri;
+                (parsed.path(), parsed.query())
+            }
+            None => {
+                parsed = uri
+                    .path_and_query()
+                    .map(|pq| pq.as_str())
+                    .and_then(|pq| pq.strip_prefix("/api/v1/forward-auth"))
+                    .filter(|rest| rest.starts_with('/'))
+                    .and_then(|rest| rest.parse::<Uri>().ok())
+                    .unwrap_or_else(|| uri.clone());
+                (parsed.path(), parsed.query())
+            }
+        };
     // Matched on the path as the upstream will resolve it: a raw `/public/../admin` (what
     // nginx's $request_uri holds) must be checked as /admin.
-    let Some(path) = normalize_path(original_uri.path()) else {
+    let Some(path) = normalize_path(original_path) else {
         return Err(ApiError::invalid(
             "The original path climbs above the root or hides a separator (%2f, %5c).",
         )
@@ -147,7 +184,7 @@ fn decide(
         .engine
         .authenticate_route(
             headers,
-            original_uri.query(),
+            original_query,
             &scopes,
             client_ip,
             project_required,
@@ -168,15 +205,17 @@ fn decide(
 /// (Traefik's `authResponseHeaders`, Envoy's `allowed_upstream_headers`), and Caddy 2.6
 /// would set the literal placeholder text instead.
 fn allowed(names: &IdentityNames, principal: Option<&Principal>) -> Response {
-    let mut response = empty(StatusCode::OK);
+    let mut response = Response::new(axum::body::Body::empty());
+    let mut headers = names.allowed_head.clone();
     let values = principal.map_or([None, None, None, None], identity_headers);
-    let headers = response.headers_mut();
-    for (name, value) in names.all().into_iter().zip(values) {
-        headers.insert(
-            name.clone(),
-            value.unwrap_or_else(|| HeaderValue::from_static("")),
-        );
+    // The clone keeps the template's order: the length, then the identity headers in the
+    // order of `all()`.
+    for (slot, value) in headers.values_mut().skip(1).zip(values) {
+        if let Some(value) = value {
+            *slot = value;
+        }
     }
+    *response.headers_mut() = headers;
     response
 }
 
@@ -187,6 +226,11 @@ pub struct IdentityNames {
     user: HeaderName,
     project: HeaderName,
     scopes: HeaderName,
+    /// The head of forward auth's 200: `Content-Length: 0`, then every identity header,
+    /// empty, then the request id. Each answer clones it and fills the values in place: a clone copies the
+    /// map without hashing a name, where inserting five names hashes each of them, the
+    /// largest share of an allowed answer's work (BENCHMARKS.md).
+    allowed_head: HeaderMap,
 }
 
 impl IdentityNames {
@@ -201,11 +245,32 @@ impl IdentityNames {
                 format!("identity_header_prefix {prefix:?} makes no valid header name")
             })
         };
+        let [key_id, user, project, scopes] = [
+            name("key-id")?,
+            name("user")?,
+            name("project")?,
+            name("scopes")?,
+        ];
+        // Room to spare: a map at its capacity grows on any insert, even one that only
+        // replaces a value (as the request id's does), and an answer may add the two
+        // `RateLimit` fields.
+        let mut allowed_head = HeaderMap::with_capacity(12);
+        allowed_head.insert(
+            axum::http::header::CONTENT_LENGTH,
+            HeaderValue::from_static("0"),
+        );
+        for name in [&key_id, &user, &project, &scopes] {
+            allowed_head.insert(name.clone(), HeaderValue::from_static(""));
+        }
+        // Set on the way out (`context::finish`); in place here, so the clone need not
+        // grow for it.
+        allowed_head.insert(context::REQUEST_ID_NAME, HeaderValue::from_static("-"));
         Ok(Self {
-            key_id: name("key-id")?,
-            user: name("user")?,
-            project: name("project")?,
-            scopes: name("scopes")?,
+            key_id,
+            user,
+            project,
+            scopes,
+            allowed_head,
         })
     }
 }
@@ -214,24 +279,32 @@ impl IdentityNames {
 /// the order of [`IdentityNames::all`]: key id, user, project, scopes. `None` where there
 /// is nothing to say (a key without an owner, a request outside any project).
 pub fn identity_headers(principal: &Principal) -> [Option<HeaderValue>; 4] {
-    let id = |id: &uuid::Uuid| {
-        // Written into a buffer on the stack rather than formatted into a String.
-        let mut buffer = uuid::Uuid::encode_buffer();
-        HeaderValue::from_str(id.hyphenated().encode_lower(&mut buffer)).ok()
-    };
-    let text = |text: &str| HeaderValue::from_str(text).ok();
     match principal {
         Principal::ApiKey {
             key,
             owner,
             project,
             ..
-        } => [
-            id(&key.record.id),
-            owner.and_then(|(user, _)| id(&user)),
-            project.as_ref().and_then(id),
-            text(&key.record.scopes.join(" ")),
-        ],
+        } => {
+            let made;
+            let kept = match key.derived.get_or_init(|| KeyIdentity::of(&key.record)) {
+                Some(kept) => kept,
+                None => {
+                    made = KeyIdentity::of(&key.record);
+                    &made
+                }
+            };
+            let owner = owner.and_then(|(user, _)| match &kept.owner {
+                Some((id, value)) if *id == user => Some(value.clone()),
+                _ => id_value(&user),
+            });
+            [
+                kept.key_id.clone(),
+                owner,
+                project.as_ref().and_then(id_value),
+                kept.scopes.clone(),
+            ]
+        }
         Principal::User {
             id: user,
             role,
@@ -239,20 +312,194 @@ pub fn identity_headers(principal: &Principal) -> [Option<HeaderValue>; 4] {
             ..
         } => [
             None,
-            id(user),
-            project.as_ref().and_then(id),
-            text(&role.permissions().join(" ")),
+            id_value(user),
+            project.as_ref().and_then(id_value),
+            HeaderValue::from_str(&role.permissions().join(" ")).ok(),
         ],
         Principal::Open => [None, None, None, None],
     }
 }
 
-fn empty(status: StatusCode) -> Response {
-    let mut response = Response::new(axum::body::Body::empty());
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        axum::http::header::CONTENT_LENGTH,
-        HeaderValue::from_static("0"),
-    );
-    response
+fn id_value(id: &uuid::Uuid) -> Option<HeaderValue> {
+    // Written into a buffer on the stack rather than formatted into a String.
+    let mut buffer = uuid::Uuid::encode_buffer();
+    HeaderValue::from_str(id.hyphenated().encode_lower(&mut buffer)).ok()
+}
+
+/// A key's identity header values that are the same on every request (the project may
+/// differ per request), made once per key entry and kept with it: formatting and copying
+/// them was a large share of an allowed request's work (BENCHMARKS.md).
+struct KeyIdentity {
+    key_id: Option<HeaderValue>,
+    /// The owner's id with its value.
+    owner: Option<(uuid::Uuid, HeaderValue)>,
+    scopes: Option<HeaderValue>,
+}
+
+impl KeyIdentity {
+    fn of(record: &keygate_core::record::KeyRecord) -> Self {
+        Self {
+            key_id: id_value(&record.id),
+            owner: record
+                .owner
+                .and_then(|owner| Some((owner, id_value(&owner)?))),
+            scopes: HeaderValue::from_str(&record.scopes.join(" ")).ok(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keygate_core::index::KeyIndex;
+    use keygate_core::record::{KeyOrigin, KeyRecord};
+    use keygate_core::user::Role;
+    use std::sync::Arc;
+    use uuid::Uuid;
+
+    fn split(value: &str) -> Option<(String, Option<String>)> {
+        original_uri(value).map(|uri| match uri {
+            OriginalUri::Split { path, query } => (path.to_owned(), query.map(str::to_owned)),
+            OriginalUri::Parsed(uri) => (
+                format!("parsed:{}", uri.path()),
+                uri.query().map(str::to_owned),
+            ),
+        })
+    }
+
+    #[test]
+    fn original_uris_are_split_as_uri_parsing_would() {
+        let s = |path: &str, query: Option<&str>| Some((path.to_owned(), query.map(str::to_owned)));
+        assert_eq!(split("/files/a"), s("/files/a", None));
+        assert_eq!(split("/files/a?x=1&y=2"), s("/files/a", Some("x=1&y=2")));
+        assert_eq!(split("/files/a?x=1#top"), s("/files/a", Some("x=1")));
+        assert_eq!(split("/files/a#top?x"), s("/files/a", None));
+        assert_eq!(split("/a/../b"), s("/a/../b", None));
+        // Not the origin form: parsed, as before.
+        assert_eq!(
+            split("http://app.example/p?q=1"),
+            s("parsed:/p", Some("q=1"))
+        );
+        // No URI at all: the caller falls back to the request's own.
+        assert_eq!(split("/a b"), None);
+        assert_eq!(split("/a\tb"), None);
+        assert_eq!(split(""), None);
+    }
+
+    fn key(scopes: &[&str], owner: Option<Uuid>) -> Arc<keygate_core::index::IndexedKey> {
+        let record = record(scopes, owner);
+        let hash = record.hash;
+        let index = KeyIndex::from_records([record]);
+        Arc::clone(index.get_by_hash(&hash).expect("indexed"))
+    }
+
+    fn record(scopes: &[&str], owner: Option<Uuid>) -> KeyRecord {
+        KeyRecord {
+            id: Uuid::from_u128(1),
+            hash: keygate_core::key_format::hash_key("kg_test"),
+            start: "kg_test".into(),
+            name: "test".into(),
+            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+            meta: Default::default(),
+            enabled: true,
+            origin: KeyOrigin::Generated,
+            global: false,
+            owner,
+            plan: None,
+            limits: Default::default(),
+            allowed_cidrs: Vec::new(),
+            project: None,
+            created_at: 0,
+            updated_at: 0,
+            expires_at: None,
+            revoked_at: None,
+            rotated_to: None,
+            last_used_at: None,
+            usage_count: 0,
+        }
+    }
+
+    fn principal(
+        key: &Arc<keygate_core::index::IndexedKey>,
+        owner: Option<Uuid>,
+        project: Option<Uuid>,
+    ) -> Principal {
+        Principal::ApiKey {
+            key: Arc::clone(key),
+            owner: owner.map(|id| (id, Role::User)),
+            limits: LimitStatuses::default(),
+            project,
+        }
+    }
+
+    fn answer_headers(response: &Response) -> Vec<(String, String)> {
+        response
+            .headers()
+            .iter()
+            .map(|(name, value)| {
+                (
+                    name.as_str().to_owned(),
+                    value.to_str().expect("text").to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn allowed_answers_put_each_identity_value_under_its_own_name() {
+        let names = IdentityNames::new("x-id-").expect("names");
+        let (owner, project) = (Uuid::from_u128(2), Uuid::from_u128(3));
+        let key = key(&["files:read", "files:write"], Some(owner));
+        let want = |user: &str, project: &str| {
+            vec![
+                ("content-length".to_owned(), "0".to_owned()),
+                (
+                    "x-id-key-id".to_owned(),
+                    "00000000-0000-0000-0000-000000000001".to_owned(),
+                ),
+                ("x-id-user".to_owned(), user.to_owned()),
+                ("x-id-project".to_owned(), project.to_owned()),
+                (
+                    "x-id-scopes".to_owned(),
+                    "files:read files:write".to_owned(),
+                ),
+                ("x-request-id".to_owned(), "-".to_owned()),
+            ]
+        };
+        // Twice: the second answer takes the values kept with the key.
+        for _ in 0..2 {
+            let response = allowed(&names, Some(&principal(&key, Some(owner), Some(project))));
+            assert_eq!(
+                answer_headers(&response),
+                want(
+                    "00000000-0000-0000-0000-000000000002",
+                    "00000000-0000-0000-0000-000000000003"
+                )
+            );
+        }
+        // The project is the request's, not kept with the key; an owner the decision no
+        // longer reports is not sent.
+        let response = allowed(&names, Some(&principal(&key, None, None)));
+        assert_eq!(answer_headers(&response), want("", ""));
+        // A public route: every identity header present and empty.
+        let response = allowed(&names, None);
+        let headers = answer_headers(&response);
+        assert_eq!(headers[1], ("x-id-key-id".to_owned(), String::new()));
+        assert_eq!(headers[4], ("x-id-scopes".to_owned(), String::new()));
+    }
+
+    #[test]
+    fn a_changed_key_gets_its_identity_values_anew() {
+        let names = IdentityNames::new("x-keygate-").expect("names");
+        let mut index = KeyIndex::from_records([record(&["a"], None)]);
+        let hash = record(&[], None).hash;
+        let before = Arc::clone(index.get_by_hash(&hash).expect("indexed"));
+        let response = allowed(&names, Some(&principal(&before, None, None)));
+        assert_eq!(response.headers()["x-keygate-scopes"], "a");
+        // The change feed brings the key back with another scope.
+        index.upsert(record(&["a", "b"], None));
+        let after = Arc::clone(index.get_by_hash(&hash).expect("indexed"));
+        let response = allowed(&names, Some(&principal(&after, None, None)));
+        assert_eq!(response.headers()["x-keygate-scopes"], "a b");
+    }
 }
