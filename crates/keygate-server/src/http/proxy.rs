@@ -387,15 +387,18 @@ fn prepare(
         if let Some(name) = &upstream.api_key_header {
             headers.remove(name);
         }
-        let app_authorization: Vec<HeaderValue> = headers
-            .get_all(header::AUTHORIZATION)
-            .iter()
-            .filter(|v| !is_credential_authorization(v))
-            .cloned()
-            .collect();
-        headers.remove(header::AUTHORIZATION);
-        for value in app_authorization {
-            headers.append(header::AUTHORIZATION, value);
+        // Most requests carry their key in one place only: look before rewriting.
+        if headers.contains_key(header::AUTHORIZATION) {
+            let app_authorization: Vec<HeaderValue> = headers
+                .get_all(header::AUTHORIZATION)
+                .iter()
+                .filter(|v| !is_credential_authorization(v))
+                .cloned()
+                .collect();
+            headers.remove(header::AUTHORIZATION);
+            for value in app_authorization {
+                headers.append(header::AUTHORIZATION, value);
+            }
         }
     }
     // Identity headers come from keygate alone: a client's own copies are dropped.
@@ -561,17 +564,26 @@ fn forwarded_headers(
         }
         peer.map(|p| p.text.clone())
     };
-    headers.remove(X_FORWARDED_FOR);
-    if let Some(value) = forwarded_for {
-        headers.insert(X_FORWARDED_FOR, value);
+    // `insert` replaces every earlier value: a removal is only needed without one.
+    match forwarded_for {
+        Some(value) => {
+            headers.insert(X_FORWARDED_FOR, value);
+        }
+        None => {
+            headers.remove(X_FORWARDED_FOR);
+        }
     }
     if !peer_trusted || !headers.contains_key(X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     }
     if !peer_trusted || !headers.contains_key(X_FORWARDED_HOST) {
-        headers.remove(X_FORWARDED_HOST);
-        if let Some(original) = original_host {
-            headers.insert(X_FORWARDED_HOST, original.clone());
+        match original_host {
+            Some(original) => {
+                headers.insert(X_FORWARDED_HOST, original.clone());
+            }
+            None => {
+                headers.remove(X_FORWARDED_HOST);
+            }
         }
     }
 }
