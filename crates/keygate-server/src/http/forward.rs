@@ -19,12 +19,12 @@ use keygate_core::limit::LimitStatuses;
 use keygate_core::route::{Access, ProjectRule, normalize_path, policy_for};
 
 /// The original method and URI as proxies send them (names made once, not parsed per
-/// request).
-const ORIGINAL_METHOD: [HeaderName; 2] = [
+/// request; `static`, since a const array is made and dropped again at each use).
+static ORIGINAL_METHOD: [HeaderName; 2] = [
     HeaderName::from_static("x-forwarded-method"),
     HeaderName::from_static("x-original-method"),
 ];
-const ORIGINAL_URI: [HeaderName; 2] = [
+static ORIGINAL_URI: [HeaderName; 2] = [
     HeaderName::from_static("x-forwarded-uri"),
     HeaderName::from_static("x-original-uri"),
 ];
@@ -368,13 +368,18 @@ mod tests {
     }
 
     #[test]
-    fn original_uris_are_split_as_uri_parsing_would() {
+    fn original_uris_are_split_into_path_and_query_where_they_lie() {
         let s = |path: &str, query: Option<&str>| Some((path.to_owned(), query.map(str::to_owned)));
         assert_eq!(split("/files/a"), s("/files/a", None));
         assert_eq!(split("/files/a?x=1&y=2"), s("/files/a", Some("x=1&y=2")));
         assert_eq!(split("/files/a?x=1#top"), s("/files/a", Some("x=1")));
         assert_eq!(split("/files/a#top?x"), s("/files/a", None));
         assert_eq!(split("/a/../b"), s("/a/../b", None));
+        // Characters `Uri` refuses (`<`, `"`) are read as sent, as the upstream gets them;
+        // `normalize_path` still refuses what could hide a path (`%2f`, `\`, `..` above
+        // the root).
+        assert_eq!(split("/public/<x"), s("/public/<x", None));
+        assert_eq!(split("/files?q=\"a\""), s("/files", Some("q=\"a\"")));
         // Not the origin form: parsed, as before.
         assert_eq!(
             split("http://app.example/p?q=1"),
@@ -481,6 +486,13 @@ mod tests {
         // longer reports is not sent.
         let response = allowed(&names, Some(&principal(&key, None, None)));
         assert_eq!(answer_headers(&response), want("", ""));
+        // An owner other than the one kept with the key is written out, not replaced.
+        let other = Uuid::from_u128(4);
+        let response = allowed(&names, Some(&principal(&key, Some(other), None)));
+        assert_eq!(
+            answer_headers(&response),
+            want("00000000-0000-0000-0000-000000000004", "")
+        );
         // A public route: every identity header present and empty.
         let response = allowed(&names, None);
         let headers = answer_headers(&response);

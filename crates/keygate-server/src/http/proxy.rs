@@ -110,8 +110,9 @@ fn may_carry_credential(query: &str) -> bool {
 }
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1); never
-/// forwarded, in either direction.
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// forwarded, in either direction. A `static`, not a `const`: a const array of names is
+/// made and dropped again wherever it is used, here once per header of every message.
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -510,6 +511,15 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
+/// Forwarding headers only a trusted proxy may send (a `static`: see [`HOP_BY_HOP`]).
+static UNTRUSTED_FORWARDING: [HeaderName; 5] = [
+    FORWARDED,
+    X_REAL_IP,
+    X_FORWARDED_PORT,
+    X_FORWARDED_PREFIX,
+    X_FORWARDED_SERVER,
+];
+
 /// `X-Forwarded-For/-Host/-Proto`: what the upstream needs to know about the original
 /// request. A chain sent by an untrusted client is replaced, not extended.
 fn forwarded_headers(
@@ -545,13 +555,7 @@ fn forwarded_headers(
         }
     } else {
         // What an untrusted client says about addresses and hops is not passed on.
-        let untrusted = [
-            FORWARDED,
-            X_REAL_IP,
-            X_FORWARDED_PORT,
-            X_FORWARDED_PREFIX,
-            X_FORWARDED_SERVER,
-        ];
+        let untrusted = &UNTRUSTED_FORWARDING;
         let client_ip_header = upstream.client_ip_header.as_ref();
         // Most requests carry none of them: one pass over the names instead of six removals.
         if headers
