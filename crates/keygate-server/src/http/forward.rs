@@ -352,7 +352,7 @@ impl KeyIdentity {
 mod tests {
     use super::*;
     use keygate_core::index::KeyIndex;
-    use keygate_core::record::{KeyOrigin, KeyRecord};
+    use keygate_core::record::KeyRecord;
     use keygate_core::user::Role;
     use std::sync::Arc;
     use uuid::Uuid;
@@ -399,29 +399,18 @@ mod tests {
     }
 
     fn record(scopes: &[&str], owner: Option<Uuid>) -> KeyRecord {
-        KeyRecord {
-            id: Uuid::from_u128(1),
-            hash: keygate_core::key_format::hash_key("kg_test"),
-            start: "kg_test".into(),
+        let spec = crate::mint::KeySpec {
             name: "test".into(),
             scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
-            meta: Default::default(),
             enabled: true,
-            origin: KeyOrigin::Generated,
-            global: false,
-            owner,
-            plan: None,
-            limits: Default::default(),
-            allowed_cidrs: Vec::new(),
-            project: None,
-            created_at: 0,
-            updated_at: 0,
-            expires_at: None,
-            revoked_at: None,
-            rotated_to: None,
-            last_used_at: None,
-            usage_count: 0,
-        }
+            ..Default::default()
+        };
+        let (_, mut record) = crate::mint::mint(&spec, 0).expect("mint");
+        // Fixed, so answers can be compared and a changed record found again.
+        record.id = Uuid::from_u128(1);
+        record.hash = keygate_core::key_format::hash_key("kg_test");
+        record.owner = owner;
+        record
     }
 
     fn principal(
