@@ -227,9 +227,9 @@ pub struct IdentityNames {
     project: HeaderName,
     scopes: HeaderName,
     /// The head of forward auth's 200: `Content-Length: 0`, then every identity header,
-    /// empty, then the request id. Each answer clones it and fills the values in place: a clone copies the
-    /// map without hashing a name, where inserting five names hashes each of them, the
-    /// largest share of an allowed answer's work (BENCHMARKS.md).
+    /// empty, then the request id. Each answer clones it and fills the values in place:
+    /// a clone copies the map without hashing a name, where inserting five names hashes
+    /// each of them, the largest share of an allowed answer's work (BENCHMARKS.md).
     allowed_head: HeaderMap,
 }
 
