@@ -213,40 +213,49 @@ pub async fn serve(
         let connection = hyper::server::conn::http1::Builder::new()
             .serve_connection(io, fronts.for_peer(peer, Arc::clone(&activity)))
             .with_upgrades();
-        // The watcher runs as a task of its own, so the connection's task polls nothing
-        // more per request than a channel; it ends with the connection.
-        let (expired_tx, expired) = tokio::sync::oneshot::channel();
+        // The watcher runs as a task of its own and signals through `activity`, so the
+        // connection's task checks one atomic per poll; it ends with the connection.
+        let (gone_tx, gone) = tokio::sync::oneshot::channel::<()>();
         let timeouts = fronts.timeouts;
         let opened = std::time::Instant::now();
-        tokio::spawn(async move {
-            let mut expired_tx = expired_tx;
-            let verdict = watch::watch(activity, timeouts, opened, expired_tx.closed()).await;
-            if let Some(verdict) = verdict {
-                let _ = expired_tx.send(verdict);
-            }
-        });
         let mut stop = stop_rx.clone();
-        connections.spawn(async move {
-            let mut connection = std::pin::pin!(connection);
-            // Fused: polled again after the watcher ended without a verdict, it waits.
-            let mut expired = futures_util::FutureExt::fuse(expired);
-            let closing = |why: watch::Expired| {
-                tracing::debug!(reason = why.as_str(), "closing a client connection");
-                Ok(())
+        let watched = Arc::clone(&activity);
+        tokio::spawn(async move {
+            let stop = async move {
+                // A dropped sender means the server is going away too.
+                let _ = stop.changed().await;
             };
-            let ended = tokio::select! {
-                ended = connection.as_mut() => ended,
-                Ok(why) = &mut expired => closing(why),
-                _ = stop.changed() => {
-                    // Finish the request in flight, then close (unless the client is
-                    // too slow to let it finish).
-                    connection.as_mut().graceful_shutdown();
-                    tokio::select! {
-                        ended = connection.as_mut() => ended,
-                        Ok(why) = &mut expired => closing(why),
+            let gone = async move {
+                let _ = gone.await;
+            };
+            watch::watch(watched, timeouts, opened, stop, gone).await;
+        });
+        connections.spawn(async move {
+            // Dropped when the connection ends, which ends its watcher.
+            let _gone = gone_tx;
+            let mut connection = std::pin::pin!(connection);
+            let mut stopping = false;
+            let ended = std::future::poll_fn(|cx| {
+                loop {
+                    if let Poll::Ready(ended) = connection.as_mut().poll(cx) {
+                        return Poll::Ready(ended);
+                    }
+                    match activity.signalled(cx) {
+                        Some(watch::Signal::Expired(why)) => {
+                            tracing::debug!(reason = why.as_str(), "closing a client connection");
+                            return Poll::Ready(Ok(()));
+                        }
+                        Some(watch::Signal::Stop) if !stopping => {
+                            // Finish the request in flight, then close (unless the client
+                            // is too slow to let it finish).
+                            stopping = true;
+                            connection.as_mut().graceful_shutdown();
+                        }
+                        _ => return Poll::Pending,
                     }
                 }
-            };
+            })
+            .await;
             if let Err(err) = ended {
                 tracing::debug!(error = %err, "connection ended with an error");
             }

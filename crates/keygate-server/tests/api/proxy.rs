@@ -503,3 +503,89 @@ async fn an_upload_the_app_answered_early_holds_up_no_other_request() {
     }
     drop(uploader);
 }
+
+/// Reads one whole HTTP/1.1 answer (with `Content-Length`) from `stream`.
+async fn read_answer(stream: &mut tokio::net::TcpStream) -> String {
+    let mut seen = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&seen[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|line| line.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .expect("content-length");
+            if seen.len() >= end + 4 + length {
+                return String::from_utf8_lossy(&seen).into_owned();
+            }
+        }
+        let n = stream.read(&mut chunk).await.expect("read");
+        assert!(n > 0, "closed mid-answer: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[tokio::test]
+async fn a_stop_finishes_the_request_in_flight_and_closes_idle_connections() {
+    // An upstream that holds its one answer until the test releases it.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let upstream = format!("http://{}", listener.local_addr().expect("addr"));
+    let (arrived_tx, arrived) = tokio::sync::oneshot::channel::<()>();
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.expect("accept");
+        let mut seen = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = stream.read(&mut chunk).await.expect("read");
+            assert!(n > 0, "the proxy hung up");
+            seen.extend_from_slice(&chunk[..n]);
+        }
+        let _ = arrived_tx.send(());
+        let _ = released.await;
+        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nheld";
+        stream.write_all(answer).await.expect("answer");
+        // Keep the connection open, as a keep-alive upstream would.
+        let _ = stream.read(&mut chunk).await;
+    });
+    let mut config = UpstreamConfig::new(&upstream).expect("upstream");
+    config.timeout = Duration::from_secs(30);
+    let mut server = TestServer::start_with(ServerConfig {
+        upstream: Some(config),
+        routes: serde_json::from_value(json!([{"path": "/held", "access": "public"}]))
+            .expect("routes"),
+        ..test_config()
+    })
+    .await;
+    let address = server.base.trim_start_matches("http://").to_string();
+
+    // A keep-alive connection that has had its answer and sits idle.
+    let mut idle = tokio::net::TcpStream::connect(&address)
+        .await
+        .expect("connect");
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nhost: keygate\r\n\r\n")
+        .await
+        .expect("write");
+    assert!(read_answer(&mut idle).await.starts_with("HTTP/1.1 200"));
+    // A request the upstream has and has not answered yet.
+    let held = format!("{}/held", server.base);
+    let in_flight = tokio::spawn(async move { Client::new().get(held).send().await });
+    arrived.await.expect("the request reached the upstream");
+
+    let stopping = tokio::spawn(async move { server.stop().await });
+    // The idle connection is closed at once (end of stream, nothing more to read).
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), idle.read_to_end(&mut rest))
+        .await
+        .expect("the idle connection was not closed");
+    assert!(read.is_ok_and(|n| n == 0), "{rest:?}");
+    // The request in flight still gets its answer, and only then does the server stop.
+    let _ = release.send(());
+    let response = in_flight.await.expect("task").expect("answer");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.text().await.expect("body"), "held");
+    stopping.await.expect("stopped");
+}
