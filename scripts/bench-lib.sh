@@ -14,8 +14,27 @@ wait_port() {
 
 # Writes DIR/nginx.conf: one worker, no access log, proxy_pass from LISTEN_PORT to
 # UPSTREAM_PORT over keep-alive connections.
-nginx_proxy_conf() { # DIR LISTEN_PORT UPSTREAM_PORT
+# nginx proxy_pass to UPSTREAM_PORT on LISTEN_PORT; with FORWARDING_PORT, also the usual
+# reverse-proxy set-up there (the client's Host and X-Forwarded-For/-Proto/-Host passed
+# on), which is what keygate's proxy sends the upstream on top of its identity headers.
+nginx_proxy_conf() { # DIR LISTEN_PORT UPSTREAM_PORT [FORWARDING_PORT]
   mkdir -p "$1"
+  local forwarding=""
+  if [ -n "${4:-}" ]; then
+    forwarding="
+  server {
+    listen 127.0.0.1:$4;
+    location / {
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection \"\";
+      proxy_set_header Host \$http_host;
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto \$scheme;
+      proxy_set_header X-Forwarded-Host \$http_host;
+    }
+  }"
+  fi
   cat >"$1/nginx.conf" <<CONF
 worker_processes 1;
 daemon off;
@@ -37,7 +56,7 @@ http {
       proxy_http_version 1.1;
       proxy_set_header Connection "";
     }
-  }
+  }$forwarding
 }
 CONF
 }
