@@ -85,6 +85,7 @@ fn bench(c: &mut Criterion) {
                             client_ip: None,
                             project: None,
                             project_required: false,
+                            route_limits: None,
                         },
                     );
                     if let Some(k) = &decision.key {
@@ -108,6 +109,7 @@ fn bench(c: &mut Criterion) {
                         client_ip: None,
                         project: None,
                         project_required: false,
+                        route_limits: None,
                     },
                 )
                 .code
@@ -128,6 +130,7 @@ fn bench(c: &mut Criterion) {
                             client_ip: None,
                             project: None,
                             project_required: false,
+                            route_limits: None,
                         },
                     )
                     .code
@@ -188,6 +191,7 @@ fn bench(c: &mut Criterion) {
                         client_ip: None,
                         project: None,
                         project_required: false,
+                        route_limits: None,
                     },
                 )
                 .code

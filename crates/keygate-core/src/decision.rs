@@ -6,7 +6,7 @@
 use crate::credential::looks_like_jwt;
 use crate::index::{IndexedKey, KeyIndex};
 use crate::key_format::{self, FormatError, hash_key};
-use crate::limit::{LimitRefusal, LimitStatuses};
+use crate::limit::{LimitRefusal, LimitStatuses, RouteLimits};
 use crate::record::{KeyState, UnixMillis};
 use crate::scope;
 use crate::user::{self, Role};
@@ -91,6 +91,8 @@ pub struct Check<'a, S: AsRef<str>> {
     pub project: Option<&'a str>,
     /// The route acts inside a project, so a user-level key must name one.
     pub project_required: bool,
+    /// The route's own rate limits, replacing the key's there.
+    pub route_limits: Option<RouteLimits<'a>>,
 }
 
 /// The outcome, with the key when one was found (also on refusals such as `REVOKED`).
@@ -369,14 +371,26 @@ pub fn decide<S: AsRef<str>>(index: &KeyIndex, check: &Check<'_, S>) -> Decision
     // Limits last: rate limits, then the monthly quota (a refused request spends neither).
     let mut limits = LimitStatuses::default();
     let metered = replacement_of(index, &key);
-    if let Some(key_limits) = &metered.limits {
-        let (admitted, statuses) = metered.usage.limiter().admit(key_limits, check.now);
+    let admitted = match (check.route_limits, &metered.limits) {
+        (Some(route), key_limits) => Some(metered.usage.limiter().admit_on_route(
+            key_limits.as_deref(),
+            route,
+            check.now,
+        )),
+        (None, Some(key_limits)) => Some(metered.usage.limiter().admit(key_limits, check.now)),
+        (None, None) => None,
+    };
+    if let Some((admitted, statuses)) = admitted {
         if let Err(refusal) = admitted {
             let (code, wait, hint) = match refusal {
                 LimitRefusal::RateLimited { retry_after_ms } => (
                     DecisionCode::RateLimited,
                     retry_after_ms,
-                    "slow down: this key's rate limit is reached; retry after the time in Retry-After",
+                    if check.route_limits.is_some() {
+                        "slow down: this key's rate limit on this route is reached; retry after the time in Retry-After"
+                    } else {
+                        "slow down: this key's rate limit is reached; retry after the time in Retry-After"
+                    },
                 ),
                 LimitRefusal::QuotaExceeded { retry_after_ms } => (
                     DecisionCode::QuotaExceeded,
@@ -493,6 +507,7 @@ mod tests {
                 client_ip: None,
                 project: None,
                 project_required: false,
+                route_limits: None,
             },
         )
     }
@@ -622,6 +637,7 @@ mod tests {
                 client_ip: None,
                 project: None,
                 project_required: false,
+                route_limits: None,
             },
         );
         assert!(trimmed.hint.expect("hint").contains("whitespace"));
@@ -720,6 +736,7 @@ mod owner_tests {
                     client_ip: None,
                     project: None,
                     project_required: false,
+                    route_limits: None,
                 },
             );
             assert_eq!(got.code, want, "{needed}");
@@ -758,6 +775,7 @@ mod ip_tests {
                 client_ip: ip.map(|i| i.parse().expect("ip")),
                 project: None,
                 project_required: false,
+                route_limits: None,
             };
             assert_eq!(decide(&index, &check).code, want, "{ip:?}");
         }
@@ -862,6 +880,7 @@ mod project_tests {
                 client_ip: None,
                 project: header,
                 project_required: required,
+                route_limits: None,
             };
             let decision = decide(&index, &check);
             assert_eq!(
@@ -919,6 +938,7 @@ mod project_review_tests {
                 client_ip: None,
                 project,
                 project_required: false,
+                route_limits: None,
             };
             decide(index, &check).code
         };

@@ -216,9 +216,19 @@ pub enum LimitRefusal {
 const NANOS_PER_MS: i64 = 1_000_000;
 const NANOS_PER_SEC: i64 = 1_000_000_000;
 
-/// Per-key limiter state: one TAT per rate limit, and this month's quota use.
+/// Rate limits a route puts in place of a key's own (a route policy's `rate_limits`):
+/// counted per key and route, while the key's monthly quota still applies and counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteLimits<'a> {
+    /// The route's place among the route policies: its limiter state is kept under it.
+    pub route: u32,
+    /// Empty: no rate limit on the route.
+    pub rate_limits: &'a [RateLimit],
+}
+
+/// The GCRA state of one set of rate limits.
 #[derive(Debug, Default, Clone, PartialEq)]
-pub struct LimitState {
+struct RateState {
     /// Theoretical arrival times in nanoseconds: whole milliseconds would lose a burst
     /// slot when the interval is not a whole millisecond, and floats drift.
     tats: Vec<i64>,
@@ -227,6 +237,34 @@ pub struct LimitState {
     /// Per limit: emission interval and burst tolerance in nanoseconds, computed once
     /// (64-bit divisions are the expensive part of the check).
     gcra: Vec<(i64, i64)>,
+}
+
+impl RateState {
+    /// Makes the state track `rate_limits`, starting afresh when they changed.
+    fn track(&mut self, rate_limits: &[RateLimit]) {
+        if self.seen != rate_limits {
+            // The limits changed (plan edit): start the new ones fresh.
+            self.tats = vec![i64::MIN; rate_limits.len()];
+            self.seen = rate_limits.to_vec();
+            self.gcra = rate_limits
+                .iter()
+                .map(|l| {
+                    let t = l.interval_ns();
+                    (t, t.saturating_mul(i64::from(l.burst() - 1)))
+                })
+                .collect();
+        }
+    }
+}
+
+/// Per-key limiter state: one TAT per rate limit (the key's own, and those of routes
+/// that replace them), and this month's quota use.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct LimitState {
+    /// The key's own rate limits.
+    rate: RateState,
+    /// Rate limits of routes that replace the key's, by route.
+    routes: Vec<(u32, RateState)>,
     /// Bounds of `month`, cached so the calendar is consulted once a month.
     month_start: UnixMillis,
     month_end: UnixMillis,
@@ -261,19 +299,54 @@ impl LimitState {
         limits: &Limits,
         now: UnixMillis,
     ) -> (Result<(), LimitRefusal>, LimitStatuses) {
-        if self.seen != limits.rate_limits {
-            // The limits changed (plan edit): start the new ones fresh.
-            self.tats = vec![i64::MIN; limits.rate_limits.len()];
-            self.seen.clone_from(&limits.rate_limits);
-            self.gcra = limits
-                .rate_limits
-                .iter()
-                .map(|l| {
-                    let t = l.interval_ns();
-                    (t, t.saturating_mul(i64::from(l.burst() - 1)))
-                })
-                .collect();
-        }
+        self.admit_with(
+            &limits.rate_limits,
+            None,
+            limits.monthly_quota,
+            limits.overage,
+            now,
+        )
+    }
+
+    /// [`LimitState::admit`] on a route whose rate limits replace the key's own; the
+    /// key's monthly quota (from `limits`, if it has any) still applies and counts.
+    pub fn admit_on_route(
+        &mut self,
+        limits: Option<&Limits>,
+        route: RouteLimits<'_>,
+        now: UnixMillis,
+    ) -> (Result<(), LimitRefusal>, LimitStatuses) {
+        self.admit_with(
+            route.rate_limits,
+            Some(route.route),
+            limits.and_then(|l| l.monthly_quota),
+            limits.map(|l| l.overage).unwrap_or_default(),
+            now,
+        )
+    }
+
+    fn admit_with(
+        &mut self,
+        rate_limits: &[RateLimit],
+        route: Option<u32>,
+        monthly_quota: Option<u64>,
+        overage: Overage,
+        now: UnixMillis,
+    ) -> (Result<(), LimitRefusal>, LimitStatuses) {
+        let rate = match route {
+            None => &mut self.rate,
+            Some(route) => {
+                let at = match self.routes.iter().position(|(r, _)| *r == route) {
+                    Some(at) => at,
+                    None => {
+                        self.routes.push((route, RateState::default()));
+                        self.routes.len() - 1
+                    }
+                };
+                &mut self.routes[at].1
+            }
+        };
+        rate.track(rate_limits);
         if now < self.month_start || now >= self.month_end {
             let (month, month_end) = month_of(now);
             if month != self.month {
@@ -287,7 +360,7 @@ impl LimitState {
         // only reads, so a refusal by any limit consumes none of them.
         let mut denied: Option<i64> = None;
         let now_ns = now.saturating_mul(NANOS_PER_MS);
-        for (limit, tat) in limits.rate_limits.iter().zip(&self.tats) {
+        for (limit, tat) in rate_limits.iter().zip(&rate.tats) {
             let ahead = (*tat).max(now_ns) - now_ns;
             let tolerance = limit
                 .interval_ns()
@@ -299,15 +372,12 @@ impl LimitState {
             }
         }
         let quota_refused = denied.is_none()
-            && limits.monthly_quota.is_some_and(|quota| self.used >= quota)
-            && limits.overage == Overage::Block;
+            && monthly_quota.is_some_and(|quota| self.used >= quota)
+            && overage == Overage::Block;
         let admitted = denied.is_none() && !quota_refused;
         let mut statuses = LimitStatuses::default();
-        for ((limit, &(t, tolerance)), tat) in limits
-            .rate_limits
-            .iter()
-            .zip(&self.gcra)
-            .zip(self.tats.iter_mut())
+        for ((limit, &(t, tolerance)), tat) in
+            rate_limits.iter().zip(&rate.gcra).zip(rate.tats.iter_mut())
         {
             let start = (*tat).max(now_ns);
             let after = if admitted {
@@ -328,7 +398,7 @@ impl LimitState {
                     .unwrap_or(0),
             });
         }
-        if let Some(quota) = limits.monthly_quota {
+        if let Some(quota) = monthly_quota {
             if admitted {
                 self.used += 1;
                 match self.unflushed.last_mut() {
@@ -401,6 +471,58 @@ mod tests {
             }],
             ..Limits::default()
         }
+    }
+
+    #[test]
+    fn a_routes_rate_limits_replace_the_keys_and_are_counted_apart() {
+        let mut state = LimitState::default();
+        let key = Limits {
+            monthly_quota: Some(5),
+            ..per_minute(3)
+        };
+        let strict = [RateLimit {
+            limit: 1,
+            period_seconds: 60,
+            burst: None,
+        }];
+        let convert = RouteLimits {
+            route: 2,
+            rate_limits: &strict,
+        };
+        let unlimited = RouteLimits {
+            route: 4,
+            rate_limits: &[],
+        };
+        let now = 1_800_000_000_000;
+        // The route's one a minute, whatever the key's three.
+        let (outcome, statuses) = state.admit_on_route(Some(&key), convert, now);
+        assert!(outcome.is_ok());
+        // Its statuses are the route's limit and the key's quota.
+        assert_eq!(statuses.as_slice()[0].limit, 1);
+        assert_eq!(statuses.as_slice()[1].name, PolicyName::Month);
+        assert_eq!(statuses.as_slice()[1].remaining, 4);
+        assert!(matches!(
+            state.admit_on_route(Some(&key), convert, now).0,
+            Err(LimitRefusal::RateLimited { .. })
+        ));
+        // The key's own limits elsewhere are untouched by the route's use...
+        for _ in 0..3 {
+            assert!(state.admit(&key, now).0.is_ok());
+        }
+        assert!(state.admit(&key, now).0.is_err());
+        // ...and a route without rate limits is limited by the quota alone, which every
+        // admitted request has counted: one on the route, three elsewhere.
+        assert!(state.admit_on_route(Some(&key), unlimited, now).0.is_ok());
+        assert!(matches!(
+            state.admit_on_route(Some(&key), unlimited, now).0,
+            Err(LimitRefusal::QuotaExceeded { .. })
+        ));
+        assert_eq!(state.used, 5);
+        // A key without limits of its own still gets the route's.
+        let mut bare = LimitState::default();
+        assert!(bare.admit_on_route(None, convert, now).0.is_ok());
+        assert!(bare.admit_on_route(None, convert, now).0.is_err());
+        assert!(bare.admit_on_route(None, unlimited, now).0.is_ok());
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! A pattern is an exact path (`/validate`) that also covers everything below it
 //! (`/validate/x`), or a prefix ending in `*` (`/api/*`).
 
+use crate::limit::{RateLimit, RouteLimits};
+
 /// True when `pattern` covers `path`.
 pub fn matches(pattern: &str, path: &str) -> bool {
     if let Some(prefix) = pattern.strip_suffix('*') {
@@ -186,6 +188,43 @@ pub struct RoutePolicy {
     /// an endpoint of the same path (a preset whose app owns `/api/v1/systeminfo`).
     #[serde(default)]
     pub upstream: bool,
+    /// Rate limits that replace the key's own (its plan's) on this route, counted per key
+    /// and route; the key's monthly quota still applies and counts. `[]`: none here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limits: Option<Vec<RateLimit>>,
+}
+
+impl RoutePolicy {
+    /// What is wrong with this policy, if anything (for the configuration's errors).
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.path.starts_with('/') {
+            return Err(format!("path {:?} must start with /", self.path));
+        }
+        if let Some(limits) = &self.rate_limits {
+            if self.access == Access::Public {
+                return Err(format!(
+                    "path {:?}: a public route takes no credential, so there is no key to count `rate_limits` against",
+                    self.path
+                ));
+            }
+            for limit in limits {
+                limit
+                    .validate()
+                    .map_err(|why| format!("path {:?}: rate_limits: {why}", self.path))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The rate limits this policy, at `index` among the policies, puts in place of a
+    /// key's own.
+    pub fn route_limits(&self, index: usize) -> Option<RouteLimits<'_>> {
+        let rate_limits = self.rate_limits.as_deref()?;
+        Some(RouteLimits {
+            route: u32::try_from(index).unwrap_or(u32::MAX),
+            rate_limits,
+        })
+    }
 }
 
 /// The first policy covering `method` and `path`; requests no policy covers are
@@ -195,7 +234,16 @@ pub fn policy_for<'a>(
     method: &str,
     path: &str,
 ) -> Option<&'a RoutePolicy> {
-    policies.iter().find(|p| {
+    indexed_policy_for(policies, method, path).map(|(_, policy)| policy)
+}
+
+/// [`policy_for`], with the policy's place among `policies`.
+pub fn indexed_policy_for<'a>(
+    policies: &'a [RoutePolicy],
+    method: &str,
+    path: &str,
+) -> Option<(usize, &'a RoutePolicy)> {
+    policies.iter().enumerate().find(|(_, p)| {
         (p.methods.is_empty() || p.methods.iter().any(|m| m.eq_ignore_ascii_case(method)))
             && matches(&p.path, path)
     })
@@ -204,6 +252,35 @@ pub fn policy_for<'a>(
 #[cfg(test)]
 mod policy_tests {
     use super::*;
+
+    #[test]
+    fn route_rate_limits_are_checked_and_refused_on_public_routes() {
+        let policy = |value: serde_json::Value| -> RoutePolicy {
+            serde_json::from_value(value).expect("policy")
+        };
+        let limited = policy(
+            serde_json::json!({"path": "/convert", "rate_limits": [{"limit": 10, "period_seconds": 60}]}),
+        );
+        assert_eq!(limited.validate(), Ok(()));
+        let at = limited.route_limits(3).expect("limits");
+        assert_eq!((at.route, at.rate_limits.len()), (3, 1));
+        assert_eq!(
+            policy(serde_json::json!({"path": "/a"})).route_limits(0),
+            None
+        );
+        let public =
+            policy(serde_json::json!({"path": "/health", "access": "public", "rate_limits": []}));
+        assert!(public.validate().expect_err("public").contains("public"));
+        let zero = policy(
+            serde_json::json!({"path": "/a", "rate_limits": [{"limit": 0, "period_seconds": 60}]}),
+        );
+        assert!(
+            zero.validate()
+                .expect_err("zero")
+                .contains("`limit` must be at least 1")
+        );
+        assert!(policy(serde_json::json!({"path": "a"})).validate().is_err());
+    }
 
     #[test]
     fn first_matching_policy_wins() {

@@ -8,6 +8,8 @@ use crate::config::ServerConfig;
 use crate::tokens::{self, TokenError, TokenKeys};
 use axum::http::{HeaderMap, HeaderName};
 use keygate_core::credential::{self, Extraction, Transport};
+use keygate_core::limit::RouteLimits;
+use keygate_core::route::{ProjectRule, RoutePolicy};
 use keygate_core::settings::InstanceSettings;
 use keygate_core::usage::{Outcome, UsageLedger};
 use keygate_core::{
@@ -95,6 +97,27 @@ pub struct Request<'a> {
     pub project: Option<&'a str>,
     /// The route acts inside a project (a user-level key must name one).
     pub project_required: bool,
+    /// The route's own rate limits, replacing the key's there.
+    pub route_limits: Option<RouteLimits<'a>>,
+}
+
+/// What a route policy asks of a request besides its scopes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RouteRules<'a> {
+    /// A user-level key must name a project.
+    pub project_required: bool,
+    /// Rate limits in place of the key's own.
+    pub limits: Option<RouteLimits<'a>>,
+}
+
+impl<'a> RouteRules<'a> {
+    /// The rules of the policy at `index` among the route policies (none: no policy).
+    pub fn of(policy: Option<(usize, &'a RoutePolicy)>) -> Self {
+        policy.map_or_else(Self::default, |(index, policy)| Self {
+            project_required: policy.project == ProjectRule::Required,
+            limits: policy.route_limits(index),
+        })
+    }
 }
 
 /// Everything the engine is built from at start-up, read in one pass over the store.
@@ -301,7 +324,14 @@ impl Engine {
         client_ip: Option<std::net::IpAddr>,
         now: UnixMillis,
     ) -> Result<Principal, Box<Decision>> {
-        self.authenticate_route(headers, query, required_scopes, client_ip, false, now)
+        self.authenticate_route(
+            headers,
+            query,
+            required_scopes,
+            client_ip,
+            RouteRules::default(),
+            now,
+        )
     }
 
     /// As [`Engine::authenticate`], for a route that may act inside a project.
@@ -311,7 +341,7 @@ impl Engine {
         query: Option<&str>,
         required_scopes: &[&str],
         client_ip: Option<std::net::IpAddr>,
-        project_required: bool,
+        route: RouteRules<'_>,
         now: UnixMillis,
     ) -> Result<Principal, Box<Decision>> {
         let settings = self.settings();
@@ -354,7 +384,8 @@ impl Engine {
                 Request {
                     client_ip,
                     project,
-                    project_required,
+                    project_required: route.project_required,
+                    route_limits: route.limits,
                 },
                 now,
             ),
@@ -519,6 +550,7 @@ impl Engine {
                     client_ip: request.client_ip,
                     project: request.project,
                     project_required: request.project_required,
+                    route_limits: request.route_limits,
                 },
             )
         };

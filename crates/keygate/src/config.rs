@@ -655,8 +655,8 @@ pub fn resolve(file: &FileConfig, over: &Overrides) -> Result<Effective, Vec<Str
     }
     let routes = file.routes.clone().unwrap_or_default();
     for route in &routes {
-        if !route.path.starts_with('/') {
-            errors.push(format!("routes: path {:?} must start with /", route.path));
+        if let Err(why) = route.validate() {
+            errors.push(format!("routes: {why}"));
         }
     }
     let upstream = over
@@ -932,6 +932,33 @@ mod tests {
             seen += 1;
         }
         assert_eq!(seen, 5, "one preset per seed document");
+    }
+
+    #[test]
+    fn route_rate_limits_are_read_and_checked() {
+        let file: FileConfig = toml::from_str(
+            "[[routes]]\npath = \"/v1/convert\"\nrate_limits = [{ limit = 10, period_seconds = 60 }]\n",
+        )
+        .expect("toml");
+        let routes = resolve(&file, &Overrides::default())
+            .expect("valid")
+            .server_config()
+            .routes;
+        assert_eq!(routes[0].rate_limits.as_deref().map(<[_]>::len), Some(1));
+        for (toml, says) in [
+            (
+                "[[routes]]\npath = \"/health\"\naccess = \"public\"\nrate_limits = []\n",
+                "public route",
+            ),
+            (
+                "[[routes]]\npath = \"/a\"\nrate_limits = [{ limit = 1, period_seconds = 0 }]\n",
+                "period_seconds",
+            ),
+        ] {
+            let file: FileConfig = toml::from_str(toml).expect("toml");
+            let errors = resolve(&file, &Overrides::default()).expect_err(toml);
+            assert!(errors[0].contains(says), "{errors:?}");
+        }
     }
 
     #[test]

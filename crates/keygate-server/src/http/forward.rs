@@ -8,7 +8,7 @@
 
 use crate::AppState;
 use crate::clock::now_ms;
-use crate::engine::Principal;
+use crate::engine::{Principal, RouteRules};
 use crate::http::context::{self, set_request_limits};
 use crate::http::error::ApiError;
 use crate::http::error::Rejection;
@@ -16,7 +16,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use axum::response::{IntoResponse, Response};
 use keygate_core::limit::LimitStatuses;
-use keygate_core::route::{Access, ProjectRule, normalize_path, policy_for};
+use keygate_core::route::{Access, indexed_policy_for, normalize_path};
 
 /// The original method and URI as proxies send them (names made once, not parsed per
 /// request; `static`, since a const array is made and dropped again at each use).
@@ -169,7 +169,8 @@ fn decide(
         )
         .into());
     };
-    let policy = policy_for(&state.config.routes, original_method, path.as_ref());
+    let indexed = indexed_policy_for(&state.config.routes, original_method, path.as_ref());
+    let policy = indexed.map(|(_, policy)| policy);
     if policy.is_some_and(|p| p.access == Access::Public) {
         return Ok((
             allowed(&state.identity_names, None),
@@ -179,7 +180,6 @@ fn decide(
     let scopes: Vec<&str> = policy
         .map(|p| p.scopes.iter().map(String::as_str).collect())
         .unwrap_or_default();
-    let project_required = policy.is_some_and(|p| p.project == ProjectRule::Required);
     let principal = state
         .engine
         .authenticate_route(
@@ -187,7 +187,7 @@ fn decide(
             original_query,
             &scopes,
             client_ip,
-            project_required,
+            RouteRules::of(indexed),
             now_ms(),
         )
         .map_err(Rejection::Denied)?;

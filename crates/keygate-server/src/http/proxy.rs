@@ -9,7 +9,7 @@
 use crate::AppState;
 use crate::clock::now_ms;
 use crate::config::{ServerConfig, UpstreamConfig};
-use crate::engine::Principal;
+use crate::engine::{Principal, RouteRules};
 use crate::http::context::set_request_limits;
 use crate::http::error::{ApiError, Rejection};
 use crate::http::forward::identity_headers;
@@ -23,7 +23,7 @@ use axum::response::{IntoResponse, Response};
 use hyper_util::rt::TokioIo;
 use keygate_api::ErrorCode;
 use keygate_core::limit::LimitStatuses;
-use keygate_core::route::{Access, ProjectRule, RoutePolicy, normalize_path, policy_for};
+use keygate_core::route::{Access, RoutePolicy, indexed_policy_for, normalize_path, policy_for};
 use std::sync::Arc;
 
 /// The upstream and its keep-alive connections.
@@ -349,11 +349,12 @@ fn prepare(
     let client_ip = state
         .config
         .client_ip(peer.map(|p| p.ip), request.headers());
-    let policy: Option<&RoutePolicy> = policy_for(
+    let indexed = indexed_policy_for(
         &state.config.routes,
         request.method().as_str(),
         request.uri().path(),
     );
+    let policy: Option<&RoutePolicy> = indexed.map(|(_, policy)| policy);
     let principal = if policy.is_some_and(|p| p.access == Access::Public) {
         None
     } else {
@@ -367,7 +368,7 @@ fn prepare(
                 request.uri().query(),
                 &scopes,
                 client_ip,
-                policy.is_some_and(|p| p.project == ProjectRule::Required),
+                RouteRules::of(indexed),
                 now_ms(),
             )
             .map_err(Rejection::Denied)?;

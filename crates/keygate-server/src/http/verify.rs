@@ -38,6 +38,7 @@ pub async fn verify_key(
             client_ip: body.ip,
             project: body.project_id.as_deref(),
             project_required,
+            route_limits: None,
         },
         now_ms(),
     );

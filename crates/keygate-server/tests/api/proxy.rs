@@ -521,7 +521,11 @@ async fn read_answer(stream: &mut tokio::net::TcpStream) -> String {
             }
         }
         let n = stream.read(&mut chunk).await.expect("read");
-        assert!(n > 0, "closed mid-answer: {}", String::from_utf8_lossy(&seen));
+        assert!(
+            n > 0,
+            "closed mid-answer: {}",
+            String::from_utf8_lossy(&seen)
+        );
         seen.extend_from_slice(&chunk[..n]);
     }
 }
@@ -588,4 +592,72 @@ async fn a_stop_finishes_the_request_in_flight_and_closes_idle_connections() {
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.text().await.expect("body"), "held");
     stopping.await.expect("stopped");
+}
+
+#[tokio::test]
+async fn a_routes_rate_limits_replace_the_keys_in_the_proxy_and_forward_auth() {
+    let (upstream, seen) = stub_upstream().await;
+    let server = proxy_server(
+        &upstream,
+        json!([
+            {"path": "/echo/convert", "rate_limits": [{"limit": 1, "period_seconds": 3600}]},
+            {"path": "/echo/status", "rate_limits": []},
+        ]),
+    )
+    .await;
+    // The key's own plan: two a minute.
+    let key = server.key_on_two_a_minute().await;
+    let get = |path: &str| {
+        server
+            .request(Method::GET, path)
+            .header("x-api-key", &key)
+            .send()
+    };
+    // The expensive route: its own one an hour, reported as such.
+    let response = get("/echo/convert").await.expect("send");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        header(&response, "ratelimit-policy"),
+        r#""hour";q=1;w=3600"#
+    );
+    let before = seen.lock().expect("lock").requests;
+    let response = get("/echo/convert").await.expect("send");
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    let wait: u64 = header(&response, "retry-after").parse().expect("seconds");
+    assert!(wait > 3500, "retry after {wait} s");
+    let (status, body) = read(response).await;
+    assert_error(status, &body, 429, "rate_limited", &key);
+    assert!(
+        body["error"]["hint"]
+            .as_str()
+            .is_some_and(|h| h.contains("on this route")),
+        "{body}"
+    );
+    assert_eq!(seen.lock().expect("lock").requests, before, "not forwarded");
+    // Forward auth asks about the same route and gets the same answer.
+    let response = server
+        .request(Method::GET, "/api/v1/forward-auth")
+        .header("x-api-key", &key)
+        .header("x-forwarded-uri", "/echo/convert")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    // The route's use did not spend the key's own two a minute elsewhere...
+    for _ in 0..2 {
+        assert_eq!(
+            get("/echo/other").await.expect("send").status(),
+            StatusCode::OK
+        );
+    }
+    assert_eq!(
+        get("/echo/other").await.expect("send").status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // ...and a route with no rate limits of its own is not limited by the key's.
+    for _ in 0..3 {
+        let response = get("/echo/status").await.expect("send");
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(header(&response, "ratelimit-policy"), "");
+    }
 }
