@@ -267,9 +267,10 @@ async fn echo_app() -> u16 {
     port
 }
 
-#[tokio::test]
-async fn caddy_forward_auth_end_to_end() {
-    let Some(caddy) = caddy_binary() else { return };
+/// What the Caddy and Traefik recipes run against: keygate with a public `/health` and an
+/// `/admin/*` needing `app:admin`, a key on a plan of `per_minute` uses a minute (answered
+/// with its id), and the echo app (its port).
+async fn recipe_setup(per_minute: u32) -> (TestServer, String, String, u16) {
     use keygate_core::route::RoutePolicy;
     let routes: Vec<RoutePolicy> = serde_json::from_value(json!([
         {"path": "/health", "access": "public"},
@@ -282,13 +283,115 @@ async fn caddy_forward_auth_end_to_end() {
     })
     .await;
     let plan = server
-        .plan(json!({"name": "two", "rate_limits": [{"limit": 2, "period_seconds": 60}]}))
+        .plan(
+            json!({"name": "recipe", "rate_limits": [{"limit": per_minute, "period_seconds": 60}]}),
+        )
         .await;
     let (key, created) = server
         .create_key(json!({"name": "client", "plan": plan}))
         .await;
     let key_id = created["id"].as_str().expect("id").to_string();
     let app_port = echo_app().await;
+    (server, key, key_id, app_port)
+}
+
+/// Waits until the proxy `name`, started as `proxy`, passes `{base}/health` to the app
+/// (a condition, not a fixed sleep; some proxies listen before their routes are loaded).
+async fn wait_for_routing(proxy: &mut Nginx, base: &str, name: &str) {
+    let http = reqwest::Client::new();
+    let started = std::time::Instant::now();
+    loop {
+        let reached = http.get(format!("{base}/health")).send().await;
+        if reached.is_ok_and(|r| r.status() == StatusCode::OK) {
+            return;
+        }
+        if let Ok(Some(status)) = proxy.0.try_wait() {
+            let mut log = String::new();
+            if let Some(mut stderr) = proxy.0.stderr.take() {
+                use std::io::Read as _;
+                let _ = stderr.read_to_string(&mut log);
+            }
+            panic!("{name} exited ({status}):\n{log}");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{name} did not start routing"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What a proxy that passes keygate's answers on must show its clients, through the
+/// proxy at `base` (set up by [`recipe_setup`] with `per_minute`).
+async fn assert_recipe_answers(base: &str, key: &str, key_id: &str, per_minute: u32) {
+    let http = reqwest::Client::new();
+    let get = |path: &str, key: Option<&str>| {
+        let mut request = http.get(format!("{base}{path}"));
+        if let Some(key) = key {
+            request = request.header("X-API-Key", key);
+        }
+        request.send()
+    };
+    // Public: through without a credential; a client's own identity header is replaced
+    // by keygate's (empty: nobody is identified).
+    let response = http
+        .get(format!("{base}/health"))
+        .header("X-Keygate-User", "someone-else")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.text().await.expect("body"), "key= user=");
+    // Allowed: the app sees keygate's identity, not the client's claim.
+    let response = http
+        .get(format!("{base}/data"))
+        .header("X-API-Key", key)
+        .header("X-Keygate-User", "someone-else")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.text().await.expect("body"),
+        format!("key={key_id} user=")
+    );
+    // Refused: the proxy hands keygate's answer (status, headers, JSON body) on.
+    let response = get("/data", None).await.expect("send");
+    assert!(response.headers().get("www-authenticate").is_some());
+    let (status, body) = read(response).await;
+    assert_error(status, &body, 401, "missing_credentials", "");
+    let (status, body) = read(get("/admin/x", Some(key)).await.expect("send")).await;
+    assert_error(status, &body, 403, "insufficient_permissions", key);
+    // A client cannot choose the path keygate checks with its own forwarding headers.
+    let response = http
+        .get(format!("{base}/admin/x"))
+        .header("X-API-Key", key)
+        .header("X-Forwarded-Uri", "/health")
+        .header("X-Forwarded-Method", "GET")
+        .header("X-Original-URI", "/health")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    // The plan's uses a minute (refusals do not count); the next is refused with
+    // Retry-After.
+    for _ in 1..per_minute {
+        assert_eq!(
+            get("/data", Some(key)).await.expect("send").status(),
+            StatusCode::OK
+        );
+    }
+    let response = get("/data", Some(key)).await.expect("send");
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(response.headers().get("retry-after").is_some());
+    let (status, body) = read(response).await;
+    assert_error(status, &body, 429, "rate_limited", key);
+}
+
+#[tokio::test]
+async fn caddy_forward_auth_end_to_end() {
+    let Some(caddy) = caddy_binary() else { return };
+    let (server, key, key_id, app_port) = recipe_setup(2).await;
     let keygate = server.base.trim_start_matches("http://").to_string();
 
     // The recipe of docs/forward-auth.md, on loopback, with Caddy's state in a temp dir.
@@ -319,67 +422,8 @@ async fn caddy_forward_auth_end_to_end() {
         .expect("start caddy");
     let mut caddy = Nginx(child);
     let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    let started = std::time::Instant::now();
-    while http.get(format!("{base}/health")).send().await.is_err() {
-        if let Ok(Some(status)) = caddy.0.try_wait() {
-            let mut log = String::new();
-            if let Some(mut stderr) = caddy.0.stderr.take() {
-                use std::io::Read as _;
-                let _ = stderr.read_to_string(&mut log);
-            }
-            panic!("caddy exited ({status}):\n{log}");
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "caddy did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-
-    let get = |path: &str, key: Option<&str>| {
-        let mut request = http.get(format!("{base}{path}"));
-        if let Some(key) = key {
-            request = request.header("X-API-Key", key);
-        }
-        request.send()
-    };
-    // Public: through without a credential; a client's own identity header is replaced
-    // by keygate's (empty: nobody is identified).
-    let response = http
-        .get(format!("{base}/health"))
-        .header("X-Keygate-User", "someone-else")
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(response.text().await.expect("body"), "key= user=");
-    // Allowed: the app sees keygate's identity, not the client's claim.
-    let response = http
-        .get(format!("{base}/data"))
-        .header("X-API-Key", &key)
-        .header("X-Keygate-User", "someone-else")
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(
-        response.text().await.expect("body"),
-        format!("key={key_id} user=")
-    );
-    // Refused: Caddy hands keygate's answer to the client as it is.
-    let (status, body) = read(get("/data", None).await.expect("send")).await;
-    assert_error(status, &body, 401, "missing_credentials", "");
-    let (status, body) = read(get("/admin/x", Some(&key)).await.expect("send")).await;
-    assert_error(status, &body, 403, "insufficient_permissions", &key);
-    assert_eq!(
-        get("/data", Some(&key)).await.expect("send").status(),
-        StatusCode::OK
-    );
-    let response = get("/data", Some(&key)).await.expect("send");
-    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
-    assert!(response.headers().get("retry-after").is_some());
-    let _ = caddy.0.kill();
+    wait_for_routing(&mut caddy, &base, "caddy").await;
+    assert_recipe_answers(&base, &key, &key_id, 2).await;
 }
 
 /// Traefik: `KEYGATE_TRAEFIK`, or `traefik` on the PATH (`.ci/run` installs the
@@ -408,25 +452,7 @@ async fn traefik_forward_auth_end_to_end() {
     let Some(traefik) = traefik_binary() else {
         return;
     };
-    use keygate_core::route::RoutePolicy;
-    let routes: Vec<RoutePolicy> = serde_json::from_value(json!([
-        {"path": "/health", "access": "public"},
-        {"path": "/admin/*", "scopes": ["app:admin"]},
-    ]))
-    .expect("routes");
-    let server = TestServer::start_with(ServerConfig {
-        routes,
-        ..test_config()
-    })
-    .await;
-    let plan = server
-        .plan(json!({"name": "three", "rate_limits": [{"limit": 3, "period_seconds": 60}]}))
-        .await;
-    let (key, created) = server
-        .create_key(json!({"name": "client", "plan": plan}))
-        .await;
-    let key_id = created["id"].as_str().expect("id").to_string();
-    let app_port = echo_app().await;
+    let (server, key, key_id, app_port) = recipe_setup(3).await;
 
     // The recipe of docs/forward-auth.md, on loopback: its dynamic configuration as a
     // file, its static configuration as flags.
@@ -473,88 +499,6 @@ async fn traefik_forward_auth_end_to_end() {
         .expect("start traefik");
     let mut traefik = Nginx(child);
     let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    let started = std::time::Instant::now();
-    // Traefik listens before its file provider has loaded the router: wait for the
-    // public route to reach the app, not just for the port.
-    loop {
-        let reached = http.get(format!("{base}/health")).send().await;
-        if reached.is_ok_and(|r| r.status() == StatusCode::OK) {
-            break;
-        }
-        if let Ok(Some(status)) = traefik.0.try_wait() {
-            let mut log = String::new();
-            if let Some(mut stderr) = traefik.0.stderr.take() {
-                use std::io::Read as _;
-                let _ = stderr.read_to_string(&mut log);
-            }
-            panic!("traefik exited ({status}):\n{log}");
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "traefik did not start routing"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-
-    let get = |path: &str, key: Option<&str>| {
-        let mut request = http.get(format!("{base}{path}"));
-        if let Some(key) = key {
-            request = request.header("X-API-Key", key);
-        }
-        request.send()
-    };
-    // Public: through without a credential; the client's own identity claim is dropped.
-    let response = http
-        .get(format!("{base}/health"))
-        .header("X-Keygate-User", "someone-else")
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(response.text().await.expect("body"), "key= user=");
-    // Allowed: the app sees keygate's identity, not the client's claim.
-    let response = http
-        .get(format!("{base}/data"))
-        .header("X-API-Key", &key)
-        .header("X-Keygate-User", "someone-else")
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(
-        response.text().await.expect("body"),
-        format!("key={key_id} user=")
-    );
-    // Refused: Traefik hands keygate's answer (status, headers, JSON body) to the client.
-    let response = get("/data", None).await.expect("send");
-    assert!(response.headers().get("www-authenticate").is_some());
-    let (status, body) = read(response).await;
-    assert_error(status, &body, 401, "missing_credentials", "");
-    let (status, body) = read(get("/admin/x", Some(&key)).await.expect("send")).await;
-    assert_error(status, &body, 403, "insufficient_permissions", &key);
-    // A client cannot choose the path keygate checks: Traefik's entry point drops the
-    // forwarding headers of clients it does not trust.
-    let response = http
-        .get(format!("{base}/admin/x"))
-        .header("X-API-Key", &key)
-        .header("X-Forwarded-Uri", "/health")
-        .header("X-Forwarded-Method", "GET")
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(response.status(), StatusCode::FORBIDDEN);
-    // The plan allows three uses a minute (refusals do not count); the fourth is
-    // refused with Retry-After.
-    for _ in 0..2 {
-        assert_eq!(
-            get("/data", Some(&key)).await.expect("send").status(),
-            StatusCode::OK
-        );
-    }
-    let response = get("/data", Some(&key)).await.expect("send");
-    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
-    assert!(response.headers().get("retry-after").is_some());
-    let (status, body) = read(response).await;
-    assert_error(status, &body, 429, "rate_limited", &key);
+    wait_for_routing(&mut traefik, &base, "traefik").await;
+    assert_recipe_answers(&base, &key, &key_id, 3).await;
 }
