@@ -72,6 +72,10 @@ impl LimitStatuses {
     }
 }
 
+/// At most this many rate limits on one plan, key or route: each is checked on every
+/// request, under the key's lock.
+pub const MAX_RATE_LIMITS: usize = 10;
+
 /// One rate limit: `limit` requests per `period_seconds`, with up to `burst` at once.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -3,7 +3,7 @@
 //! A pattern is an exact path (`/validate`) that also covers everything below it
 //! (`/validate/x`), or a prefix ending in `*` (`/api/*`).
 
-use crate::limit::{RateLimit, RouteLimits};
+use crate::limit::{MAX_RATE_LIMITS, RateLimit, RouteLimits};
 
 /// True when `pattern` covers `path`.
 pub fn matches(pattern: &str, path: &str) -> bool {
@@ -207,6 +207,12 @@ impl RoutePolicy {
                     self.path
                 ));
             }
+            if limits.len() > MAX_RATE_LIMITS {
+                return Err(format!(
+                    "path {:?}: at most {MAX_RATE_LIMITS} rate_limits",
+                    self.path
+                ));
+            }
             for limit in limits {
                 limit
                     .validate()
@@ -280,6 +286,9 @@ mod policy_tests {
                 .contains("`limit` must be at least 1")
         );
         assert!(policy(serde_json::json!({"path": "a"})).validate().is_err());
+        let many = vec![serde_json::json!({"limit": 1, "period_seconds": 60}); MAX_RATE_LIMITS + 1];
+        let many = policy(serde_json::json!({"path": "/a", "rate_limits": many}));
+        assert!(many.validate().expect_err("too many").contains("at most"));
     }
 
     #[test]

@@ -10,12 +10,9 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use keygate_api::ErrorBody;
 use keygate_api::keys::{PlanList, PlanPatch, PlanRequest, PlanView};
-use keygate_core::limit::{Limits, RateLimit};
+use keygate_core::limit::{Limits, MAX_RATE_LIMITS, RateLimit};
 use keygate_store::Plan;
 use uuid::Uuid;
-
-/// At most this many rate limits on one plan or key.
-const MAX_RATE_LIMITS: usize = 10;
 
 pub fn validate_rate_limits(limits: &[RateLimit]) -> Result<(), ApiError> {
     if limits.len() > MAX_RATE_LIMITS {
