@@ -41,7 +41,7 @@ enum OriginalUri<'a> {
     Parsed(Uri),
 }
 
-/// `None` when the value is no URI (the caller falls back to the request's own).
+/// `None` when the value is no URI.
 fn original_uri(value: &str) -> Option<OriginalUri<'_>> {
     // Header text is visible ASCII, spaces and tabs; a URI has no spaces or tabs.
     if !value.starts_with('/') || value.bytes().any(|b| b == b' ' || b == b'\t') {
@@ -56,10 +56,44 @@ fn original_uri(value: &str) -> Option<OriginalUri<'_>> {
     Some(OriginalUri::Split { path, query })
 }
 
-fn header<'a>(headers: &'a HeaderMap, names: &[HeaderName]) -> Option<&'a str> {
-    names
-        .iter()
-        .find_map(|name| headers.get(name).and_then(|v| v.to_str().ok()))
+/// The one value sent under any of `names` (`what` names it in a refusal), or `None`.
+///
+/// Two different values are refused rather than one chosen: a proxy that sets one of the
+/// names but passes the client's headers on (nginx's `auth_request` does) would otherwise
+/// let a client name a public path in the other, and have it checked in place of the
+/// path it asks for. An unreadable value is refused too, not skipped.
+fn original<'a>(
+    headers: &'a HeaderMap,
+    names: &[HeaderName],
+    what: &str,
+) -> Result<Option<&'a str>, Rejection> {
+    let mut found: Option<&str> = None;
+    for value in names.iter().flat_map(|name| headers.get_all(name)) {
+        let Ok(value) = value.to_str() else {
+            return Err(ApiError::invalid(format!(
+                "The original request's {what} header holds bytes that are not visible ASCII."
+            ))
+            .into());
+        };
+        match found {
+            Some(earlier) if earlier != value => {
+                return Err(ApiError::invalid(format!(
+                    "The request carries two different original {what}s ({}).",
+                    names
+                        .iter()
+                        .map(HeaderName::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+                .hint(format!(
+                    "have the proxy set the original {what} under one of these names and drop or overwrite the others the client sends"
+                ))
+                .into());
+            }
+            _ => found = Some(value),
+        }
+    }
+    Ok(found)
 }
 
 #[utoipa::path(
@@ -138,17 +172,24 @@ fn decide(
 ) -> Result<(Response, LimitStatuses), Rejection> {
     let client_ip = state.config.client_ip(peer, &parts.headers);
     let (method, uri, headers) = (&parts.method, &parts.uri, &parts.headers);
-    let original_method = header(headers, &ORIGINAL_METHOD).unwrap_or(method.as_str());
+    let original_method = original(headers, &ORIGINAL_METHOD, "method")?.unwrap_or(method.as_str());
     // The original URI: from the proxy's header, else whatever follows our own path (the
     // form Envoy's path_prefix produces), else the request's URI itself. A parsed URI is
     // kept here for the borrowed path and query below.
     let parsed: Uri;
+    let sent_uri = original(headers, &ORIGINAL_URI, "URI")?;
     let (original_path, original_query) =
-        match header(headers, &ORIGINAL_URI).and_then(original_uri) {
-            Some(OriginalUri::Split { path, query }) => (path, query),
-            Some(OriginalUri::Parsed(uri)) => {
+        match sent_uri.map(|value| original_uri(value).ok_or(value)) {
+            Some(Ok(OriginalUri::Split { path, query })) => (path, query),
+            Some(Ok(OriginalUri::Parsed(uri))) => {
                 parsed = uri;
                 (parsed.path(), parsed.query())
+            }
+            // Checking some other path than the one sent would be a guess.
+            Some(Err(_)) => {
+                return Err(
+                    ApiError::invalid("The original request's URI header is not a URI.").into(),
+                );
             }
             None => {
                 parsed = uri

@@ -30,8 +30,28 @@ impl Drop for Nginx {
     }
 }
 
-/// The recipe of docs/forward-auth.md, on loopback ports, with paths in `dir`.
+/// The nginx recipe of docs/forward-auth.md as it stands there, on loopback ports, with
+/// nginx's files in `dir`: what a reader copies is what runs.
 fn nginx_conf(dir: &std::path::Path, port: u16, app: u16, keygate: u16) -> String {
+    let docs = include_str!("../../../../docs/forward-auth.md");
+    let recipe = docs
+        .split_once("```nginx\n")
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .map(|(block, _)| block)
+        .expect("docs/forward-auth.md has an nginx block");
+    let recipe = [
+        ("listen 80;", format!("listen 127.0.0.1:{port};")),
+        ("server 127.0.0.1:9000;", format!("server 127.0.0.1:{app};")),
+        (
+            "server 127.0.0.1:8080;",
+            format!("server 127.0.0.1:{keygate};"),
+        ),
+    ]
+    .into_iter()
+    .fold(recipe.to_string(), |recipe, (from, to)| {
+        assert!(recipe.contains(from), "the nginx recipe has `{from}`");
+        recipe.replace(from, &to)
+    });
     let d = dir.display();
     format!(
         r#"
@@ -48,40 +68,7 @@ http {{
     fastcgi_temp_path {d}/fastcgi;
     uwsgi_temp_path {d}/uwsgi;
     scgi_temp_path {d}/scgi;
-    upstream app {{ server 127.0.0.1:{app}; }}
-    upstream keygate {{ server 127.0.0.1:{keygate}; keepalive 8; }}
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{
-            auth_request /_keygate;
-            auth_request_set $kg_key $upstream_http_x_keygate_key_id;
-            auth_request_set $kg_status $upstream_status;
-            auth_request_set $kg_retry $upstream_http_retry_after;
-            error_page 500 = @keygate_refused;
-            proxy_set_header X-Keygate-Key-Id $kg_key;
-            proxy_pass http://app;
-        }}
-        location = /_keygate {{
-            internal;
-            proxy_pass http://keygate/api/v1/forward-auth;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_pass_request_body off;
-            proxy_set_header Content-Length "";
-            proxy_set_header X-Original-URI $request_uri;
-            proxy_set_header X-Original-Method $request_method;
-        }}
-        location @keygate_refused {{
-            if ($kg_status = 429) {{
-                add_header Retry-After $kg_retry always;
-                return 429;
-            }}
-            if ($kg_status = 400) {{
-                return 400;
-            }}
-            return 500;
-        }}
-    }}
+{recipe}
 }}
 "#
     )
@@ -98,40 +85,7 @@ fn free_port() -> u16 {
 #[tokio::test]
 async fn nginx_auth_request_end_to_end() {
     let Some(nginx) = nginx_binary() else { return };
-    use keygate_core::route::RoutePolicy;
-    let routes: Vec<RoutePolicy> = serde_json::from_value(json!([
-        {"path": "/health", "access": "public"},
-        {"path": "/admin/*", "scopes": ["app:admin"]},
-        {"path": "/projects/*", "project": "required"},
-    ]))
-    .expect("routes");
-    let server = TestServer::start_with(ServerConfig {
-        routes,
-        ..test_config()
-    })
-    .await;
-    let plan = server
-        .plan(json!({"name": "three", "rate_limits": [{"limit": 3, "period_seconds": 60}]}))
-        .await;
-    let (key, created) = server
-        .create_key(json!({"name": "client", "plan": plan}))
-        .await;
-    let key_id = created["id"].as_str().expect("id").to_string();
-
-    // The upstream app echoes the identity header nginx passed on.
-    let upstream = axum::Router::new().fallback(|headers: axum::http::HeaderMap| async move {
-        headers
-            .get("x-keygate-key-id")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("anonymous")
-            .to_string()
-    });
-    let app_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let app_port = app_listener.local_addr().expect("addr").port();
-    tokio::spawn(async move { axum::serve(app_listener, upstream).await });
-
+    let (server, key, key_id, app_port) = recipe_setup(3).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let port = free_port();
     let keygate_port: u16 = server
@@ -152,72 +106,67 @@ async fn nginx_auth_request_end_to_end() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start nginx");
-    let _nginx = Nginx(child);
+    let mut nginx = Nginx(child);
     let base = format!("http://127.0.0.1:{port}");
+    wait_for_routing(&mut nginx, &base, "nginx").await;
     let http = reqwest::Client::new();
-    // Wait until nginx accepts connections (a condition, not a fixed sleep).
-    let started = std::time::Instant::now();
-    while http.get(format!("{base}/health")).send().await.is_err() {
-        let log = std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default();
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "nginx did not start:\n{log}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let get = |path: &str, key: Option<&str>| {
+        let mut request = http.get(format!("{base}{path}"));
+        if let Some(key) = key {
+            request = request.header("X-API-Key", key);
+        }
+        request.send()
+    };
 
-    // Public route: no credential needed.
+    // Public: no credential needed; a client's own identity header never reaches the app
+    // (nginx drops a header whose value keygate left empty).
     let response = http
         .get(format!("{base}/health"))
+        .header("X-Keygate-User", "someone-else")
         .send()
         .await
         .expect("send");
     assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(response.text().await.expect("body"), "anonymous");
-    // Allowed: the app sees keygate's identity header.
+    assert_eq!(response.text().await.expect("body"), "key=- user=-");
+    // Allowed: the app sees keygate's identity headers, not the client's claim.
     let response = http
         .get(format!("{base}/data"))
         .header("X-API-Key", &key)
+        .header("X-Keygate-User", "someone-else")
         .send()
         .await
         .expect("send");
     assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(response.text().await.expect("body"), key_id);
-    // Refused: no credential (401 with the challenge), a missing scope (403).
-    let response = http.get(format!("{base}/data")).send().await.expect("send");
+    assert_eq!(
+        response.text().await.expect("body"),
+        format!("key={key_id} user=-")
+    );
+    // Refused: no credential (401 with the challenge), a missing scope (403), a method
+    // the key may not use there (403: keygate checks the client's method).
+    let response = get("/data", None).await.expect("send");
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     assert!(response.headers().get("www-authenticate").is_some());
+    let response = get("/admin/users", Some(&key)).await.expect("send");
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
     let response = http
-        .get(format!("{base}/admin/users"))
+        .delete(format!("{base}/files/a.txt"))
         .header("X-API-Key", &key)
         .send()
         .await
         .expect("send");
     assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    // A client cannot have a public path, or a method the key may use, checked in place
+    // of what it asks for, whatever forwarding headers it sends itself.
+    assert_forged_originals_refused(&base, &key).await;
     // A project-scoped route without a project: 400 through nginx, not a 500.
-    let response = http
-        .get(format!("{base}/projects/1"))
-        .header("X-API-Key", &key)
-        .send()
-        .await
-        .expect("send");
+    let response = get("/projects/1", Some(&key)).await.expect("send");
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
-    // Rate limited: 3 per minute; one used above, the refused ones did not count.
+    // Rate limited: 3 a minute; one used above, the refused ones did not count.
     for _ in 0..2 {
-        let response = http
-            .get(format!("{base}/data"))
-            .header("X-API-Key", &key)
-            .send()
-            .await
-            .expect("send");
+        let response = get("/data", Some(&key)).await.expect("send");
         assert_eq!(response.status(), StatusCode::OK);
     }
-    let response = http
-        .get(format!("{base}/data"))
-        .header("X-API-Key", &key)
-        .send()
-        .await
-        .expect("send");
+    let response = get("/data", Some(&key)).await.expect("send");
     assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(
         response
@@ -269,16 +218,17 @@ async fn echo_app() -> u16 {
     port
 }
 
-/// What the Caddy, Traefik and Envoy recipes run against: keygate with a public `/health`,
-/// an `/admin/*` needing `app:admin` and a DELETE on `/files/*` needing `files:delete`, a
-/// key on a plan of `per_minute` uses a minute (answered with its id), and the echo app
-/// (its port).
+/// What the recipes run against: keygate with a public `/health`, an `/admin/*` needing
+/// `app:admin`, a DELETE on `/files/*` needing `files:delete` and `/projects/*` needing a
+/// project, a key on a plan of `per_minute` uses a minute (answered with its id), and the
+/// echo app (its port).
 async fn recipe_setup(per_minute: u32) -> (TestServer, String, String, u16) {
     use keygate_core::route::RoutePolicy;
     let routes: Vec<RoutePolicy> = serde_json::from_value(json!([
         {"path": "/health", "access": "public"},
         {"path": "/admin/*", "scopes": ["app:admin"]},
         {"path": "/files/*", "methods": ["DELETE"], "scopes": ["files:delete"]},
+        {"path": "/projects/*", "project": "required"},
     ]))
     .expect("routes");
     let server = TestServer::start_with(ServerConfig {
@@ -322,6 +272,34 @@ async fn wait_for_routing(proxy: &mut Nginx, base: &str, name: &str) {
             "{name} did not start routing"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Through the proxy at `base`: a client's own forwarding headers naming a public path
+/// (or a method the key may use) never let `GET /admin/x` or `DELETE /files/a.txt`
+/// through. keygate answers 403 when the proxy overwrites or drops the client's header,
+/// and 400 when the proxy sends its own original URI (or method) under the other name
+/// beside the client's (Caddy and Traefik pass `X-Original-*` on as sent).
+async fn assert_forged_originals_refused(base: &str, key: &str) {
+    let http = reqwest::Client::new();
+    for (method, path, name, value) in [
+        (Method::GET, "/admin/x", "X-Forwarded-Uri", "/health"),
+        (Method::GET, "/admin/x", "X-Original-URI", "/health"),
+        (Method::DELETE, "/files/a.txt", "X-Forwarded-Method", "GET"),
+        (Method::DELETE, "/files/a.txt", "X-Original-Method", "GET"),
+    ] {
+        let response = http
+            .request(method.clone(), format!("{base}{path}"))
+            .header("X-API-Key", key)
+            .header(name, value)
+            .send()
+            .await
+            .expect("send");
+        let status = response.status();
+        assert!(
+            status == StatusCode::FORBIDDEN || status == StatusCode::BAD_REQUEST,
+            "{method} {path} with {name}: {value} answered {status}"
+        );
     }
 }
 
@@ -375,17 +353,8 @@ async fn assert_recipe_answers(base: &str, key: &str, key_id: &str, per_minute: 
         .expect("send");
     let (status, body) = read(response).await;
     assert_error(status, &body, 403, "insufficient_permissions", key);
-    // A client cannot choose the path keygate checks with its own forwarding headers.
-    let response = http
-        .get(format!("{base}/admin/x"))
-        .header("X-API-Key", key)
-        .header("X-Forwarded-Uri", "/health")
-        .header("X-Forwarded-Method", "GET")
-        .header("X-Original-URI", "/health")
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    // A client cannot choose what keygate checks with its own forwarding headers.
+    assert_forged_originals_refused(base, key).await;
     // The plan's uses a minute (refusals do not count); the next is refused with
     // Retry-After.
     for _ in 1..per_minute {

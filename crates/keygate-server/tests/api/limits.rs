@@ -806,6 +806,57 @@ async fn forward_auth_for_reverse_proxies() {
 }
 
 #[tokio::test]
+async fn forward_auth_refuses_originals_it_would_have_to_guess() {
+    use keygate_core::route::RoutePolicy;
+    let routes: Vec<RoutePolicy> = serde_json::from_value(json!([
+        {"path": "/health", "access": "public"},
+    ]))
+    .expect("routes");
+    let server = TestServer::start_with(ServerConfig {
+        routes,
+        ..test_config()
+    })
+    .await;
+    let ask = |headers: &[(&str, &[u8])]| {
+        let mut request = server.request(Method::GET, "/api/v1/forward-auth");
+        for (name, value) in headers {
+            request = request.header(
+                *name,
+                axum::http::HeaderValue::from_bytes(value).expect("header value"),
+            );
+        }
+        request.send()
+    };
+    // The same original under both names is one original: the public route answers.
+    let response = ask(&[
+        ("X-Forwarded-Uri", b"/health"),
+        ("X-Original-URI", b"/health"),
+        ("X-Forwarded-Method", b"GET"),
+        ("X-Original-Method", b"GET"),
+    ])
+    .await
+    .expect("send");
+    assert_eq!(response.status(), StatusCode::OK);
+    // Two different ones (a client's own beside the proxy's), in either order or under one
+    // name twice; an unreadable one; one that is no URI: refused, never guessed.
+    for headers in [
+        &[("X-Forwarded-Uri", &b"/health"[..]), ("X-Original-URI", b"/admin")][..],
+        &[("X-Original-URI", b"/health"), ("X-Forwarded-Uri", b"/admin")],
+        &[("X-Forwarded-Uri", b"/health"), ("X-Forwarded-Uri", b"/admin")],
+        &[
+            ("X-Forwarded-Uri", b"/health"),
+            ("X-Forwarded-Method", b"GET"),
+            ("X-Original-Method", b"DELETE"),
+        ],
+        &[("X-Forwarded-Uri", b"/health\xff")],
+        &[("X-Forwarded-Uri", b"::not a uri::")],
+    ] {
+        let (status, body) = read(ask(headers).await.expect("send")).await;
+        assert_error(status, &body, 400, "invalid_request", "");
+    }
+}
+
+#[tokio::test]
 async fn forward_auth_answers_carry_the_keys_rate_limit_fields() {
     let server = TestServer::start().await;
     let key = server.key_on_two_a_minute().await;
