@@ -6,7 +6,8 @@ use utoipa::ToSchema;
 /// The instance settings (`GET /api/v1/settings`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Settings {
-    /// When false, protected endpoints answer without a credential. Trusted networks only.
+    /// When false, forward auth, the reverse proxy, `whoami` and `systeminfo` answer without
+    /// a credential; the management API still needs one. Trusted networks only.
     pub api_access_enabled: bool,
     /// Accept the credential in the `apikey` query parameter.
     pub query_param_enabled: bool,

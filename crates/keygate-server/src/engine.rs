@@ -89,6 +89,19 @@ impl Principal {
     }
 }
 
+/// What switching API access off (`api_access_enabled = false`, changedetection.io's
+/// toggle) does to an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenAccessOff {
+    /// It answers without a credential: the app's API behind the gateway, and keygate's
+    /// read-only endpoints about the caller and the instance.
+    Open,
+    /// It still needs a credential holding its permission: the management API. Anyone
+    /// who can reach the port could otherwise mint administrator keys that outlive the
+    /// switch.
+    Checked,
+}
+
 /// What the decision needs to know about the request besides the credential.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Request<'a> {
@@ -314,27 +327,32 @@ impl Engine {
             .unwrap_or_else(PoisonError::into_inner) = Arc::new(settings);
     }
 
-    /// Authenticates a request from its headers and query string. `required_scopes` are
-    /// checked after the key's state. A valid use is counted.
+    /// Authenticates a request to one of keygate's own endpoints from its headers and
+    /// query string. `required_scopes` are checked after the key's state. A valid use is
+    /// counted. `when_off` says whether switching API access off lets it through.
     pub fn authenticate(
         &self,
         headers: &HeaderMap,
         query: Option<&str>,
         required_scopes: &[&str],
         client_ip: Option<std::net::IpAddr>,
+        when_off: WhenAccessOff,
         now: UnixMillis,
     ) -> Result<Principal, Box<Decision>> {
-        self.authenticate_route(
+        self.authenticate_with(
             headers,
             query,
             required_scopes,
             client_ip,
             RouteRules::default(),
+            when_off,
             now,
         )
     }
 
-    /// As [`Engine::authenticate`], for a route that may act inside a project.
+    /// Authenticates a request the gateway passes on (forward auth, the reverse proxy),
+    /// on a route that may act inside a project. With API access switched off, no
+    /// credential is needed.
     pub fn authenticate_route(
         &self,
         headers: &HeaderMap,
@@ -344,11 +362,33 @@ impl Engine {
         route: RouteRules<'_>,
         now: UnixMillis,
     ) -> Result<Principal, Box<Decision>> {
+        self.authenticate_with(
+            headers,
+            query,
+            required_scopes,
+            client_ip,
+            route,
+            WhenAccessOff::Open,
+            now,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn authenticate_with(
+        &self,
+        headers: &HeaderMap,
+        query: Option<&str>,
+        required_scopes: &[&str],
+        client_ip: Option<std::net::IpAddr>,
+        route: RouteRules<'_>,
+        when_off: WhenAccessOff,
+        now: UnixMillis,
+    ) -> Result<Principal, Box<Decision>> {
         let settings = self.settings();
         let project = headers
             .get(&self.project_header)
             .and_then(|v| v.to_str().ok());
-        if !settings.api_access_enabled {
+        if !settings.api_access_enabled && when_off == WhenAccessOff::Open {
             return Ok(Principal::Open);
         }
         // Query values are decoded into owned strings; borrowed below for the extraction.

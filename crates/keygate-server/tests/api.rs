@@ -990,7 +990,7 @@ async fn bad_input_gets_a_clear_4xx() {
 }
 
 #[tokio::test]
-async fn api_access_toggle_opens_and_closes_protected_endpoints() {
+async fn api_access_toggle_opens_the_gateway_but_not_management() {
     let server = TestServer::start().await;
     let (status, _) = server
         .admin_json(
@@ -1000,6 +1000,7 @@ async fn api_access_toggle_opens_and_closes_protected_endpoints() {
         )
         .await;
     assert_eq!(status, StatusCode::OK);
+    // Open: who am I, the instance's information, and forward auth for the app's API.
     let (status, me) = read(
         server
             .request(Method::GET, "/api/v1/whoami")
@@ -1012,23 +1013,52 @@ async fn api_access_toggle_opens_and_closes_protected_endpoints() {
         (status, me["auth"].as_str()),
         (StatusCode::OK, Some("none"))
     );
-    let (status, _) = read(
-        server
-            .request(Method::GET, "/api/v1/keys")
-            .send()
-            .await
-            .expect("send"),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK);
-    // Turning it back on needs no credential while it is off, then one is required again.
     let response = server
-        .request(Method::PATCH, "/api/v1/settings")
-        .json(&json!({"api_access_enabled": true}))
+        .request(Method::GET, "/api/v1/systeminfo")
         .send()
         .await
         .expect("send");
     assert_eq!(response.status(), StatusCode::OK);
+    let response = server
+        .request(Method::GET, "/api/v1/forward-auth")
+        .header("X-Forwarded-Uri", "/app/data")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), StatusCode::OK);
+    // Still checked: everything that manages keygate. Nobody who merely reaches the port
+    // may list keys, mint an administrator key or switch access back on.
+    for (method, path, body) in [
+        (Method::GET, "/api/v1/keys", Value::Null),
+        (
+            Method::POST,
+            "/api/v1/keys",
+            json!({"name": "mine", "scopes": ["*"]}),
+        ),
+        (Method::GET, "/api/v1/users", Value::Null),
+        (Method::GET, "/api/v1/audit", Value::Null),
+        (
+            Method::PATCH,
+            "/api/v1/settings",
+            json!({"api_access_enabled": true}),
+        ),
+    ] {
+        let mut request = server.request(method.clone(), path);
+        if !body.is_null() {
+            request = request.json(&body);
+        }
+        let (status, body) = read(request.send().await.expect("send")).await;
+        assert_error(status, &body, 401, "missing_credentials", "");
+    }
+    // With the key: the switch goes back on, and a credential is required again.
+    let (status, _) = server
+        .admin_json(
+            Method::PATCH,
+            "/api/v1/settings",
+            json!({"api_access_enabled": true}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
     let (status, body) = read(
         server
             .request(Method::GET, "/api/v1/whoami")

@@ -3,7 +3,7 @@
 
 use crate::AppState;
 use crate::clock::now_ms;
-use crate::engine::Principal;
+use crate::engine::{Principal, WhenAccessOff};
 use crate::http::error::ApiError;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
@@ -162,7 +162,12 @@ pub fn peer_ip_of(request: &axum::extract::Request) -> Option<std::net::IpAddr> 
         .map(|info| info.0.ip())
 }
 
-fn authenticate(parts: &Parts, state: &AppState, scopes: &[&str]) -> Result<Principal, ApiError> {
+fn authenticate(
+    parts: &Parts,
+    state: &AppState,
+    scopes: &[&str],
+    when_off: WhenAccessOff,
+) -> Result<Principal, ApiError> {
     let client_ip = state.config.client_ip(peer_ip(parts), &parts.headers);
     let principal = state
         .engine
@@ -171,6 +176,7 @@ fn authenticate(parts: &Parts, state: &AppState, scopes: &[&str]) -> Result<Prin
             parts.uri.query(),
             scopes,
             client_ip,
+            when_off,
             now_ms(),
         )
         .map_err(|decision| ApiError::from(*decision))?;
@@ -184,7 +190,7 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        authenticate(parts, state, &[]).map(Caller)
+        authenticate(parts, state, &[], WhenAccessOff::Open).map(Caller)
     }
 }
 
@@ -192,7 +198,9 @@ impl<P: Permission> FromRequestParts<AppState> for Need<P> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        authenticate(parts, state, &[P::NAME]).map(|p| Need(p, std::marker::PhantomData))
+        // Management needs its permission even with API access switched off.
+        authenticate(parts, state, &[P::NAME], WhenAccessOff::Checked)
+            .map(|p| Need(p, std::marker::PhantomData))
     }
 }
 

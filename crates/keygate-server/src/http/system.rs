@@ -28,7 +28,7 @@ fn settings_view(settings: &InstanceSettings) -> Settings {
 pub fn warn_if_open(settings: &InstanceSettings) {
     if !settings.api_access_enabled {
         tracing::warn!(
-            "API access is switched OFF (api_access_enabled = false): protected endpoints answer without a credential. Use this only on a trusted network."
+            "API access is switched OFF (api_access_enabled = false): the app's API behind keygate answers without a credential (keygate's management API still needs one). Use this only on a trusted network."
         );
     }
 }

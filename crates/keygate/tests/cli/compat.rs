@@ -254,11 +254,21 @@ async fn changedetection_preset() {
     assert_eq!(status, 200, "{body}");
     let (status, _, _) = p.send(Method::GET, "/api/v1/watch", &[], None).await;
     assert_eq!(status, 200);
+    // keygate's own management still needs the key: switching access back on, too.
     let (status, _, _) = p
         .send(
             Method::PATCH,
             "/api/v1/settings",
             &[],
+            Some(json!({"api_access_enabled": true})),
+        )
+        .await;
+    assert_eq!(status, 403);
+    let (status, _, _) = p
+        .send(
+            Method::PATCH,
+            "/api/v1/settings",
+            &[("x-api-key", &fresh)],
             Some(json!({"api_access_enabled": true})),
         )
         .await;
