@@ -110,8 +110,9 @@ pub struct UpstreamConfig {
     pub url: axum::http::Uri,
     /// Longest wait for a TCP connection to the upstream (502 after it).
     pub connect_timeout: Duration,
-    /// Longest wait for the upstream's response head, from the start of the request (504
-    /// after it). Bodies then stream for as long as they take.
+    /// Longest wait for the upstream's response head (504 after it): from the start of a
+    /// request without a body; for one with a body, for the upstream to take each next
+    /// part of it, and then from its end. Bodies stream for as long as they take.
     pub timeout: Duration,
     /// Forward the credential to the upstream too (off: it is stripped).
     pub keep_credential: bool,

@@ -455,20 +455,21 @@ async fn send(
     outgoing: Box<Request>,
     upgrade: Option<(HeaderValue, hyper::upgrade::OnUpgrade)>,
 ) -> Result<Response, ApiError> {
-    use futures_util::future::Either;
     // See `upstream.rs`: requests without a body take the pool driven in this task.
     // Requests with one are boxed apart, so as not to make every request's future larger.
-    let sent = if upgrade.is_some() || !hyper::body::Body::is_end_stream(outgoing.body()) {
-        Either::Left(Box::pin(upstream.pool.send_streaming(*outgoing)))
+    let answered = if upgrade.is_some() || !hyper::body::Body::is_end_stream(outgoing.body()) {
+        Box::pin(send_with_body(upstream, *outgoing)).await
     } else {
-        Either::Right(upstream.pool.send(outgoing))
+        tokio::time::timeout(upstream.config.timeout, upstream.pool.send(outgoing))
+            .await
+            .ok()
     };
-    let mut response = match tokio::time::timeout(upstream.config.timeout, sent).await {
-        Err(_) => {
+    let mut response = match answered {
+        None => {
             tracing::warn!("upstream did not answer in time");
             return Err(ApiError::new(ErrorCode::UpstreamTimeout));
         }
-        Ok(Err(failure)) => {
+        Some(Err(failure)) => {
             tracing::warn!(
                 error = %failure,
                 connect = matches!(failure, Failure::Connect(_)),
@@ -476,7 +477,7 @@ async fn send(
             );
             return Err(ApiError::new(ErrorCode::UpstreamUnavailable));
         }
-        Ok(Ok(response)) => response,
+        Some(Ok(response)) => response,
     };
 
     if response.status() == axum::http::StatusCode::SWITCHING_PROTOCOLS {
@@ -501,6 +502,100 @@ async fn send(
 
     strip_hop_by_hop(response.headers_mut());
     Ok(response)
+}
+
+/// Sends a request with a body; `None` when the upstream timed out.
+///
+/// The timeout counts from the last part of the body the upstream took, not from the
+/// start: an upload takes as long as the link needs (a gigabyte is minutes on most links),
+/// and an app usually answers once it has read it all. So the upstream has the whole
+/// timeout to take each next part, and the whole timeout after the last one to answer,
+/// as nginx's `proxy_send_timeout` and `proxy_read_timeout` do.
+async fn send_with_body(
+    upstream: &Upstream,
+    outgoing: Request,
+) -> Option<Result<Response, Failure>> {
+    let timeout = upstream.config.timeout;
+    let progress = Arc::new(BodyProgress::new());
+    let outgoing = outgoing.map(|body| {
+        Body::new(Progressed {
+            body,
+            progress: Arc::clone(&progress),
+        })
+    });
+    let mut sent = std::pin::pin!(upstream.pool.send_streaming(outgoing));
+    let mut deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match tokio::time::timeout_at(deadline, sent.as_mut()).await {
+            Ok(answer) => return Some(answer),
+            Err(_) => {
+                let moved = progress.last() + timeout;
+                if moved <= tokio::time::Instant::now() {
+                    return None;
+                }
+                deadline = moved;
+            }
+        }
+    }
+}
+
+/// When the upstream last took a part of a request body (or the body's end).
+struct BodyProgress {
+    started: tokio::time::Instant,
+    /// Milliseconds after `started`.
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+impl BodyProgress {
+    fn new() -> Self {
+        Self {
+            started: tokio::time::Instant::now(),
+            last_ms: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn moved(&self) {
+        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms
+            .fetch_max(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn last(&self) -> tokio::time::Instant {
+        self.started
+            + std::time::Duration::from_millis(
+                self.last_ms.load(std::sync::atomic::Ordering::Relaxed),
+            )
+    }
+}
+
+/// A request body that marks its [`BodyProgress`] as the upstream reads it.
+struct Progressed {
+    body: Body,
+    progress: Arc<BodyProgress>,
+}
+
+impl hyper::body::Body for Progressed {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.body).poll_frame(cx);
+        if matches!(polled, std::task::Poll::Ready(None | Some(Ok(_)))) {
+            self.progress.moved();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");

@@ -24,7 +24,7 @@ async fn stub_upstream() -> (String, Arc<Mutex<Seen>>) {
     let app = axum::Router::new()
         .route(
             "/slow",
-            axum::routing::get(std::future::pending::<&'static str>),
+            axum::routing::any(std::future::pending::<&'static str>),
         )
         .route(
             "/ws",
@@ -303,6 +303,20 @@ async fn upstream_failures_are_502_and_504() {
         (status, error_code(&body)),
         (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout")
     );
+    // With a body too: the timeout counts from its last part.
+    let (status, body) = read(
+        server
+            .request(Method::POST, "/slow")
+            .body("a small upload")
+            .send()
+            .await
+            .expect("send"),
+    )
+    .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout")
+    );
 
     // Nothing listens on a port taken and released.
     let closed = {
@@ -327,6 +341,42 @@ async fn upstream_failures_are_502_and_504() {
         (StatusCode::BAD_GATEWAY, "upstream_unavailable")
     );
     assert!(body["error"]["request_id"].is_string());
+}
+
+#[tokio::test]
+async fn an_upload_may_take_longer_than_the_upstream_timeout() {
+    let (upstream, _) = stub_upstream().await;
+    let mut config = UpstreamConfig::new(&upstream).expect("upstream");
+    config.timeout = Duration::from_millis(600);
+    let routes: Vec<RoutePolicy> =
+        serde_json::from_value(json!([{"path": "/", "access": "public"}])).expect("routes");
+    let server = TestServer::start_with(ServerConfig {
+        upstream: Some(config),
+        routes,
+        ..test_config()
+    })
+    .await;
+    // A client uploading at its own pace: 8 parts, 150 ms apart, twice the timeout in
+    // all. The app reads each part as it comes and answers once it has them all.
+    let addr = server.base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let part = "x".repeat(1000);
+    let head = format!(
+        "POST /echo/upload HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        part.len() * 8
+    );
+    stream.write_all(head.as_bytes()).await.expect("write");
+    let started = std::time::Instant::now();
+    for _ in 0..8 {
+        stream.write_all(part.as_bytes()).await.expect("write");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.expect("read");
+    let response = String::from_utf8_lossy(&response);
+    assert!(started.elapsed() > Duration::from_millis(600));
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains(&"x".repeat(8000)), "{response}");
 }
 
 /// Sends `GET path` exactly as given and returns the whole response.
