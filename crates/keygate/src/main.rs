@@ -111,19 +111,20 @@ enum ConfigCommand {
 enum AdminCommand {
     /// Create a key and print it alone on stdout. A running server accepts it within a second.
     CreateKey {
-        #[arg(
-            long,
-            env = "KEYGATE_DATA_DIR",
-            default_value = "./keygate-data",
-            value_name = "DIR"
-        )]
-        data_dir: PathBuf,
+        /// The server's configuration file: its `data_dir` and `key_prefix` apply (a
+        /// preset's `ctf_sk` keys, say) unless the flags below say otherwise.
+        #[arg(long, env = "KEYGATE_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Directory of the embedded SQLite store (default: the configuration's, else
+        /// ./keygate-data).
+        #[arg(long, env = "KEYGATE_DATA_DIR", value_name = "DIR")]
+        data_dir: Option<PathBuf>,
         #[arg(long)]
         name: String,
         /// Comma-separated scopes (e.g. admin or files:read,files:write).
         #[arg(long, value_delimiter = ',')]
         scopes: Vec<String>,
-        /// Key prefix (default kg).
+        /// Key prefix (default: the configuration's `key_prefix`, else kg).
         #[arg(long)]
         prefix: Option<String>,
         /// RFC 3339 expiry time.
@@ -265,14 +266,14 @@ async fn admin_create_key(
     data_dir: PathBuf,
     name: String,
     scopes: Vec<String>,
-    prefix: Option<String>,
+    prefix: String,
     expires_at: Option<time::OffsetDateTime>,
 ) -> Result<()> {
     let store = open_store(&data_dir).await?;
     let spec = KeySpec {
         name,
         scopes: scopes.into_iter().filter(|s| !s.is_empty()).collect(),
-        prefix,
+        prefix: Some(prefix),
         expires_at: expires_at.map(clock::millis_of),
         enabled: true,
         ..Default::default()
@@ -405,12 +406,25 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Admin(AdminCommand::CreateKey {
+            config,
             data_dir,
             name,
             scopes,
             prefix,
             expires_at,
-        }) => admin_create_key(data_dir, name, scopes, prefix, expires_at).await,
+        }) => {
+            // The server's own layering: flags and environment over the file.
+            let effective = ConfigArgs {
+                config,
+                overrides: Overrides {
+                    data_dir,
+                    ..Default::default()
+                },
+            }
+            .resolve()?;
+            let prefix = prefix.unwrap_or(effective.key_prefix);
+            admin_create_key(effective.data_dir, name, scopes, prefix, expires_at).await
+        }
         Command::Keys(command) => client::run(command).await,
         Command::Webhooks(WebhooksCommand::Verify {
             secret,

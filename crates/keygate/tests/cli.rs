@@ -39,6 +39,11 @@ fn find_key(line: &str) -> Option<String> {
 }
 
 fn serve(data_dir: &Path, extra_env: &[(&str, &str)]) -> Running {
+    serve_with(data_dir, &[], extra_env)
+}
+
+/// [`serve`] with more command-line arguments.
+fn serve_with(data_dir: &Path, extra_args: &[&str], extra_env: &[(&str, &str)]) -> Running {
     let mut command = keygate();
     command
         .args([
@@ -52,6 +57,7 @@ fn serve(data_dir: &Path, extra_env: &[(&str, &str)]) -> Running {
         ])
         .arg("--data-dir")
         .arg(data_dir)
+        .args(extra_args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     for (name, value) in extra_env {
@@ -265,6 +271,7 @@ async fn admin_create_key_reaches_a_running_server_within_a_second() {
     }
 
     // With the server stopped, the command works too.
+    let admin = server.first_key.clone().expect("global key");
     drop(server);
     let output = run_ok(
         keygate()
@@ -281,6 +288,68 @@ async fn admin_create_key_reaches_a_running_server_within_a_second() {
         .expect("run");
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("prefix"));
+
+    // With the server's configuration file: its data directory and key prefix, unless a
+    // flag says otherwise; a bad file is a clear error.
+    let config = dir.path().join("keygate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\nkey_prefix = \"acme_live\"\n",
+            dir.path().display().to_string()
+        ),
+    )
+    .expect("config");
+    let output = run_ok(
+        keygate()
+            .args(["admin", "create-key", "--name", "configured", "--config"])
+            .arg(&config)
+            .env_remove("KEYGATE_DATA_DIR"),
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).starts_with("acme_live_"));
+    let output = run_ok(
+        keygate()
+            .args([
+                "admin",
+                "create-key",
+                "--name",
+                "flagged",
+                "--prefix",
+                "ops",
+            ])
+            .arg("--config")
+            .arg(&config),
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).starts_with("ops_"));
+    std::fs::write(&config, "key_prefix = \"NO\"\n").expect("config");
+    let bad = keygate()
+        .args(["admin", "create-key", "--name", "x", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("key_prefix"));
+    // Both keys went to the file's data directory: a server on it lists them.
+    let server = serve(dir.path(), &[]);
+    let listed: Value = reqwest::Client::new()
+        .get(format!("{}/api/v1/keys?limit=100", server.base))
+        .header("X-API-Key", &admin)
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    let names: Vec<&str> = listed["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .filter_map(|k| k["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"configured") && names.contains(&"flagged"),
+        "{listed}"
+    );
 }
 
 #[tokio::test]

@@ -55,6 +55,8 @@ async fn stub_app() -> String {
 struct Preset {
     running: Running,
     dir: tempfile::TempDir,
+    /// The preset's file, as `--config` names it.
+    config: String,
     http: reqwest::Client,
 }
 
@@ -65,11 +67,12 @@ impl Preset {
         let upstream = stub_app().await;
         let dir = tempfile::tempdir().expect("temp dir");
         let config = preset(name);
-        let running = serve(
+        // As the preset's header says to run it: `keygate serve --config FILE --upstream
+        // URL --listen ADDR --data-dir DIR`.
+        let running = serve_with(
             dir.path(),
+            &["--config", config.as_str(), "--upstream", upstream.as_str()],
             &[
-                ("KEYGATE_CONFIG", config.as_str()),
-                ("KEYGATE_UPSTREAM", upstream.as_str()),
                 ("KEYGATE_ADMIN_PASSWORD", ADMIN_PASSWORD),
                 ("KEYGATE_PASSWORD_MEMORY_KIB", "1024"),
                 ("KEYGATE_PASSWORD_ITERATIONS", "1"),
@@ -78,6 +81,7 @@ impl Preset {
         Self {
             running,
             dir,
+            config,
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::limited(3))
                 .build()
@@ -89,12 +93,13 @@ impl Preset {
         self.running.first_key.clone().expect("global key")
     }
 
-    /// A key made by `keygate admin create-key`, once the running server accepts it (it
-    /// arrives through the change feed).
+    /// A key made by `keygate admin create-key --config PRESET`, once the running server
+    /// accepts it (it arrives through the change feed).
     async fn admin_created_key(&self, header: &str, extra: &[&str]) -> String {
         let output = run_ok(
             keygate()
                 .args(["admin", "create-key", "--name", "compat"])
+                .args(["--config", self.config.as_str()])
                 .args(extra)
                 .arg("--data-dir")
                 .arg(self.dir.path()),
@@ -103,10 +108,16 @@ impl Preset {
             .expect("utf-8")
             .trim()
             .to_string();
+        // `Authorization` carries it as a bearer credential.
+        let value = if header.eq_ignore_ascii_case("authorization") {
+            format!("Bearer {key}")
+        } else {
+            key.clone()
+        };
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let status = self
-                .send(Method::GET, "/api/v1/whoami", &[(header, &key)], None)
+                .send(Method::GET, "/api/v1/whoami", &[(header, &value)], None)
                 .await
                 .0;
             if status == 200 {
@@ -627,6 +638,23 @@ async fn changethisfile_preset() {
     assert_eq!(free["monthly_limit"], 1000);
     assert!(free["message"].is_string());
     let bearer = format!("Bearer {key}");
+    // An operator's key from `keygate admin create-key --config` has the preset's prefix
+    // and passes the way the document's keys do.
+    let operator = p.admin_created_key("authorization", &[]).await;
+    assert!(operator.starts_with("ctf_sk_"), "{operator}");
+    let (status, _, body) = p
+        .send(
+            Method::POST,
+            "/v1/convert",
+            &[("authorization", &format!("Bearer {operator}"))],
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, &body["uri"]),
+        (200, &json!("/v1/convert")),
+        "{body}"
+    );
 
     // POST /v1/convert with Authorization: Bearer.
     let (status, headers, body) = p
