@@ -16,7 +16,8 @@ struct Seen {
 }
 
 /// A stub app: `/echo*` answers with what it received, `/slow` never answers,
-/// `/ws` switches protocols and echoes bytes.
+/// `/status/{code}` answers that status (with an `ETag`), `/big` streams 16 MiB, `/ws`
+/// switches protocols and echoes bytes.
 async fn stub_upstream() -> (String, Arc<Mutex<Seen>>) {
     use axum::extract::{ConnectInfo, Request};
     let seen = Arc::new(Mutex::new(Seen::default()));
@@ -25,6 +26,34 @@ async fn stub_upstream() -> (String, Arc<Mutex<Seen>>) {
         .route(
             "/slow",
             axum::routing::any(std::future::pending::<&'static str>),
+        )
+        .route(
+            "/status/{code}",
+            axum::routing::get(
+                |axum::extract::Path(code): axum::extract::Path<u16>| async move {
+                    let status = axum::http::StatusCode::from_u16(code).expect("status");
+                    let body = if status.as_u16() == 204 || status.as_u16() == 304 {
+                        axum::body::Body::empty()
+                    } else {
+                        axum::body::Body::from(format!("the app's own {code}"))
+                    };
+                    axum::http::Response::builder()
+                        .status(status)
+                        .header("etag", "\"v1\"")
+                        .body(body)
+                        .expect("response")
+                },
+            ),
+        )
+        .route(
+            "/big",
+            axum::routing::get(|| async {
+                // 16 MiB in 64 KiB parts, streamed.
+                let parts = futures_util::stream::iter(
+                    (0..256).map(|_| Ok::<_, std::convert::Infallible>(vec![b'z'; 64 * 1024])),
+                );
+                axum::body::Body::from_stream(parts)
+            }),
         )
         .route(
             "/ws",
@@ -377,6 +406,82 @@ async fn an_upload_may_take_longer_than_the_upstream_timeout() {
     assert!(started.elapsed() > Duration::from_millis(600));
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.contains(&"x".repeat(8000)), "{response}");
+}
+
+#[tokio::test]
+async fn the_apps_statuses_and_large_answers_pass_unchanged() {
+    let (upstream, _) = stub_upstream().await;
+    let server = proxy_server(&upstream, json!([{"path": "/", "access": "public"}])).await;
+    for code in [201u16, 204, 301, 304, 404, 409, 500, 503] {
+        let response = server
+            .request(Method::GET, &format!("/status/{code}"))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status().as_u16(), code);
+        assert_eq!(header(&response, "etag"), "\"v1\"");
+        assert!(response.headers().get("x-request-id").is_some());
+        let body = response.text().await.expect("body");
+        if code == 204 || code == 304 {
+            assert_eq!(body, "");
+        } else {
+            // An app's own errors are its own: not rewritten into keygate's error model.
+            assert_eq!(body, format!("the app's own {code}"));
+        }
+    }
+    // HEAD: the app's head, no body.
+    let response = server
+        .request(Method::HEAD, "/status/200")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(header(&response, "etag"), "\"v1\"");
+    assert_eq!(response.bytes().await.expect("body").len(), 0);
+    // A large answer streams through whole.
+    let response = server
+        .request(Method::GET, "/big")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = response.bytes().await.expect("body");
+    assert_eq!(body.len(), 16 * 1024 * 1024);
+    assert!(body.iter().all(|b| *b == b'z'));
+}
+
+#[tokio::test]
+async fn keep_credential_and_the_upstreams_own_host() {
+    let (upstream, _) = stub_upstream().await;
+    let mut config = UpstreamConfig::new(&upstream).expect("upstream");
+    config.keep_credential = true;
+    config.preserve_host = false;
+    let server = TestServer::start_with(ServerConfig {
+        upstream: Some(config),
+        ..test_config()
+    })
+    .await;
+    let (key, _) = server.create_key(json!({"name": "client"})).await;
+    let echoed: Value = server
+        .request(Method::GET, "/echo/kept")
+        .header("X-API-Key", &key)
+        .header("Host", "app.example")
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    let headers = &echoed["headers"];
+    // Told to keep it, keygate passes the credential on.
+    assert_eq!(headers["x-api-key"], key.as_str(), "{headers}");
+    // The upstream's own Host; the client's is still told in X-Forwarded-Host.
+    assert_eq!(
+        headers["host"],
+        upstream.trim_start_matches("http://"),
+        "{headers}"
+    );
+    assert_eq!(headers["x-forwarded-host"], "app.example");
 }
 
 /// Sends `GET path` exactly as given and returns the whole response.
