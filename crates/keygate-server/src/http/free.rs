@@ -139,7 +139,8 @@ pub async fn create_free_key(
             api_key: key,
             plan: plan.name.clone(),
             monthly_limit: plan.limits.monthly_quota,
-            message: "Store this key now: it will not be shown again.".into(),
+            // ChangeThisFile's words (its preset answers as its documentation shows).
+            message: "Save this key — it will not be shown again.".into(),
         }),
     ))
 }

@@ -840,9 +840,18 @@ async fn forward_auth_refuses_originals_it_would_have_to_guess() {
     // Two different ones (a client's own beside the proxy's), in either order or under one
     // name twice; an unreadable one; one that is no URI: refused, never guessed.
     for headers in [
-        &[("X-Forwarded-Uri", &b"/health"[..]), ("X-Original-URI", b"/admin")][..],
-        &[("X-Original-URI", b"/health"), ("X-Forwarded-Uri", b"/admin")],
-        &[("X-Forwarded-Uri", b"/health"), ("X-Forwarded-Uri", b"/admin")],
+        &[
+            ("X-Forwarded-Uri", &b"/health"[..]),
+            ("X-Original-URI", b"/admin"),
+        ][..],
+        &[
+            ("X-Original-URI", b"/health"),
+            ("X-Forwarded-Uri", b"/admin"),
+        ],
+        &[
+            ("X-Forwarded-Uri", b"/health"),
+            ("X-Forwarded-Uri", b"/admin"),
+        ],
         &[
             ("X-Forwarded-Uri", b"/health"),
             ("X-Forwarded-Method", b"GET"),

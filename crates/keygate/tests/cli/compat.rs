@@ -636,7 +636,10 @@ async fn changethisfile_preset() {
     assert!(key.starts_with("ctf_sk_"), "{key}");
     assert_eq!(free["plan"], "free");
     assert_eq!(free["monthly_limit"], 1000);
-    assert!(free["message"].is_string());
+    assert_eq!(
+        free["message"],
+        "Save this key — it will not be shown again."
+    );
     let bearer = format!("Bearer {key}");
     // An operator's key from `keygate admin create-key --config` has the preset's prefix
     // and passes the way the document's keys do.
