@@ -72,6 +72,16 @@ impl LimitStatuses {
     }
 }
 
+impl FromIterator<LimitStatus> for LimitStatuses {
+    fn from_iter<I: IntoIterator<Item = LimitStatus>>(statuses: I) -> Self {
+        let mut all = LimitStatuses::default();
+        for status in statuses {
+            all.push(status);
+        }
+        all
+    }
+}
+
 /// At most this many rate limits on one plan, key or route: each is checked on every
 /// request, under the key's lock.
 pub const MAX_RATE_LIMITS: usize = 10;
@@ -474,6 +484,20 @@ mod tests {
                 burst: None,
             }],
             ..Limits::default()
+        }
+    }
+
+    #[test]
+    fn limit_statuses_collect_past_the_inline_room() {
+        let statuses: Vec<LimitStatus> = (0..5)
+            .map(|remaining| LimitStatus {
+                remaining,
+                ..LimitStatus::default()
+            })
+            .collect();
+        for n in [0, 2, 3, 4, 5] {
+            let all: LimitStatuses = statuses[..n].iter().copied().collect();
+            assert_eq!(all.as_slice(), &statuses[..n]);
         }
     }
 

@@ -37,21 +37,80 @@ pub fn set_request_limits(limits: &[LimitStatus]) {
 }
 
 /// `RateLimit-Policy` and `RateLimit` (IETF draft-ietf-httpapi-ratelimit-headers-11).
-pub fn rate_limit_fields(limits: &[LimitStatus]) -> Option<(String, String)> {
+///
+/// Written byte by byte into one buffer each: a key on a plan gets these on every answer,
+/// and `format!` per limit plus joining cost more than the whole key check did
+/// (BENCHMARKS.md).
+pub fn rate_limit_fields(limits: &[LimitStatus]) -> Option<(HeaderValue, HeaderValue)> {
     if limits.is_empty() {
         return None;
     }
-    let policy = limits
-        .iter()
-        .map(|l| format!("\"{}\";q={};w={}", l.name, l.limit, l.window_seconds))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let state = limits
-        .iter()
-        .map(|l| format!("\"{}\";r={};t={}", l.name, l.remaining, l.reset_seconds))
-        .collect::<Vec<_>>()
-        .join(", ");
+    // `"minute";q=1000000;w=60` is about 25 bytes; room for the usual two limits.
+    let mut policy = Vec::with_capacity(64 * limits.len());
+    let mut state = Vec::with_capacity(64 * limits.len());
+    for (i, limit) in limits.iter().enumerate() {
+        if i > 0 {
+            policy.extend_from_slice(b", ");
+            state.extend_from_slice(b", ");
+        }
+        for (out, (a, b), (x, y)) in [
+            (
+                &mut policy,
+                (b"q=", limit.limit),
+                (b"w=", limit.window_seconds),
+            ),
+            (
+                &mut state,
+                (b"r=", limit.remaining),
+                (b"t=", limit.reset_seconds),
+            ),
+        ] {
+            push_policy_name(out, limit.name);
+            out.push(b';');
+            out.extend_from_slice(a);
+            push_decimal(out, b);
+            out.push(b';');
+            out.extend_from_slice(x);
+            push_decimal(out, y);
+        }
+    }
+    // Digits, letters and punctuation only: always a valid header value.
+    let policy = HeaderValue::from_maybe_shared(axum::body::Bytes::from(policy)).ok()?;
+    let state = HeaderValue::from_maybe_shared(axum::body::Bytes::from(state)).ok()?;
     Some((policy, state))
+}
+
+/// A limit's name as a quoted string (`"minute"`, `"90s"`).
+fn push_policy_name(out: &mut Vec<u8>, name: keygate_core::limit::PolicyName) {
+    use keygate_core::limit::PolicyName;
+    out.push(b'"');
+    match name {
+        PolicyName::Second => out.extend_from_slice(b"second"),
+        PolicyName::Minute => out.extend_from_slice(b"minute"),
+        PolicyName::Hour => out.extend_from_slice(b"hour"),
+        PolicyName::Day => out.extend_from_slice(b"day"),
+        PolicyName::Month => out.extend_from_slice(b"month"),
+        PolicyName::Seconds(seconds) => {
+            push_decimal(out, seconds);
+            out.push(b's');
+        }
+    }
+    out.push(b'"');
+}
+
+/// `value` in decimal.
+fn push_decimal(out: &mut Vec<u8>, mut value: u64) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[start..]);
 }
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -194,12 +253,7 @@ pub fn finish(
 ) {
     response.headers_mut().insert(REQUEST_ID_NAME, id.clone());
     let id = id.to_str().unwrap_or("-");
-    if let Some((policy, state)) = rate_limit_fields(limits)
-        && let (Ok(policy), Ok(state)) = (
-            HeaderValue::from_str(&policy),
-            HeaderValue::from_str(&state),
-        )
-    {
+    if let Some((policy, state)) = rate_limit_fields(limits) {
         response.headers_mut().insert(RATELIMIT_POLICY, policy);
         response.headers_mut().insert(RATELIMIT, state);
     }
@@ -230,6 +284,44 @@ pub async fn request_context(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rate_limit_fields_as_the_draft_writes_them() {
+        use keygate_core::limit::PolicyName;
+        assert!(rate_limit_fields(&[]).is_none());
+        let limits = [
+            LimitStatus {
+                name: PolicyName::Minute,
+                limit: 10,
+                window_seconds: 60,
+                remaining: 0,
+                reset_seconds: 6,
+            },
+            LimitStatus {
+                name: PolicyName::Seconds(90),
+                limit: 18_446_744_073_709_551_615,
+                window_seconds: 90,
+                remaining: 1_000,
+                reset_seconds: 89,
+            },
+            LimitStatus {
+                name: PolicyName::Month,
+                limit: 1000,
+                window_seconds: 2_592_000,
+                remaining: 999,
+                reset_seconds: 1_234_567,
+            },
+        ];
+        let (policy, state) = rate_limit_fields(&limits).expect("fields");
+        assert_eq!(
+            policy,
+            r#""minute";q=10;w=60, "90s";q=18446744073709551615;w=90, "month";q=1000;w=2592000"#
+        );
+        assert_eq!(
+            state,
+            r#""minute";r=0;t=6, "90s";r=1000;t=89, "month";r=999;t=1234567"#
+        );
+    }
 
     #[test]
     fn log_lines_hide_credentials() {

@@ -137,15 +137,17 @@ pub fn answer_beside_router(
     // A refusal is rendered inside the request's task-locals (its id, error style and
     // the key's limit states); an allowed request needs none.
     let refused = |refusal: Rejection| {
-        context::within_request(&id, state.error_policy.clone(), || {
+        let (response, limits) = context::within_request(&id, state.error_policy.clone(), || {
             refusal.into_error().into_response()
-        })
+        });
+        (response, limits.into_iter().collect::<LimitStatuses>())
     };
     // As the router's CatchPanicLayer does: a panic is a 500 in the error model.
     let (mut response, limits) =
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decide(state, parts, peer)))
         {
-            Ok(Ok((response, limits))) => (response, limits.as_slice().to_vec()),
+            // Kept inline: an allowed answer allocates nothing for its limits.
+            Ok(Ok((response, limits))) => (response, limits),
             Ok(Err(refusal)) => refused(refusal),
             Err(_) => {
                 tracing::error!("forward auth panicked");
@@ -155,7 +157,7 @@ pub fn answer_beside_router(
     context::finish(
         &mut response,
         &id,
-        &limits,
+        limits.as_slice(),
         &parts.method,
         &parts.uri,
         started,
