@@ -18,6 +18,48 @@ pub fn matches(pattern: &str, path: &str) -> bool {
         || (pattern.is_empty() && path.starts_with('/'))
 }
 
+/// The host name of a `Host` (or `X-Forwarded-Host`) value: the port dropped, a trailing
+/// dot dropped, lower case; `None` for a value that names no host.
+pub fn host_name(value: &str) -> Option<String> {
+    let value = value.trim();
+    let name = if let Some(rest) = value.strip_prefix('[') {
+        // An IPv6 literal, `[::1]:8080`.
+        let (inside, after) = rest.split_once(']')?;
+        if !(after.is_empty() || after.strip_prefix(':').is_some_and(is_port)) {
+            return None;
+        }
+        inside
+    } else {
+        match value.rsplit_once(':') {
+            Some((name, port)) if is_port(port) => name,
+            Some(_) => return None,
+            None => value,
+        }
+    };
+    let name = name.strip_suffix('.').unwrap_or(name);
+    let valid = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':'));
+    valid.then(|| name.to_ascii_lowercase())
+}
+
+fn is_port(text: &str) -> bool {
+    !text.is_empty() && text.len() <= 5 && text.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// True when the host pattern covers `host` (a [`host_name`]): the same name, or for
+/// `*.example.com` any name below example.com (not example.com itself).
+pub fn host_matches(pattern: &str, host: &str) -> bool {
+    match pattern.strip_prefix("*.") {
+        Some(domain) => host
+            .strip_suffix(domain)
+            .and_then(|sub| sub.strip_suffix('.'))
+            .is_some_and(|sub| !sub.is_empty()),
+        None => host == pattern,
+    }
+}
+
 /// The canonical form of a request path, the one route policies are matched against and
 /// an upstream resolves: `.` and empty segments dropped, `..` applied, `%2e` read as `.`.
 /// `None` for a path that climbs above the root or hides a separator (`%2f`, `%5c`, `\`),
@@ -174,6 +216,10 @@ pub enum ProjectRule {
 pub struct RoutePolicy {
     /// A path pattern (see [`matches`]).
     pub path: String,
+    /// Hosts covered (`api.example.com`, or `*.example.com` for the names below it; see
+    /// [`host_matches`]), as the client asked for them; empty: every host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
     /// Methods covered (upper case); empty: every method.
     #[serde(default)]
     pub methods: Vec<String>,
@@ -199,6 +245,15 @@ impl RoutePolicy {
     pub fn validate(&self) -> Result<(), String> {
         if !self.path.starts_with('/') {
             return Err(format!("path {:?} must start with /", self.path));
+        }
+        for host in &self.hosts {
+            let name = host.strip_prefix("*.").unwrap_or(host);
+            if host_name(name).as_deref() != Some(name) || name.contains(':') {
+                return Err(format!(
+                    "path {:?}: host {host:?} must be a lower-case host name without a port, or *. and one",
+                    self.path
+                ));
+            }
         }
         if let Some(limits) = &self.rate_limits {
             if self.access == Access::Public {
@@ -233,25 +288,36 @@ impl RoutePolicy {
     }
 }
 
-/// The first policy covering `method` and `path`; requests no policy covers are
-/// `authenticated` with no scopes and no project.
-pub fn policy_for<'a>(
+/// The first policy covering `method`, `path` and the request's host; requests no policy
+/// covers are `authenticated` with no scopes and no project. `host` answers the request's
+/// [`host_name`]; it is asked at most once, and only if a policy that names hosts matches
+/// the method and path (most deployments name none, and need not look the host up).
+pub fn policy_for<'a, 'h>(
     policies: &'a [RoutePolicy],
     method: &str,
     path: &str,
+    host: impl FnOnce() -> Option<std::borrow::Cow<'h, str>>,
 ) -> Option<&'a RoutePolicy> {
-    indexed_policy_for(policies, method, path).map(|(_, policy)| policy)
+    indexed_policy_for(policies, method, path, host).map(|(_, policy)| policy)
 }
 
 /// [`policy_for`], with the policy's place among `policies`.
-pub fn indexed_policy_for<'a>(
+pub fn indexed_policy_for<'a, 'h>(
     policies: &'a [RoutePolicy],
     method: &str,
     path: &str,
+    host: impl FnOnce() -> Option<std::borrow::Cow<'h, str>>,
 ) -> Option<(usize, &'a RoutePolicy)> {
+    let mut ask = Some(host);
+    let mut asked: Option<Option<std::borrow::Cow<'h, str>>> = None;
     policies.iter().enumerate().find(|(_, p)| {
         (p.methods.is_empty() || p.methods.iter().any(|m| m.eq_ignore_ascii_case(method)))
             && matches(&p.path, path)
+            && (p.hosts.is_empty() || {
+                let host = asked.get_or_insert_with(|| ask.take().and_then(|ask| ask()));
+                host.as_deref()
+                    .is_some_and(|host| p.hosts.iter().any(|pattern| host_matches(pattern, host)))
+            })
     })
 }
 
@@ -292,6 +358,88 @@ mod policy_tests {
     }
 
     #[test]
+    fn hosts_are_read_without_port_or_case() {
+        for (value, name) in [
+            ("API.Example.com", Some("api.example.com")),
+            ("api.example.com:8443", Some("api.example.com")),
+            ("api.example.com.", Some("api.example.com")),
+            ("[::1]:8080", Some("::1")),
+            ("[::1]", Some("::1")),
+            ("127.0.0.1:80", Some("127.0.0.1")),
+            ("", None),
+            ("a b", None),
+            ("api.example.com:x", None),
+            ("[::1]x", None),
+            ("evil.com/x", None),
+        ] {
+            assert_eq!(host_name(value).as_deref(), name, "{value:?}");
+        }
+        assert!(host_matches("api.example.com", "api.example.com"));
+        assert!(!host_matches("api.example.com", "www.example.com"));
+        assert!(host_matches("*.example.com", "a.example.com"));
+        assert!(host_matches("*.example.com", "a.b.example.com"));
+        assert!(!host_matches("*.example.com", "example.com"));
+        assert!(!host_matches("*.example.com", "badexample.com"));
+    }
+
+    #[test]
+    fn policies_by_host_ask_for_the_host_only_when_needed() {
+        let policies: Vec<RoutePolicy> = serde_json::from_value(serde_json::json!([
+            {"path": "/", "hosts": ["status.example.com"], "access": "public"},
+            {"path": "/admin/*", "hosts": ["*.internal.example.com"], "scopes": ["ops"]},
+            {"path": "/admin/*", "scopes": ["admin"]},
+        ]))
+        .expect("policies");
+        for policy in &policies {
+            assert_eq!(policy.validate(), Ok(()));
+        }
+        let host = |name: &'static str| move || Some(std::borrow::Cow::Borrowed(name));
+        assert_eq!(
+            policy_for(&policies, "GET", "/x", host("status.example.com")).map(|p| p.access),
+            Some(Access::Public)
+        );
+        assert!(policy_for(&policies, "GET", "/x", host("api.example.com")).is_none());
+        assert!(policy_for(&policies, "GET", "/x", || None).is_none());
+        assert_eq!(
+            policy_for(
+                &policies,
+                "GET",
+                "/admin/a",
+                host("db.internal.example.com")
+            )
+            .map(|p| p.scopes.clone()),
+            Some(vec!["ops".to_string()])
+        );
+        assert_eq!(
+            policy_for(&policies, "GET", "/admin/a", host("api.example.com"))
+                .map(|p| p.scopes.clone()),
+            Some(vec!["admin".to_string()])
+        );
+        // No policy names hosts: the host is never looked up.
+        let plain: Vec<RoutePolicy> =
+            serde_json::from_value(serde_json::json!([{"path": "/a"}])).expect("policies");
+        let looked = std::cell::Cell::new(false);
+        let found = policy_for(&plain, "GET", "/a", || {
+            looked.set(true);
+            None
+        });
+        assert!(found.is_some() && !looked.get());
+        for bad in [
+            "API.example.com",
+            "api.example.com:80",
+            "*",
+            "*.",
+            "a/b",
+            "",
+        ] {
+            let policy: RoutePolicy =
+                serde_json::from_value(serde_json::json!({"path": "/", "hosts": [bad]}))
+                    .expect("policy");
+            assert!(policy.validate().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn first_matching_policy_wins() {
         let policies: Vec<RoutePolicy> = serde_json::from_value(serde_json::json!([
             {"path": "/health", "access": "public"},
@@ -300,19 +448,19 @@ mod policy_tests {
         ]))
         .expect("policies");
         assert_eq!(
-            policy_for(&policies, "GET", "/health").map(|p| p.access),
+            policy_for(&policies, "GET", "/health", || None).map(|p| p.access),
             Some(Access::Public)
         );
         assert_eq!(
-            policy_for(&policies, "delete", "/files/a").map(|p| p.scopes.clone()),
+            policy_for(&policies, "delete", "/files/a", || None).map(|p| p.scopes.clone()),
             Some(vec!["files:delete".to_string()])
         );
-        let read = policy_for(&policies, "GET", "/files/a").expect("policy");
+        let read = policy_for(&policies, "GET", "/files/a", || None).expect("policy");
         assert_eq!(
             (read.scopes.clone(), read.project),
             (vec!["files:read".to_string()], ProjectRule::Required)
         );
-        assert!(policy_for(&policies, "GET", "/other").is_none());
+        assert!(policy_for(&policies, "GET", "/other", || None).is_none());
         assert!(
             serde_json::from_value::<RoutePolicy>(serde_json::json!({"path": "/", "colour": 1}))
                 .is_err()

@@ -954,6 +954,10 @@ mod tests {
                 "[[routes]]\npath = \"/a\"\nrate_limits = [{ limit = 1, period_seconds = 0 }]\n",
                 "period_seconds",
             ),
+            (
+                "[[routes]]\npath = \"/a\"\nhosts = [\"Status.example.com:443\"]\n",
+                "host",
+            ),
         ] {
             let file: FileConfig = toml::from_str(toml).expect("toml");
             let errors = resolve(&file, &Overrides::default()).expect_err(toml);

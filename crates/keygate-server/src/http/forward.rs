@@ -96,11 +96,25 @@ fn original<'a>(
     Ok(found)
 }
 
+/// The host the client asked for: `X-Forwarded-Host` (its first entry, when a chain of
+/// proxies appended theirs), else the `Host` the proxy asked with (Envoy passes the
+/// client's on). Read only for route policies that name hosts.
+fn original_host(headers: &HeaderMap) -> Option<std::borrow::Cow<'static, str>> {
+    let value = match headers.get(&X_FORWARDED_HOST) {
+        Some(forwarded) => forwarded.to_str().ok()?.split(',').next()?,
+        None => headers.get(axum::http::header::HOST)?.to_str().ok()?,
+    };
+    keygate_core::route::host_name(value).map(std::borrow::Cow::Owned)
+}
+
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
 #[utoipa::path(
     get, path = "/api/v1/forward-auth", tag = "gateway",
     params(
         ("X-Forwarded-Method" = Option<String>, Header, description = "The original method (also X-Original-Method)"),
         ("X-Forwarded-Uri" = Option<String>, Header, description = "The original URI (also X-Original-URI)"),
+        ("X-Forwarded-Host" = Option<String>, Header, description = "The original host, for route policies that name hosts (else Host)"),
     ),
     responses(
         (status = 200, description = "Allowed: identity in X-Keygate-* headers, empty body"),
@@ -212,7 +226,9 @@ fn decide(
         )
         .into());
     };
-    let indexed = indexed_policy_for(&state.config.routes, original_method, path.as_ref());
+    let indexed = indexed_policy_for(&state.config.routes, original_method, path.as_ref(), || {
+        original_host(headers)
+    });
     let policy = indexed.map(|(_, policy)| policy);
     if policy.is_some_and(|p| p.access == Access::Public) {
         return Ok((

@@ -206,6 +206,7 @@ pub async fn divert(State(state): State<AppState>, request: Request, next: Next)
             &state.config.routes,
             request.method().as_str(),
             path.as_deref().unwrap_or_default(),
+            || request_host(&request),
         )
         .is_some_and(|p| p.upstream);
     if diverted {
@@ -319,6 +320,16 @@ pub async fn proxy(State(state): State<AppState>, request: Request) -> Response 
     answer.unwrap_or_else(IntoResponse::into_response)
 }
 
+/// The host the client asked for (its `Host`, or the authority of an absolute-form
+/// request line), for route policies that name hosts.
+fn request_host(request: &Request) -> Option<std::borrow::Cow<'static, str>> {
+    let value = match request.headers().get(header::HOST) {
+        Some(host) => host.to_str().ok()?,
+        None => request.uri().authority()?.as_str(),
+    };
+    keygate_core::route::host_name(value).map(std::borrow::Cow::Owned)
+}
+
 /// A request checked and ready for the upstream.
 struct Prepared {
     /// Boxed: it is kept in the proxied request's future (see `Pool::send`).
@@ -353,6 +364,7 @@ fn prepare(
         &state.config.routes,
         request.method().as_str(),
         request.uri().path(),
+        || request_host(&request),
     );
     let policy: Option<&RoutePolicy> = indexed.map(|(_, policy)| policy);
     let principal = if policy.is_some_and(|p| p.access == Access::Public) {

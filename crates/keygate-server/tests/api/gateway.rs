@@ -158,6 +158,7 @@ async fn nginx_auth_request_end_to_end() {
     // A client cannot have a public path, or a method the key may use, checked in place
     // of what it asks for, whatever forwarding headers it sends itself.
     assert_forged_originals_refused(&base, &key).await;
+    assert_host_routes_apply(&base).await;
     // A project-scoped route without a project: 400 through nginx, not a 500.
     let response = get("/projects/1", Some(&key)).await.expect("send");
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
@@ -219,8 +220,8 @@ async fn echo_app() -> u16 {
 }
 
 /// What the recipes run against: keygate with a public `/health`, an `/admin/*` needing
-/// `app:admin`, a DELETE on `/files/*` needing `files:delete` and `/projects/*` needing a
-/// project, a key on a plan of `per_minute` uses a minute (answered with its id), and the
+/// `app:admin`, a DELETE on `/files/*` needing `files:delete`, `/projects/*` needing a
+/// project and every path public on the host status.example.com, a key on a plan of `per_minute` uses a minute (answered with its id), and the
 /// echo app (its port).
 async fn recipe_setup(per_minute: u32) -> (TestServer, String, String, u16) {
     use keygate_core::route::RoutePolicy;
@@ -229,6 +230,7 @@ async fn recipe_setup(per_minute: u32) -> (TestServer, String, String, u16) {
         {"path": "/admin/*", "scopes": ["app:admin"]},
         {"path": "/files/*", "methods": ["DELETE"], "scopes": ["files:delete"]},
         {"path": "/projects/*", "project": "required"},
+        {"path": "/", "hosts": ["status.example.com"], "access": "public"},
     ]))
     .expect("routes");
     let server = TestServer::start_with(ServerConfig {
@@ -273,6 +275,30 @@ async fn wait_for_routing(proxy: &mut Nginx, base: &str, name: &str) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Through the proxy at `base`: a route for one host applies to requests for that host,
+/// and a client cannot claim it with its own `X-Forwarded-Host`.
+async fn assert_host_routes_apply(base: &str) {
+    let http = reqwest::Client::new();
+    let response = http
+        .get(format!("{base}/data"))
+        .header("Host", "status.example.com")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), StatusCode::OK, "the host's public route");
+    let response = http
+        .get(format!("{base}/data"))
+        .header("X-Forwarded-Host", "status.example.com")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(
+        response.status(),
+        StatusCode::UNAUTHORIZED,
+        "a client's own X-Forwarded-Host"
+    );
 }
 
 /// Through the proxy at `base`: a client's own forwarding headers naming a public path
@@ -355,6 +381,7 @@ async fn assert_recipe_answers(base: &str, key: &str, key_id: &str, per_minute: 
     assert_error(status, &body, 403, "insufficient_permissions", key);
     // A client cannot choose what keygate checks with its own forwarding headers.
     assert_forged_originals_refused(base, key).await;
+    assert_host_routes_apply(base).await;
     // The plan's uses a minute (refusals do not count); the next is refused with
     // Retry-After.
     for _ in 1..per_minute {
@@ -381,7 +408,8 @@ async fn caddy_forward_auth_end_to_end() {
     let port = free_port();
     let caddyfile = format!(
         "{{\n    admin off\n    auto_https off\n    storage file_system {{\n        root {}\n    }}\n}}\n\
-         http://127.0.0.1:{port} {{\n\
+         http://:{port} {{\n\
+         \x20   bind 127.0.0.1\n\
          \x20   forward_auth {keygate} {{\n\
          \x20       uri /api/v1/forward-auth\n\
          \x20       copy_headers X-Keygate-Key-Id X-Keygate-User X-Keygate-Project X-Keygate-Scopes\n\

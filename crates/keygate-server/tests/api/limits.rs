@@ -866,6 +866,51 @@ async fn forward_auth_refuses_originals_it_would_have_to_guess() {
 }
 
 #[tokio::test]
+async fn forward_auth_reads_the_original_host_for_host_routes() {
+    use keygate_core::route::RoutePolicy;
+    let routes: Vec<RoutePolicy> = serde_json::from_value(json!([
+        {"path": "/", "hosts": ["status.example.com"], "access": "public"},
+    ]))
+    .expect("routes");
+    let server = TestServer::start_with(ServerConfig {
+        routes,
+        ..test_config()
+    })
+    .await;
+    for (headers, status) in [
+        (
+            &[("X-Forwarded-Host", "status.example.com:443")][..],
+            StatusCode::OK,
+        ),
+        // A chain of proxies: the first entry is the client's.
+        (
+            &[("X-Forwarded-Host", "status.example.com, edge.internal")],
+            StatusCode::OK,
+        ),
+        // No X-Forwarded-Host (Envoy): the Host the proxy asks with.
+        (&[("Host", "Status.Example.com")], StatusCode::OK),
+        // X-Forwarded-Host names the client's host when both are there.
+        (
+            &[
+                ("X-Forwarded-Host", "api.example.com"),
+                ("Host", "status.example.com"),
+            ],
+            StatusCode::UNAUTHORIZED,
+        ),
+        (&[], StatusCode::UNAUTHORIZED),
+    ] {
+        let mut request = server
+            .request(Method::GET, "/api/v1/forward-auth")
+            .header("X-Forwarded-Uri", "/page");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.expect("send");
+        assert_eq!(response.status(), status, "{headers:?}");
+    }
+}
+
+#[tokio::test]
 async fn forward_auth_answers_carry_the_keys_rate_limit_fields() {
     let server = TestServer::start().await;
     let key = server.key_on_two_a_minute().await;

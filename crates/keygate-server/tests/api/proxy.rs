@@ -451,6 +451,41 @@ async fn the_apps_statuses_and_large_answers_pass_unchanged() {
 }
 
 #[tokio::test]
+async fn routes_for_one_host_apply_to_that_host_only() {
+    let (upstream, _) = stub_upstream().await;
+    let server = proxy_server(
+        &upstream,
+        json!([
+            {"path": "/echo", "hosts": ["status.example.com", "*.docs.example.com"], "access": "public"},
+        ]),
+    )
+    .await;
+    for (host, status) in [
+        ("status.example.com", StatusCode::OK),
+        ("STATUS.example.com:8080", StatusCode::OK),
+        ("v2.docs.example.com", StatusCode::OK),
+        ("docs.example.com", StatusCode::UNAUTHORIZED),
+        ("api.example.com", StatusCode::UNAUTHORIZED),
+    ] {
+        let response = server
+            .request(Method::GET, "/echo/page")
+            .header("Host", host)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), status, "{host}");
+    }
+    // A client's own X-Forwarded-Host names no host here: the Host it asked for does.
+    let response = server
+        .request(Method::GET, "/echo/page")
+        .header("X-Forwarded-Host", "status.example.com")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
 async fn keep_credential_and_the_upstreams_own_host() {
     let (upstream, _) = stub_upstream().await;
     let mut config = UpstreamConfig::new(&upstream).expect("upstream");
