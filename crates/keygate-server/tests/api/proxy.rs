@@ -373,6 +373,39 @@ async fn upstream_failures_are_502_and_504() {
 }
 
 #[tokio::test]
+async fn the_upstream_timeout_holds_for_every_request_of_a_connection() {
+    let (upstream, _) = stub_upstream().await;
+    // 300 ms (see `proxy_server`).
+    let server = proxy_server(&upstream, json!([{"path": "/", "access": "public"}])).await;
+    // One client, one connection at a time: its requests share the connection's timer.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .build()
+        .expect("client");
+    let get = |path: &str| http.get(format!("{}{path}", server.base)).send();
+    for round in 0..3 {
+        // Fast requests move the deadline on; none of them is cut.
+        for _ in 0..3 {
+            assert_eq!(get("/echo/a").await.expect("send").status(), StatusCode::OK);
+        }
+        // A slow one gets its 504 after the whole timeout, counted from its own start,
+        // whether the timer last fired or was moved on.
+        let started = std::time::Instant::now();
+        let response = get("/slow").await.expect("send");
+        let waited = started.elapsed();
+        assert_eq!(
+            response.status(),
+            StatusCode::GATEWAY_TIMEOUT,
+            "round {round}"
+        );
+        assert!(
+            waited >= Duration::from_millis(300),
+            "round {round}: cut after {waited:?}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn an_upload_may_take_longer_than_the_upstream_timeout() {
     let (upstream, _) = stub_upstream().await;
     let mut config = UpstreamConfig::new(&upstream).expect("upstream");
