@@ -238,6 +238,10 @@ pub struct RoutePolicy {
     /// and route; the key's monthly quota still applies and counts. `[]`: none here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limits: Option<Vec<RateLimit>>,
+    /// A plan whose rate limits replace the key's on this route, as `rate_limits` do (the
+    /// configuration resolves the name into `rate_limits` when it is loaded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<String>,
 }
 
 impl RoutePolicy {
@@ -254,6 +258,12 @@ impl RoutePolicy {
                     self.path
                 ));
             }
+        }
+        if self.plan.is_some() && self.access == Access::Public {
+            return Err(format!(
+                "path {:?}: a public route takes no credential, so there is no key to count a `plan`'s limits against",
+                self.path
+            ));
         }
         if let Some(limits) = &self.rate_limits {
             if self.access == Access::Public {

@@ -653,8 +653,23 @@ pub fn resolve(file: &FileConfig, over: &Overrides) -> Result<Effective, Vec<Str
             "identity_header_prefix: {identity_header_prefix:?} does not make valid header names"
         ));
     }
-    let routes = file.routes.clone().unwrap_or_default();
-    for route in &routes {
+    let mut routes = file.routes.clone().unwrap_or_default();
+    for route in &mut routes {
+        // A route's `plan` is one of this file's plans: its rate limits become the route's.
+        if let Some(name) = &route.plan {
+            let plan = file.plans.iter().flatten().find(|p| &p.name == name);
+            match (plan, &route.rate_limits) {
+                (_, Some(_)) => errors.push(format!(
+                    "routes: path {:?}: give `plan` or `rate_limits`, not both",
+                    route.path
+                )),
+                (None, None) => errors.push(format!(
+                    "routes: path {:?}: plan {name:?} is not one of this file's [[plans]]",
+                    route.path
+                )),
+                (Some(plan), None) => route.rate_limits = Some(plan.rate_limits.clone()),
+            }
+        }
         if let Err(why) = route.validate() {
             errors.push(format!("routes: {why}"));
         }
@@ -945,6 +960,23 @@ mod tests {
             .server_config()
             .routes;
         assert_eq!(routes[0].rate_limits.as_deref().map(<[_]>::len), Some(1));
+        // A route's plan lends it the plan's rate limits.
+        let file: FileConfig = toml::from_str(
+            "[[plans]]\nname = \"heavy\"\nrate_limits = [{ limit = 2, period_seconds = 60 }, { limit = 20, period_seconds = 3600 }]\n\
+             [[routes]]\npath = \"/v1/convert\"\nplan = \"heavy\"\n",
+        )
+        .expect("toml");
+        let routes = resolve(&file, &Overrides::default())
+            .expect("valid")
+            .server_config()
+            .routes;
+        assert_eq!(
+            routes[0]
+                .rate_limits
+                .as_deref()
+                .map(|l| l.iter().map(|l| l.limit).collect::<Vec<_>>()),
+            Some(vec![2, 20])
+        );
         for (toml, says) in [
             (
                 "[[routes]]\npath = \"/health\"\naccess = \"public\"\nrate_limits = []\n",
@@ -957,6 +989,14 @@ mod tests {
             (
                 "[[routes]]\npath = \"/a\"\nhosts = [\"Status.example.com:443\"]\n",
                 "host",
+            ),
+            (
+                "[[routes]]\npath = \"/a\"\nplan = \"missing\"\n",
+                "not one of this file's [[plans]]",
+            ),
+            (
+                "[[plans]]\nname = \"p\"\n[[routes]]\npath = \"/a\"\nplan = \"p\"\nrate_limits = []\n",
+                "not both",
             ),
         ] {
             let file: FileConfig = toml::from_str(toml).expect("toml");
