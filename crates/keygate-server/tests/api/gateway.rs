@@ -21,9 +21,10 @@ fn nginx_binary() -> Option<&'static str> {
     found
 }
 
-struct Nginx(Child);
+/// A proxy the test started; killed when dropped.
+struct ProxyProcess(Child);
 
-impl Drop for Nginx {
+impl Drop for ProxyProcess {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
@@ -106,7 +107,7 @@ async fn nginx_auth_request_end_to_end() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start nginx");
-    let mut nginx = Nginx(child);
+    let mut nginx = ProxyProcess(child);
     let base = format!("http://127.0.0.1:{port}");
     wait_for_routing(&mut nginx, &base, "nginx").await;
     let http = reqwest::Client::new();
@@ -253,7 +254,7 @@ async fn recipe_setup(per_minute: u32) -> (TestServer, String, String, u16) {
 
 /// Waits until the proxy `name`, started as `proxy`, passes `{base}/health` to the app
 /// (a condition, not a fixed sleep; some proxies listen before their routes are loaded).
-async fn wait_for_routing(proxy: &mut Nginx, base: &str, name: &str) {
+async fn wait_for_routing(proxy: &mut ProxyProcess, base: &str, name: &str) {
     let http = reqwest::Client::new();
     let started = std::time::Instant::now();
     loop {
@@ -327,6 +328,27 @@ async fn assert_forged_originals_refused(base: &str, key: &str) {
             "{method} {path} with {name}: {value} answered {status}"
         );
     }
+}
+
+/// Starts `command`, a proxy serving a recipe on loopback `port`, waits until it routes,
+/// and checks what its clients see ([`assert_recipe_answers`]).
+async fn check_recipe(
+    mut command: Command,
+    name: &str,
+    port: u16,
+    key: &str,
+    key_id: &str,
+    per_minute: u32,
+) {
+    let child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|err| panic!("start {name}: {err}"));
+    let mut proxy = ProxyProcess(child);
+    let base = format!("http://127.0.0.1:{port}");
+    wait_for_routing(&mut proxy, &base, name).await;
+    assert_recipe_answers(&base, key, key_id, per_minute).await;
 }
 
 /// What a proxy that passes keygate's answers on must show its clients, through the
@@ -420,20 +442,14 @@ async fn caddy_forward_auth_end_to_end() {
     );
     let config = dir.path().join("Caddyfile");
     std::fs::write(&config, caddyfile).expect("Caddyfile");
-    let child = Command::new(caddy)
+    let mut command = Command::new(caddy);
+    command
         .args(["run", "--adapter", "caddyfile", "--config"])
         .arg(&config)
         .env("HOME", dir.path())
         .env("XDG_DATA_HOME", dir.path().join("data"))
-        .env("XDG_CONFIG_HOME", dir.path().join("config"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start caddy");
-    let mut caddy = Nginx(child);
-    let base = format!("http://127.0.0.1:{port}");
-    wait_for_routing(&mut caddy, &base, "caddy").await;
-    assert_recipe_answers(&base, &key, &key_id, 2).await;
+        .env("XDG_CONFIG_HOME", dir.path().join("config"));
+    check_recipe(command, "caddy", port, &key, &key_id, 2).await;
 }
 
 /// A proxy installed from PyPI: the path in `env_var`, or `name` on the PATH (`.ci/run`
@@ -493,7 +509,8 @@ async fn traefik_forward_auth_end_to_end() {
     );
     let dynamic_file = dir.path().join("dynamic.yml");
     std::fs::write(&dynamic_file, dynamic).expect("dynamic.yml");
-    let child = Command::new(&traefik)
+    let mut command = Command::new(&traefik);
+    command
         .arg(format!("--entryPoints.web.address=127.0.0.1:{port}"))
         .arg(format!(
             "--providers.file.filename={}",
@@ -504,15 +521,8 @@ async fn traefik_forward_auth_end_to_end() {
             "--global.sendAnonymousUsage=false",
             "--log.level=ERROR",
         ])
-        .current_dir(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start traefik");
-    let mut traefik = Nginx(child);
-    let base = format!("http://127.0.0.1:{port}");
-    wait_for_routing(&mut traefik, &base, "traefik").await;
-    assert_recipe_answers(&base, &key, &key_id, 3).await;
+        .current_dir(dir.path());
+    check_recipe(command, "traefik", port, &key, &key_id, 3).await;
 }
 
 /// A static cluster of one loopback endpoint, in Envoy's bootstrap YAML.
@@ -592,7 +602,8 @@ async fn envoy_ext_authz_end_to_end() {
     );
     let config = dir.path().join("envoy.yaml");
     std::fs::write(&config, bootstrap).expect("envoy.yaml");
-    let child = Command::new(&envoy)
+    let mut command = Command::new(&envoy);
+    command
         .arg("--config-path")
         .arg(&config)
         // No shared memory (tests run side by side), one worker, errors only.
@@ -603,13 +614,6 @@ async fn envoy_ext_authz_end_to_end() {
             "--log-level",
             "error",
         ])
-        .current_dir(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start envoy");
-    let mut envoy = Nginx(child);
-    let base = format!("http://127.0.0.1:{port}");
-    wait_for_routing(&mut envoy, &base, "envoy").await;
-    assert_recipe_answers(&base, &key, &key_id, 3).await;
+        .current_dir(dir.path());
+    check_recipe(command, "envoy", port, &key, &key_id, 3).await;
 }
