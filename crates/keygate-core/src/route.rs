@@ -22,25 +22,27 @@ pub fn matches(pattern: &str, path: &str) -> bool {
 /// dot dropped, lower case; `None` for a value that names no host.
 pub fn host_name(value: &str) -> Option<String> {
     let value = value.trim();
-    let name = if let Some(rest) = value.strip_prefix('[') {
-        // An IPv6 literal, `[::1]:8080`.
+    if let Some(rest) = value.strip_prefix('[') {
+        // An IPv6 literal, `[::1]:8080`, and nothing else: a name in brackets is no host a
+        // proxy routes by, and must not match a policy for that name.
         let (inside, after) = rest.split_once(']')?;
-        if !(after.is_empty() || after.strip_prefix(':').is_some_and(is_port)) {
-            return None;
-        }
-        inside
-    } else {
-        match value.rsplit_once(':') {
-            Some((name, port)) if is_port(port) => name,
-            Some(_) => return None,
-            None => value,
-        }
+        let port_ok = after.is_empty() || after.strip_prefix(':').is_some_and(is_port);
+        let ip = inside
+            .parse::<std::net::Ipv6Addr>()
+            .ok()
+            .filter(|_| port_ok)?;
+        return Some(ip.to_string());
+    }
+    let name = match value.split_once(':') {
+        Some((name, port)) if is_port(port) => name,
+        Some(_) => return None,
+        None => value,
     };
     let name = name.strip_suffix('.').unwrap_or(name);
     let valid = !name.is_empty()
         && name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':'));
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
     valid.then(|| name.to_ascii_lowercase())
 }
 
@@ -380,6 +382,11 @@ mod policy_tests {
             ("a b", None),
             ("api.example.com:x", None),
             ("[::1]x", None),
+            ("[status.example.com]", None),
+            ("[status.example.com]:80", None),
+            ("::1", None),
+            ("a:b:80", None),
+            ("[::1]:80:80", None),
             ("evil.com/x", None),
         ] {
             assert_eq!(host_name(value).as_deref(), name, "{value:?}");

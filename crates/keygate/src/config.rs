@@ -656,8 +656,10 @@ pub fn resolve(file: &FileConfig, over: &Overrides) -> Result<Effective, Vec<Str
     let mut routes = file.routes.clone().unwrap_or_default();
     for route in &mut routes {
         // A route's `plan` is one of this file's plans: its rate limits become the route's.
-        if let Some(name) = &route.plan {
-            let plan = file.plans.iter().flatten().find(|p| &p.name == name);
+        // Resolved once, into `rate_limits`: what `config check` prints then reads back.
+        if let Some(name) = route.plan.take() {
+            let name = name.trim();
+            let plan = file.plans.iter().flatten().find(|p| p.name.trim() == name);
             match (plan, &route.rate_limits) {
                 (_, Some(_)) => errors.push(format!(
                     "routes: path {:?}: give `plan` or `rate_limits`, not both",

@@ -413,17 +413,17 @@ async fn run(cli: Cli) -> Result<()> {
             prefix,
             expires_at,
         }) => {
-            // The server's own layering: flags and environment over the file.
-            let effective = ConfigArgs {
-                config,
-                overrides: Overrides {
-                    data_dir,
-                    ..Default::default()
-                },
-            }
-            .resolve()?;
-            let prefix = prefix.unwrap_or(effective.key_prefix);
-            admin_create_key(effective.data_dir, name, scopes, prefix, expires_at).await
+            // Only what a key needs from the server's file (flags and environment first):
+            // the rest of it is the server's to check.
+            let file = match &config {
+                Some(path) => config::read_file(path).map_err(anyhow::Error::msg)?,
+                None => FileConfig::default(),
+            };
+            let data_dir = data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from("./keygate-data"));
+            let prefix = prefix.or(file.key_prefix).unwrap_or_else(|| "kg".into());
+            admin_create_key(data_dir, name, scopes, prefix, expires_at).await
         }
         Command::Keys(command) => client::run(command).await,
         Command::Webhooks(WebhooksCommand::Verify {

@@ -328,7 +328,28 @@ async fn admin_create_key_reaches_a_running_server_within_a_second() {
         .output()
         .expect("run");
     assert!(!bad.status.success());
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("key_prefix"));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("prefix"));
+    // --data-dir beats the file's.
+    let other = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        &config,
+        format!("data_dir = {:?}\n", dir.path().display().to_string()),
+    )
+    .expect("config");
+    run_ok(
+        keygate()
+            .args(["admin", "create-key", "--name", "elsewhere", "--config"])
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(other.path()),
+    );
+    assert!(
+        std::fs::read_dir(other.path())
+            .expect("dir")
+            .next()
+            .is_some(),
+        "the store was made in --data-dir"
+    );
     // Both keys went to the file's data directory: a server on it lists them.
     let server = serve(dir.path(), &[]);
     let listed: Value = reqwest::Client::new()

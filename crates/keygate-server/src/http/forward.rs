@@ -96,15 +96,38 @@ fn original<'a>(
     Ok(found)
 }
 
-/// The host the client asked for: `X-Forwarded-Host` (its first entry, when a chain of
-/// proxies appended theirs), else the `Host` the proxy asked with (Envoy passes the
-/// client's on). Read only for route policies that name hosts.
-fn original_host(headers: &HeaderMap) -> Option<std::borrow::Cow<'static, str>> {
-    let value = match headers.get(&X_FORWARDED_HOST) {
-        Some(forwarded) => forwarded.to_str().ok()?.split(',').next()?,
-        None => headers.get(axum::http::header::HOST)?.to_str().ok()?,
+/// The host the client asked for: `X-Forwarded-Host`, else the `Host` the proxy asked
+/// with (Envoy passes the client's on); `None` when neither is there. As with the original
+/// URI, entries that name different hosts (a client's own beside the proxy's, in another
+/// line or further down a comma list) and unreadable ones are refused, not chosen between.
+fn original_host(headers: &HeaderMap) -> Result<Option<String>, Rejection> {
+    let forwarded = headers.get_all(&X_FORWARDED_HOST);
+    let (values, what) = if forwarded.iter().next().is_some() {
+        (forwarded, "X-Forwarded-Host")
+    } else {
+        (headers.get_all(axum::http::header::HOST), "Host")
     };
-    keygate_core::route::host_name(value).map(std::borrow::Cow::Owned)
+    let mut found: Option<String> = None;
+    for value in values {
+        for entry in value.to_str().unwrap_or(",").split(',') {
+            let Some(host) = keygate_core::route::host_name(entry) else {
+                return Err(
+                    ApiError::invalid(format!("{what} names no host that can be read.")).into(),
+                );
+            };
+            match &found {
+                Some(earlier) if *earlier != host => {
+                    return Err(ApiError::invalid(format!(
+                        "{what} names two different hosts."
+                    ))
+                    .hint("have the proxy set the original host once, overwriting the client's")
+                    .into());
+                }
+                _ => found = Some(host),
+            }
+        }
+    }
+    Ok(found)
 }
 
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -194,6 +217,20 @@ fn decide(
     // kept here for the borrowed path and query below.
     let parsed: Uri;
     let sent_uri = original(headers, &ORIGINAL_URI, "URI")?;
+    // Envoy's form: the original path and query after our own path.
+    let suffix = uri
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .and_then(|pq| pq.strip_prefix("/api/v1/forward-auth"))
+        .filter(|rest| rest.starts_with('/'));
+    if let (Some(sent), Some(suffix)) = (sent_uri, suffix)
+        && sent != suffix
+    {
+        return Err(ApiError::invalid(
+            "The request names two different original URIs (a header and the path after /api/v1/forward-auth).",
+        )
+        .into());
+    }
     let (original_path, original_query) =
         match sent_uri.map(|value| original_uri(value).ok_or(value)) {
             Some(Ok(OriginalUri::Split { path, query })) => (path, query),
@@ -208,13 +245,12 @@ fn decide(
                 );
             }
             None => {
-                parsed = uri
-                    .path_and_query()
-                    .map(|pq| pq.as_str())
-                    .and_then(|pq| pq.strip_prefix("/api/v1/forward-auth"))
-                    .filter(|rest| rest.starts_with('/'))
-                    .and_then(|rest| rest.parse::<Uri>().ok())
-                    .unwrap_or_else(|| uri.clone());
+                parsed = match suffix {
+                    Some(rest) => rest.parse::<Uri>().map_err(|_| {
+                        ApiError::invalid("The path after /api/v1/forward-auth is not a URI.")
+                    })?,
+                    None => uri.clone(),
+                };
                 (parsed.path(), parsed.query())
             }
         };
@@ -226,8 +262,14 @@ fn decide(
         )
         .into());
     };
+    // The host is read only where a route names hosts.
+    let host = if state.config.routes.iter().any(|r| !r.hosts.is_empty()) {
+        original_host(headers)?
+    } else {
+        None
+    };
     let indexed = indexed_policy_for(&state.config.routes, original_method, path.as_ref(), || {
-        original_host(headers)
+        host.as_deref().map(std::borrow::Cow::Borrowed)
     });
     let policy = indexed.map(|(_, policy)| policy);
     if policy.is_some_and(|p| p.access == Access::Public) {

@@ -206,7 +206,14 @@ pub async fn divert(State(state): State<AppState>, request: Request, next: Next)
             &state.config.routes,
             request.method().as_str(),
             path.as_deref().unwrap_or_default(),
-            || request_host(&request),
+            // An unreadable host is refused once the request reaches the proxy's check.
+            || {
+                let peer = crate::http::extract::peer_ip_of(&request).map(PeerAddress::new);
+                request_host(&state, request.headers(), peer.as_ref())
+                    .ok()
+                    .flatten()
+                    .map(std::borrow::Cow::Owned)
+            },
         )
         .is_some_and(|p| p.upstream);
     if diverted {
@@ -320,14 +327,46 @@ pub async fn proxy(State(state): State<AppState>, request: Request) -> Response 
     answer.unwrap_or_else(IntoResponse::into_response)
 }
 
-/// The host the client asked for (its `Host`, or the authority of an absolute-form
-/// request line), for route policies that name hosts.
-fn request_host(request: &Request) -> Option<std::borrow::Cow<'static, str>> {
-    let value = match request.headers().get(header::HOST) {
-        Some(host) => host.to_str().ok()?,
-        None => request.uri().authority()?.as_str(),
+/// The host the client asked for, its one `Host`, for route policies that name hosts;
+/// `None` without one. Refused: two `Host` values, an unreadable one, and an
+/// `X-Forwarded-Host` from a trusted proxy that names another host (the app could serve
+/// that one while keygate checked this).
+fn request_host(
+    state: &AppState,
+    headers: &HeaderMap,
+    peer: Option<&PeerAddress>,
+) -> Result<Option<String>, ApiError> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let (Some(value), None) = (hosts.next(), hosts.next()) else {
+        return match headers.contains_key(header::HOST) {
+            true => Err(ApiError::invalid("The request has two Host headers.")),
+            false => Ok(None),
+        };
     };
-    keygate_core::route::host_name(value).map(std::borrow::Cow::Owned)
+    let host = value
+        .to_str()
+        .ok()
+        .and_then(keygate_core::route::host_name)
+        .ok_or_else(|| ApiError::invalid("Host names no host that can be read."))?;
+    let trusted = peer.is_some_and(|p| {
+        state
+            .config
+            .trusted_proxies
+            .iter()
+            .any(|n| n.contains(&p.ip))
+    });
+    if trusted {
+        for forwarded in headers.get_all(X_FORWARDED_HOST) {
+            for entry in forwarded.to_str().unwrap_or(",").split(',') {
+                if keygate_core::route::host_name(entry).as_deref() != Some(host.as_str()) {
+                    return Err(ApiError::invalid(
+                        "X-Forwarded-Host names another host than Host.",
+                    ));
+                }
+            }
+        }
+    }
+    Ok(Some(host))
 }
 
 /// A request checked and ready for the upstream.
@@ -360,11 +399,17 @@ fn prepare(
     let client_ip = state
         .config
         .client_ip(peer.map(|p| p.ip), request.headers());
+    // The host is read only where a route names hosts.
+    let host = if state.config.routes.iter().any(|r| !r.hosts.is_empty()) {
+        request_host(state, request.headers(), peer)?
+    } else {
+        None
+    };
     let indexed = indexed_policy_for(
         &state.config.routes,
         request.method().as_str(),
         request.uri().path(),
-        || request_host(&request),
+        || host.as_deref().map(std::borrow::Cow::Borrowed),
     );
     let policy: Option<&RoutePolicy> = indexed.map(|(_, policy)| policy);
     let principal = if policy.is_some_and(|p| p.access == Access::Public) {
@@ -536,12 +581,12 @@ async fn send_with_body(
         })
     });
     let mut sent = std::pin::pin!(upstream.pool.send_streaming(outgoing));
-    let mut deadline = tokio::time::Instant::now() + timeout;
+    let mut deadline = later(tokio::time::Instant::now(), timeout);
     loop {
         match tokio::time::timeout_at(deadline, sent.as_mut()).await {
             Ok(answer) => return Some(answer),
             Err(_) => {
-                let moved = progress.last() + timeout;
+                let moved = later(progress.last(), timeout);
                 if moved <= tokio::time::Instant::now() {
                     return None;
                 }
@@ -549,6 +594,13 @@ async fn send_with_body(
             }
         }
     }
+}
+
+/// `timeout` after `at`, or a time as good as never for a timeout too long to add (the
+/// configuration takes any duration; tokio's own `timeout` saturates the same way).
+fn later(at: tokio::time::Instant, timeout: std::time::Duration) -> tokio::time::Instant {
+    const NEVER: std::time::Duration = std::time::Duration::from_secs(86_400 * 365 * 30);
+    at.checked_add(timeout.min(NEVER)).unwrap_or(at)
 }
 
 /// When the upstream last took a part of a request body (or the body's end).

@@ -863,6 +863,19 @@ async fn forward_auth_refuses_originals_it_would_have_to_guess() {
         let (status, body) = read(ask(headers).await.expect("send")).await;
         assert_error(status, &body, 400, "invalid_request", "");
     }
+    // Envoy's form, the path after /api/v1/forward-auth, is one more original.
+    for (uri, status) in [
+        ("/health", StatusCode::OK),
+        ("/admin", StatusCode::BAD_REQUEST),
+    ] {
+        let response = server
+            .request(Method::GET, "/api/v1/forward-auth/health")
+            .header("X-Forwarded-Uri", uri)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), status, "{uri}");
+    }
 }
 
 #[tokio::test]
@@ -882,9 +895,12 @@ async fn forward_auth_reads_the_original_host_for_host_routes() {
             &[("X-Forwarded-Host", "status.example.com:443")][..],
             StatusCode::OK,
         ),
-        // A chain of proxies: the first entry is the client's.
+        // The same host twice, in one line or two, is one host.
         (
-            &[("X-Forwarded-Host", "status.example.com, edge.internal")],
+            &[(
+                "X-Forwarded-Host",
+                "status.example.com, status.example.com:443",
+            )],
             StatusCode::OK,
         ),
         // No X-Forwarded-Host (Envoy): the Host the proxy asks with.
@@ -898,6 +914,22 @@ async fn forward_auth_reads_the_original_host_for_host_routes() {
             StatusCode::UNAUTHORIZED,
         ),
         (&[], StatusCode::UNAUTHORIZED),
+        // Two hosts (a client's own beside the proxy's), or one that cannot be read: refused.
+        (
+            &[("X-Forwarded-Host", "status.example.com, api.example.com")],
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            &[
+                ("X-Forwarded-Host", "api.example.com"),
+                ("X-Forwarded-Host", "status.example.com"),
+            ],
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            &[("X-Forwarded-Host", "[status.example.com]")],
+            StatusCode::BAD_REQUEST,
+        ),
     ] {
         let mut request = server
             .request(Method::GET, "/api/v1/forward-auth")

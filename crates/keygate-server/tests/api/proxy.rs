@@ -377,7 +377,7 @@ async fn the_upstream_timeout_holds_for_every_request_of_a_connection() {
     let (upstream, _) = stub_upstream().await;
     // 300 ms (see `proxy_server`).
     let server = proxy_server(&upstream, json!([{"path": "/", "access": "public"}])).await;
-    // One client, one connection at a time: its requests share the connection's timer.
+    // One client, one connection at a time: each request's timeout starts with it.
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(1)
         .build()
@@ -516,6 +516,33 @@ async fn routes_for_one_host_apply_to_that_host_only() {
         .await
         .expect("send");
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    // Two Host headers, or a name in brackets (no host a server routes by): refused. An
+    // absolute-form request line names no Host: the host route does not apply.
+    let addr = server.base.trim_start_matches("http://");
+    for (head, status) in [
+        (
+            "GET /echo/page HTTP/1.1\r\nHost: status.example.com\r\nHost: api.example.com\r\nConnection: close\r\n\r\n".to_string(),
+            "400",
+        ),
+        (
+            "GET /echo/page HTTP/1.1\r\nHost: [status.example.com]\r\nConnection: close\r\n\r\n".to_string(),
+            "400",
+        ),
+        (
+            format!("GET http://status.example.com/echo/page HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
+            "401",
+        ),
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        stream.write_all(head.as_bytes()).await.expect("write");
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.expect("read");
+        let response = String::from_utf8_lossy(&response);
+        assert!(
+            response.starts_with(&format!("HTTP/1.1 {status}")),
+            "{head:?}: {response}"
+        );
+    }
 }
 
 #[tokio::test]
