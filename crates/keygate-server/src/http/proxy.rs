@@ -327,10 +327,10 @@ pub async fn proxy(State(state): State<AppState>, request: Request) -> Response 
     answer.unwrap_or_else(IntoResponse::into_response)
 }
 
-/// The host the client asked for, its one `Host`, for route policies that name hosts;
-/// `None` without one. Refused: two `Host` values, an unreadable one, and an
-/// `X-Forwarded-Host` from a trusted proxy that names another host (the app could serve
-/// that one while keygate checked this).
+/// The host the client asked for, its one `Host`, for route policies that name hosts.
+/// Refused: no `Host` (HTTP/1.1 requires one, and the app would serve whichever site is
+/// its default), two, an unreadable one, and an `X-Forwarded-Host` from a trusted proxy
+/// that names another host (the app could serve that one while keygate checked this).
 fn request_host(
     state: &AppState,
     headers: &HeaderMap,
@@ -338,10 +338,9 @@ fn request_host(
 ) -> Result<Option<String>, ApiError> {
     let mut hosts = headers.get_all(header::HOST).iter();
     let (Some(value), None) = (hosts.next(), hosts.next()) else {
-        return match headers.contains_key(header::HOST) {
-            true => Err(ApiError::invalid("The request has two Host headers.")),
-            false => Ok(None),
-        };
+        return Err(ApiError::invalid(
+            "The request needs exactly one Host header here.",
+        ));
     };
     let host = value
         .to_str()

@@ -516,8 +516,9 @@ async fn routes_for_one_host_apply_to_that_host_only() {
         .await
         .expect("send");
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
-    // Two Host headers, or a name in brackets (no host a server routes by): refused. An
-    // absolute-form request line names no Host: the host route does not apply.
+    // Two Host headers, none, or a name in brackets (no host a server routes by): refused.
+    // An absolute-form request line's authority is not the Host: the host route does not
+    // apply.
     let addr = server.base.trim_start_matches("http://");
     for (head, status) in [
         (
@@ -526,6 +527,10 @@ async fn routes_for_one_host_apply_to_that_host_only() {
         ),
         (
             "GET /echo/page HTTP/1.1\r\nHost: [status.example.com]\r\nConnection: close\r\n\r\n".to_string(),
+            "400",
+        ),
+        (
+            "GET /echo/page HTTP/1.1\r\nConnection: close\r\n\r\n".to_string(),
             "400",
         ),
         (
