@@ -300,6 +300,11 @@ impl RoutePolicy {
     }
 }
 
+/// Does any of `policies` name hosts? Only then is a request's host read and checked.
+pub fn names_hosts(policies: &[RoutePolicy]) -> bool {
+    policies.iter().any(|p| !p.hosts.is_empty())
+}
+
 /// The first policy covering `method`, `path` and the request's host; requests no policy
 /// covers are `authenticated` with no scopes and no project. `host` answers the request's
 /// [`host_name`]; it is asked at most once, and only if a policy that names hosts matches

@@ -156,6 +156,11 @@ impl UpstreamConfig {
 }
 
 impl ServerConfig {
+    /// Is `ip` one of `trusted_proxies`?
+    pub fn is_trusted_proxy(&self, ip: &std::net::IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|net| net.contains(ip))
+    }
+
     /// The client's address: the TCP peer, or — when the peer is a trusted proxy — the
     /// right-most address in the forwarded-for header that is not itself a trusted proxy.
     pub fn client_ip(
@@ -165,8 +170,7 @@ impl ServerConfig {
     ) -> Option<std::net::IpAddr> {
         // IPv4 peers on a dual-stack socket arrive as ::ffff:a.b.c.d; compare them as IPv4.
         let peer = peer?.to_canonical();
-        let trusted =
-            |ip: &std::net::IpAddr| self.trusted_proxies.iter().any(|net| net.contains(ip));
+        let trusted = |ip: &std::net::IpAddr| self.is_trusted_proxy(ip);
         if !trusted(&peer) {
             return Some(peer);
         }

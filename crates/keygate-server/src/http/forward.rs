@@ -263,7 +263,7 @@ fn decide(
         .into());
     };
     // The host is read only where a route names hosts.
-    let host = if state.config.routes.iter().any(|r| !r.hosts.is_empty()) {
+    let host = if keygate_core::route::names_hosts(&state.config.routes) {
         original_host(headers)?
     } else {
         None

@@ -23,7 +23,9 @@ use axum::response::{IntoResponse, Response};
 use hyper_util::rt::TokioIo;
 use keygate_api::ErrorCode;
 use keygate_core::limit::LimitStatuses;
-use keygate_core::route::{Access, RoutePolicy, indexed_policy_for, normalize_path, policy_for};
+use keygate_core::route::{
+    Access, RoutePolicy, indexed_policy_for, names_hosts, normalize_path, policy_for,
+};
 use std::sync::Arc;
 
 /// The upstream and its keep-alive connections.
@@ -347,14 +349,7 @@ fn request_host(
         .ok()
         .and_then(keygate_core::route::host_name)
         .ok_or_else(|| ApiError::invalid("Host names no host that can be read."))?;
-    let trusted = peer.is_some_and(|p| {
-        state
-            .config
-            .trusted_proxies
-            .iter()
-            .any(|n| n.contains(&p.ip))
-    });
-    if trusted {
+    if peer.is_some_and(|p| state.config.is_trusted_proxy(&p.ip)) {
         for forwarded in headers.get_all(X_FORWARDED_HOST) {
             for entry in forwarded.to_str().unwrap_or(",").split(',') {
                 if keygate_core::route::host_name(entry).as_deref() != Some(host.as_str()) {
@@ -399,7 +394,7 @@ fn prepare(
         .config
         .client_ip(peer.map(|p| p.ip), request.headers());
     // The host is read only where a route names hosts.
-    let host = if state.config.routes.iter().any(|r| !r.hosts.is_empty()) {
+    let host = if names_hosts(&state.config.routes) {
         request_host(state, request.headers(), peer)?
     } else {
         None
@@ -688,13 +683,7 @@ fn forwarded_headers(
     peer: Option<&PeerAddress>,
     original_host: Option<&HeaderValue>,
 ) {
-    let peer_trusted = peer.is_some_and(|p| {
-        state
-            .config
-            .trusted_proxies
-            .iter()
-            .any(|n| n.contains(&p.ip))
-    });
+    let peer_trusted = peer.is_some_and(|p| state.config.is_trusted_proxy(&p.ip));
     let forwarded_for = if peer_trusted {
         let mut chain = String::new();
         for earlier in headers
