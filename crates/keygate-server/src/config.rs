@@ -59,6 +59,8 @@ pub struct ServerConfig {
     pub webhooks: crate::webhooks::WebhookConfig,
     /// How errors are written (a preset's status codes, messages and body style).
     pub errors: crate::http::error::ErrorPolicy,
+    /// Names of the OpenAPI security schemes (Swagger UI's Authorize sections).
+    pub openapi_security_schemes: crate::http::docs::SecuritySchemeNames,
     /// Reverse-proxy mode: where requests that are not keygate's own go.
     pub upstream: Option<UpstreamConfig>,
     /// How slowly a client may send requests, and how long it may keep a connection idle.
@@ -92,6 +94,7 @@ impl Default for ServerConfig {
             upstream: None,
             client_timeouts: Default::default(),
             errors: Default::default(),
+            openapi_security_schemes: Default::default(),
             aliases: Default::default(),
             user_key_scopes: Vec::new(),
             webhooks: Default::default(),

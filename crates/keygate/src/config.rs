@@ -8,6 +8,7 @@ use keygate_api::system::SettingsPatch;
 use keygate_core::credential::Transport;
 use keygate_server::config::{ServerConfig, UpstreamConfig};
 use keygate_server::http::alias::{Alias, Aliases};
+use keygate_server::http::docs::SecuritySchemeNames;
 use keygate_server::http::error::ErrorPolicy;
 use keygate_server::http::watch::ClientTimeouts;
 use keygate_server::passwords::PasswordCost;
@@ -67,6 +68,9 @@ pub struct FileConfig {
     pub free_key_accounts: Option<bool>,
     /// Status codes, messages and body style of refusals (`[errors]`, file only).
     pub errors: Option<ErrorPolicy>,
+    /// Names of the OpenAPI security schemes, which Swagger UI's Authorize dialog shows
+    /// (`[openapi_security_schemes]`, file only).
+    pub openapi_security_schemes: Option<SecuritySchemeNames>,
     /// Extra paths for keygate's endpoints: `"/api/accounts/token/" = "/api/v1/auth/token"`.
     pub aliases: Option<std::collections::BTreeMap<String, String>>,
     /// Instance settings applied at every start (`[settings]`, file only).
@@ -271,6 +275,7 @@ pub struct Effective {
     pub user_key_scopes: Vec<String>,
     pub free_key_accounts: bool,
     pub errors: ErrorPolicy,
+    pub openapi_security_schemes: SecuritySchemeNames,
     pub aliases: std::collections::BTreeMap<String, String>,
     pub settings: Option<SettingsPatch>,
     pub plans: Vec<PlanRequest>,
@@ -366,6 +371,7 @@ impl Effective {
             free_key_accounts: self.free_key_accounts,
             webhooks: self.webhooks.clone(),
             errors: self.errors.clone(),
+            openapi_security_schemes: self.openapi_security_schemes.clone(),
             // Checked by `resolve`.
             aliases: self.aliases().unwrap_or_default(),
             ..ServerConfig::default()
@@ -747,6 +753,10 @@ pub fn resolve(file: &FileConfig, over: &Overrides) -> Result<Effective, Vec<Str
     if let Err(e) = error_policy.validate() {
         errors.push(e);
     }
+    let openapi_security_schemes = file.openapi_security_schemes.clone().unwrap_or_default();
+    if let Err(e) = openapi_security_schemes.validate() {
+        errors.push(e);
+    }
     let plans = file.plans.clone().unwrap_or_default();
     for plan in &plans {
         if let Err(e) = keygate_server::http::plans::validate_name(&plan.name) {
@@ -872,6 +882,7 @@ pub fn resolve(file: &FileConfig, over: &Overrides) -> Result<Effective, Vec<Str
         user_key_scopes,
         free_key_accounts: file.free_key_accounts.unwrap_or(false),
         errors: error_policy,
+        openapi_security_schemes,
         aliases: file.aliases.clone().unwrap_or_default(),
         settings: file.settings.clone(),
         plans,
@@ -934,6 +945,34 @@ mod tests {
         let errors = resolve(&file, &Overrides::default()).expect_err("invalid");
         assert_eq!(errors.len(), 3, "{errors:?}");
         assert!(toml::from_str::<FileConfig>("colour = \"red\"").is_err());
+    }
+
+    #[test]
+    fn security_scheme_names_are_checked() {
+        let file: FileConfig =
+            toml::from_str("[openapi_security_schemes]\nbearer = \"Bearer\"\n").expect("toml");
+        let names = resolve(&file, &Overrides::default())
+            .expect("valid")
+            .openapi_security_schemes;
+        assert_eq!(
+            (names.bearer.as_str(), names.api_key.as_str()),
+            ("Bearer", "api_key")
+        );
+        for bad in [
+            "[openapi_security_schemes]\nbearer = \"my scheme\"\n",
+            "[openapi_security_schemes]\nbearer = \"\"\n",
+            "[openapi_security_schemes]\nbearer = \"key\"\napi_key = \"key\"\n",
+        ] {
+            let file: FileConfig = toml::from_str(bad).expect("toml");
+            let errors = resolve(&file, &Overrides::default()).expect_err(bad);
+            assert!(
+                errors[0].starts_with("openapi_security_schemes"),
+                "{errors:?}"
+            );
+        }
+        assert!(
+            toml::from_str::<FileConfig>("[openapi_security_schemes]\nbasic = \"B\"\n").is_err()
+        );
     }
 
     #[test]

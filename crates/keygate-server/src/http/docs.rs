@@ -54,16 +54,79 @@ struct ApiDoc;
 #[allow(dead_code)] // Documents the route that utoipa-swagger-ui serves.
 fn openapi_json() {}
 
+/// Names of the document's two security schemes. Swagger UI titles the sections of its
+/// Authorize dialog with them, so a preset can show the ones its document tells users to
+/// look for (Dispatcharr's "Bearer" and "ApiKey").
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecuritySchemeNames {
+    /// The API-key header scheme.
+    pub api_key: String,
+    /// The `Authorization: Bearer` scheme (a JWT or an API key).
+    pub bearer: String,
+}
+
+impl Default for SecuritySchemeNames {
+    fn default() -> Self {
+        Self {
+            api_key: API_KEY_SCHEME.into(),
+            bearer: BEARER_SCHEME.into(),
+        }
+    }
+}
+
+/// The names the endpoints' `security(...)` annotations use.
+const API_KEY_SCHEME: &str = "api_key";
+const BEARER_SCHEME: &str = "bearer";
+
+impl SecuritySchemeNames {
+    /// OpenAPI allows `[A-Za-z0-9._-]+` as a component name; the two must differ.
+    pub fn validate(&self) -> Result<(), String> {
+        for (field, name) in [("api_key", &self.api_key), ("bearer", &self.bearer)] {
+            let valid = !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+            if !valid {
+                return Err(format!(
+                    "openapi_security_schemes.{field}: {name:?} must be 1 to 64 letters, digits, '.', '-' or '_'"
+                ));
+            }
+        }
+        if self.api_key == self.bearer {
+            return Err("openapi_security_schemes: api_key and bearer must differ".into());
+        }
+        Ok(())
+    }
+
+    /// The configured name of an annotation's scheme.
+    fn rename<'a>(&'a self, annotated: &'a str) -> &'a str {
+        match annotated {
+            API_KEY_SCHEME => &self.api_key,
+            BEARER_SCHEME => &self.bearer,
+            other => other,
+        }
+    }
+}
+
 /// The document, with the security schemes named after this deployment's configuration.
 pub fn openapi(config: &ServerConfig) -> utoipa::openapi::OpenApi {
+    let names = &config.openapi_security_schemes;
     let mut doc = ApiDoc::openapi();
     doc.info.version = env!("CARGO_PKG_VERSION").into();
+    if *names != SecuritySchemeNames::default() {
+        rename_requirements(&mut doc, names);
+    }
     let components = doc.components.get_or_insert_with(Default::default);
     let mut api_key = ApiKeyValue::new(config.api_key_header.clone());
     api_key.description = Some("An API key in this header.".into());
-    components.add_security_scheme("api_key", SecurityScheme::ApiKey(ApiKey::Header(api_key)));
     components.add_security_scheme(
-        "bearer",
+        names.api_key.clone(),
+        SecurityScheme::ApiKey(ApiKey::Header(api_key)),
+    );
+    components.add_security_scheme(
+        names.bearer.clone(),
         SecurityScheme::Http(
             HttpBuilder::new()
                 .scheme(HttpAuthScheme::Bearer)
@@ -73,4 +136,54 @@ pub fn openapi(config: &ServerConfig) -> utoipa::openapi::OpenApi {
         ),
     );
     doc
+}
+
+/// Points every operation's security requirements at the configured scheme names.
+fn rename_requirements(doc: &mut utoipa::openapi::OpenApi, names: &SecuritySchemeNames) {
+    use utoipa::openapi::security::SecurityRequirement;
+    // A requirement's scheme names are private to utoipa; its serde form is the map of
+    // name to scopes, which is read here and built again under the new names.
+    let renamed = |requirement: &SecurityRequirement| -> SecurityRequirement {
+        let value = serde_json::to_value(requirement).unwrap_or_default();
+        let mut out: Option<SecurityRequirement> = None;
+        for (name, scopes) in value.as_object().into_iter().flatten() {
+            let scopes: Vec<String> = scopes
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect();
+            let name = names.rename(name).to_owned();
+            out = Some(match out {
+                None => SecurityRequirement::new(name, scopes),
+                Some(r) => r.add(name, scopes),
+            });
+        }
+        // An empty requirement (`{}`: no credential needed) stays empty.
+        out.unwrap_or_default()
+    };
+    for item in doc.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.options,
+            &mut item.head,
+            &mut item.patch,
+            &mut item.trace,
+        ];
+        for operation in operations.into_iter().flatten() {
+            if let Some(requirements) = operation.security.as_mut() {
+                for requirement in requirements.iter_mut() {
+                    *requirement = renamed(requirement);
+                }
+            }
+        }
+    }
+    if let Some(requirements) = doc.security.as_mut() {
+        for requirement in requirements.iter_mut() {
+            *requirement = renamed(requirement);
+        }
+    }
 }

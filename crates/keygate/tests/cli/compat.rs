@@ -369,6 +369,22 @@ async fn dispatcharr_preset() {
         )
         .await;
     assert_eq!(status, 200, "{users}");
+    // The document's example names the user by a number; keygate's users have UUIDs,
+    // and a number is refused with a 400 that says so.
+    let (status, _, body) = p
+        .send(
+            Method::POST,
+            "/api/accounts/api-keys/",
+            &[("authorization", &admin)],
+            Some(json!({"user": 5})),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let detail = body["detail"].as_str().expect("detail");
+    assert!(
+        detail.contains("expected a formatted UUID string"),
+        "{detail}"
+    );
     let first = generate_key_for(&p, &admin, &user_id).await;
     let first_key = first["key"].as_str().expect("key").to_string();
     assert_eq!(first["owner"], json!(user_id));
@@ -503,6 +519,37 @@ async fn dispatcharr_preset() {
         "{headers:?}"
     );
     assert!(body.as_str().unwrap_or_default().contains("swagger"));
+    // Its Authorize dialog has the document's "Bearer" and "ApiKey" sections: the
+    // document's security schemes carry those names, and every operation refers to them.
+    let (status, _, spec) = p.send(Method::GET, "/api/v1/openapi.json", &[], None).await;
+    assert_eq!(status, 200);
+    let schemes = spec["components"]["securitySchemes"]
+        .as_object()
+        .expect("security schemes");
+    let mut names: Vec<&str> = schemes.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["ApiKey", "Bearer"]);
+    assert_eq!(schemes["Bearer"]["scheme"], "bearer");
+    assert_eq!(schemes["ApiKey"]["in"], "header");
+    assert_eq!(schemes["ApiKey"]["name"], "x-api-key");
+    let mut referenced = std::collections::BTreeSet::new();
+    for item in spec["paths"].as_object().expect("paths").values() {
+        for operation in item.as_object().expect("path item").values() {
+            for requirement in operation["security"].as_array().into_iter().flatten() {
+                referenced.extend(
+                    requirement
+                        .as_object()
+                        .expect("requirement")
+                        .keys()
+                        .cloned(),
+                );
+            }
+        }
+    }
+    assert_eq!(
+        referenced.into_iter().collect::<Vec<_>>(),
+        ["ApiKey", "Bearer"]
+    );
 
     // Logout ends the sign-in: its refresh token is refused afterwards.
     let (status, _, _) = p
