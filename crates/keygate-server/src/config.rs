@@ -40,6 +40,8 @@ pub struct ServerConfig {
     pub routes: Vec<keygate_core::route::RoutePolicy>,
     /// Prefix of the identity headers forward auth answers with (`X-Keygate-Key-Id`, ...).
     pub identity_header_prefix: String,
+    /// Names that replace the prefix's for single identity headers.
+    pub identity_headers: crate::http::forward::IdentityHeaderNames,
     /// The header a request names its project in (case-insensitive).
     pub project_header: String,
     /// Minute usage rows older than this are rolled up into hours.
@@ -85,6 +87,7 @@ impl Default for ServerConfig {
             project_header: "x-project-id".into(),
             routes: Vec::new(),
             identity_header_prefix: "x-keygate-".into(),
+            identity_headers: Default::default(),
             project_exempt_paths: Vec::new(),
             free_key_plan: None,
             free_keys_per_address: 5,

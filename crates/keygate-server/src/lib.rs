@@ -139,8 +139,12 @@ impl Server {
                 free_key_throttle,
                 webhook_wake: Arc::new(tokio::sync::Notify::new()),
                 webhook_tls,
-                identity_names: http::forward::IdentityNames::new(&config.identity_header_prefix)
-                    .map_err(StartError::Config)?,
+                identity_names: http::forward::IdentityNames::new(
+                    &config.identity_header_prefix,
+                    &config.identity_headers,
+                    &[&config.api_key_header, &config.client_ip_header],
+                )
+                .map_err(StartError::Config)?,
                 error_policy: (config.errors != http::error::ErrorPolicy::default())
                     .then(|| Arc::new(config.errors.clone())),
                 upstream: config

@@ -10,6 +10,7 @@ use keygate_server::config::{ServerConfig, UpstreamConfig};
 use keygate_server::http::alias::{Alias, Aliases};
 use keygate_server::http::docs::SecuritySchemeNames;
 use keygate_server::http::error::ErrorPolicy;
+use keygate_server::http::forward::IdentityHeaderNames;
 use keygate_server::http::watch::ClientTimeouts;
 use keygate_server::passwords::PasswordCost;
 use keygate_server::throttle::ThrottleConfig;
@@ -47,6 +48,9 @@ pub struct FileConfig {
     pub usage_minute_retention: Option<String>,
     pub usage_hour_retention: Option<String>,
     pub identity_header_prefix: Option<String>,
+    /// Names that replace the prefix's for single identity headers (`[identity_headers]`,
+    /// file only): `user = "Remote-User"`.
+    pub identity_headers: Option<IdentityHeaderNames>,
     /// Route policies for forward auth and the reverse proxy (`[[routes]]` tables; file only).
     pub routes: Option<Vec<keygate_core::route::RoutePolicy>>,
     pub upstream: Option<String>,
@@ -255,6 +259,7 @@ pub struct Effective {
     #[serde(serialize_with = "ser_duration")]
     pub usage_hour_retention: Duration,
     pub identity_header_prefix: String,
+    pub identity_headers: IdentityHeaderNames,
     pub routes: Vec<keygate_core::route::RoutePolicy>,
     pub upstream: Option<String>,
     #[serde(serialize_with = "ser_duration")]
@@ -350,6 +355,7 @@ impl Effective {
             usage_minute_retention: self.usage_minute_retention,
             usage_hour_retention: self.usage_hour_retention,
             identity_header_prefix: self.identity_header_prefix.clone(),
+            identity_headers: self.identity_headers.clone(),
             routes: self.routes.clone(),
             // Checked by `resolve`, so the URL parses here.
             upstream: self.upstream.as_deref().and_then(|url| {
@@ -659,6 +665,18 @@ pub fn resolve(file: &FileConfig, over: &Overrides) -> Result<Effective, Vec<Str
             "identity_header_prefix: {identity_header_prefix:?} does not make valid header names"
         ));
     }
+    let identity_headers = file.identity_headers.clone().unwrap_or_default();
+    // The server makes the names the same way at its start; a bad name is told here first.
+    if let Err(e) = keygate_server::http::forward::IdentityNames::new(
+        &identity_header_prefix,
+        &identity_headers,
+        &[&api_key_header, &client_ip_header],
+    ) {
+        // A bad prefix is reported above already.
+        if e.starts_with("identity_headers") {
+            errors.push(e);
+        }
+    }
     let mut routes = file.routes.clone().unwrap_or_default();
     for route in &mut routes {
         // A route's `plan` is one of this file's plans: its rate limits become the route's.
@@ -864,6 +882,7 @@ pub fn resolve(file: &FileConfig, over: &Overrides) -> Result<Effective, Vec<Str
         usage_minute_retention,
         usage_hour_retention,
         identity_header_prefix,
+        identity_headers,
         routes,
         upstream,
         upstream_timeout,
@@ -973,6 +992,50 @@ mod tests {
         assert!(
             toml::from_str::<FileConfig>("[openapi_security_schemes]\nbasic = \"B\"\n").is_err()
         );
+    }
+
+    #[test]
+    fn identity_header_names_are_checked() {
+        let file: FileConfig =
+            toml::from_str("[identity_headers]\nuser = \"Remote-User\"\n").expect("toml");
+        let effective = resolve(&file, &Overrides::default()).expect("valid");
+        assert_eq!(
+            effective.identity_headers.user.as_deref(),
+            Some("Remote-User")
+        );
+        assert_eq!(
+            effective.server_config().identity_headers.user.as_deref(),
+            Some("Remote-User")
+        );
+        for (bad, said) in [
+            (
+                "[identity_headers]\nuser = \"two words\"\n",
+                "not a valid header name",
+            ),
+            (
+                "[identity_headers]\nscopes = \"Authorization\"\n",
+                "already uses",
+            ),
+            // The API-key header is where credentials come from.
+            (
+                "[identity_headers]\nkey_id = \"X-API-Key\"\n",
+                "already uses",
+            ),
+            (
+                "[identity_headers]\nuser = \"X-Who\"\nproject = \"x-who\"\n",
+                "names two identity headers",
+            ),
+        ] {
+            let file: FileConfig = toml::from_str(bad).expect("toml");
+            let errors = resolve(&file, &Overrides::default()).expect_err(bad);
+            assert!(
+                errors
+                    .iter()
+                    .any(|e| e.starts_with("identity_headers") && e.contains(said)),
+                "{bad}: {errors:?}"
+            );
+        }
+        assert!(toml::from_str::<FileConfig>("[identity_headers]\ngroups = \"G\"\n").is_err());
     }
 
     #[test]

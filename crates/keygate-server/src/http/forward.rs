@@ -320,13 +320,73 @@ fn allowed(names: &IdentityNames, principal: Option<&Principal>) -> Response {
     response
 }
 
-/// The names of the identity headers, made once from the configured prefix.
+/// Names that replace the prefix's for single identity headers (`[identity_headers]`),
+/// for apps that read the caller from a header of their own (`Remote-User`, `X-User-Id`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdentityHeaderNames {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<String>,
+}
+
+/// Headers an identity header may not be named: HTTP's own and the connection's, the
+/// credentials, and the forwarding headers the proxy writes itself.
+const RESERVED_NAMES: [&str; 22] = [
+    "host",
+    "content-length",
+    "content-type",
+    "content-encoding",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+    "authorization",
+    "cookie",
+    "set-cookie",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-real-ip",
+    context::REQUEST_ID_HEADER,
+];
+
+/// Do two header names read the same to an upstream? `_` counts as `-` (CGI-style
+/// upstreams read `Remote_User` as `Remote-User`); names are lowercase.
+pub fn same_header(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .all(|(x, y)| x == y || matches!((x, y), (b'_', b'-') | (b'-', b'_')))
+}
+
+/// Is `name` under `prefix`, with `_` read as `-`? (Both lowercase.)
+fn under_prefix(name: &str, prefix: &str) -> bool {
+    name.len() >= prefix.len() && same_header(&name[..prefix.len()], prefix)
+}
+
+/// The names of the identity headers, made once from the configured prefix and names.
 #[derive(Debug, Clone)]
 pub struct IdentityNames {
     key_id: HeaderName,
     user: HeaderName,
     project: HeaderName,
     scopes: HeaderName,
+    /// The prefix, lowercase: any name under it is taken for an identity header.
+    prefix: String,
+    /// The configured names that are not under the prefix.
+    outside_prefix: Vec<HeaderName>,
     /// The head of forward auth's 200: `Content-Length: 0`, then every identity header,
     /// empty, then the request id. Each answer clones it and fills the values in place:
     /// a clone copies the map without hashing a name, where inserting five names hashes
@@ -340,18 +400,46 @@ impl IdentityNames {
         [&self.key_id, &self.user, &self.project, &self.scopes]
     }
 
-    pub fn new(prefix: &str) -> Result<Self, String> {
-        let name = |suffix: &str| {
-            HeaderName::try_from(format!("{prefix}{suffix}")).map_err(|_| {
+    /// The names `prefix` makes, each replaced by its entry in `names` when there is one.
+    /// `taken` are header names keygate reads credentials or addresses from (the API-key
+    /// and client-address headers), which an identity header may not reuse.
+    pub fn new(prefix: &str, names: &IdentityHeaderNames, taken: &[&str]) -> Result<Self, String> {
+        let name = |field: &str, suffix: &str, named: &Option<String>| match named {
+            Some(named) => {
+                let lower = named.trim().to_ascii_lowercase();
+                let parsed = HeaderName::try_from(lower.as_str()).map_err(|_| {
+                    format!("identity_headers.{field}: {named:?} is not a valid header name")
+                })?;
+                let clash = RESERVED_NAMES
+                    .iter()
+                    .chain(taken)
+                    .any(|reserved| same_header(&lower, &reserved.to_ascii_lowercase()));
+                if clash {
+                    return Err(format!(
+                        "identity_headers.{field}: {named:?} is a header keygate or HTTP already uses"
+                    ));
+                }
+                Ok(parsed)
+            }
+            None => HeaderName::try_from(format!("{prefix}{suffix}")).map_err(|_| {
                 format!("identity_header_prefix {prefix:?} makes no valid header name")
-            })
+            }),
         };
         let [key_id, user, project, scopes] = [
-            name("key-id")?,
-            name("user")?,
-            name("project")?,
-            name("scopes")?,
+            name("key_id", "key-id", &names.key_id)?,
+            name("user", "user", &names.user)?,
+            name("project", "project", &names.project)?,
+            name("scopes", "scopes", &names.scopes)?,
         ];
+        let all = [&key_id, &user, &project, &scopes];
+        for (i, a) in all.iter().enumerate() {
+            if all[..i].iter().any(|b| same_header(a.as_str(), b.as_str())) {
+                return Err(format!(
+                    "identity_headers: {:?} names two identity headers",
+                    a.as_str()
+                ));
+            }
+        }
         // Room to spare: a map at its capacity grows on any insert, even one that only
         // replaces a value (as the request id's does), and an answer may add the two
         // `RateLimit` fields.
@@ -360,19 +448,39 @@ impl IdentityNames {
             axum::http::header::CONTENT_LENGTH,
             HeaderValue::from_static("0"),
         );
-        for name in [&key_id, &user, &project, &scopes] {
+        for name in all {
             allowed_head.insert(name.clone(), HeaderValue::from_static(""));
         }
         // Set on the way out (`context::finish`); in place here, so the clone need not
         // grow for it.
         allowed_head.insert(context::REQUEST_ID_NAME, HeaderValue::from_static("-"));
+        let prefix = prefix.to_ascii_lowercase();
+        let outside_prefix = all
+            .into_iter()
+            .filter(|name| !under_prefix(name.as_str(), &prefix))
+            .cloned()
+            .collect();
         Ok(Self {
             key_id,
             user,
             project,
             scopes,
+            prefix,
+            outside_prefix,
             allowed_head,
         })
+    }
+
+    /// Would an upstream read `name` as one of the identity headers? Any name under the
+    /// prefix counts (the four and whatever a later version adds), and each configured
+    /// name, with `_` read as `-`.
+    pub fn claimed_by(&self, name: &HeaderName) -> bool {
+        let name = name.as_str();
+        under_prefix(name, &self.prefix)
+            || self
+                .outside_prefix
+                .iter()
+                .any(|own| same_header(name, own.as_str()))
     }
 }
 
@@ -542,7 +650,8 @@ mod tests {
 
     #[test]
     fn allowed_answers_put_each_identity_value_under_its_own_name() {
-        let names = IdentityNames::new("x-id-").expect("names");
+        let names =
+            IdentityNames::new("x-id-", &IdentityHeaderNames::default(), &[]).expect("names");
         let (owner, project) = (Uuid::from_u128(2), Uuid::from_u128(3));
         let key = key(&["files:read", "files:write"], Some(owner));
         let want = |user: &str, project: &str| {
@@ -591,8 +700,87 @@ mod tests {
     }
 
     #[test]
+    fn identity_headers_are_recognised_in_either_spelling() {
+        let default =
+            IdentityNames::new("x-keygate-", &IdentityHeaderNames::default(), &[]).expect("names");
+        let named = IdentityHeaderNames {
+            user: Some("Remote-User".into()),
+            ..Default::default()
+        };
+        let remote = IdentityNames::new("x-keygate-", &named, &[]).expect("names");
+        for (name, by_default, with_remote_user) in [
+            ("x-keygate-user", true, true),
+            ("x_keygate_user", true, true),
+            ("x-keygate_scopes", true, true),
+            ("x-keygate-future", true, true),
+            ("x-keygate", false, false),
+            ("x-keygates", false, false),
+            ("x-other", false, false),
+            ("remote-user", false, true),
+            ("remote_user", false, true),
+            ("remote-users", false, false),
+        ] {
+            let name = HeaderName::from_static(name);
+            assert_eq!(default.claimed_by(&name), by_default, "{name}");
+            assert_eq!(remote.claimed_by(&name), with_remote_user, "{name}");
+        }
+    }
+
+    #[test]
+    fn configured_names_replace_the_prefixed_ones() {
+        let named = IdentityHeaderNames {
+            user: Some("Remote-User".into()),
+            scopes: Some("X-Scopes".into()),
+            ..Default::default()
+        };
+        let names = IdentityNames::new("x-auth-", &named, &["x-api-key"]).expect("names");
+        let all: Vec<&str> = names.all().iter().map(|n| n.as_str()).collect();
+        assert_eq!(
+            all,
+            ["x-auth-key-id", "remote-user", "x-auth-project", "x-scopes"]
+        );
+        let response = allowed(&names, None);
+        assert_eq!(response.headers()["remote-user"], "");
+        assert_eq!(response.headers()["x-scopes"], "");
+    }
+
+    #[test]
+    fn identity_header_names_that_cannot_work_are_refused() {
+        let refused = |named: IdentityHeaderNames| {
+            IdentityNames::new("x-keygate-", &named, &["x-api-key", "x-forwarded-for"])
+                .expect_err("refused")
+        };
+        let user = |name: &str| IdentityHeaderNames {
+            user: Some(name.into()),
+            ..Default::default()
+        };
+        assert!(refused(user("bad name")).contains("not a valid header name"));
+        assert!(refused(user("")).contains("not a valid header name"));
+        for taken in [
+            "Host",
+            "authorization",
+            "X-Request-Id",
+            "x_api_key",
+            "Cookie",
+        ] {
+            let error = refused(user(taken));
+            assert!(error.contains("already uses"), "{taken}: {error}");
+        }
+        // Two identity headers under one name (in either spelling).
+        let error = refused(IdentityHeaderNames {
+            user: Some("x-who".into()),
+            project: Some("X_Who".into()),
+            ..Default::default()
+        });
+        assert!(error.contains("names two identity headers"), "{error}");
+        let error = refused(user("x-keygate-key-id"));
+        assert!(error.contains("names two identity headers"), "{error}");
+    }
+
+    #[test]
     fn a_changed_key_gets_its_identity_values_anew() {
-        let names = IdentityNames::new("x-keygate-").expect("names");
+        let names =
+            IdentityNames::new("x-keygate-", &IdentityHeaderNames::default(), &[]).expect("names");
         let mut index = KeyIndex::from_records([record(&["a"], None)]);
         let hash = record(&[], None).hash;
         let before = Arc::clone(index.get_by_hash(&hash).expect("indexed"));

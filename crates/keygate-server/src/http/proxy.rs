@@ -37,8 +37,6 @@ pub struct Upstream {
     /// The server's configured header names, parsed once rather than per request.
     api_key_header: Option<HeaderName>,
     client_ip_header: Option<HeaderName>,
-    /// The identity headers' prefix, lowercase.
-    identity_prefix: String,
 }
 
 impl Upstream {
@@ -57,7 +55,6 @@ impl Upstream {
             host,
             api_key_header: header(&server.api_key_header),
             client_ip_header: header(&server.client_ip_header),
-            identity_prefix: server.identity_header_prefix.to_ascii_lowercase(),
         })
     }
 
@@ -186,17 +183,6 @@ fn is_credential_authorization(value: &HeaderValue) -> bool {
     ["bearer", "apikey", "token"]
         .iter()
         .any(|s| scheme.eq_ignore_ascii_case(s))
-}
-
-/// Would an upstream read this header name as one of keygate's identity headers?
-/// `_` counts as `-`: CGI-style upstreams read X_Keygate_User as X-Keygate-User.
-fn claims_identity(name: &HeaderName, prefix: &str) -> bool {
-    let (name, prefix) = (name.as_str().as_bytes(), prefix.as_bytes());
-    name.len() >= prefix.len()
-        && name
-            .iter()
-            .zip(prefix)
-            .all(|(n, p)| n == p || (*n == b'_' && *p == b'-'))
 }
 
 /// Sends requests for paths a route marks `upstream = true` to the upstream before
@@ -455,11 +441,11 @@ fn prepare(
         }
     }
     // Identity headers come from keygate alone: a client's own copies are dropped.
-    let prefix = upstream.identity_prefix.as_str();
-    if headers.keys().any(|name| claims_identity(name, prefix)) {
+    let identity = &state.identity_names;
+    if headers.keys().any(|name| identity.claimed_by(name)) {
         let spoofed: Vec<HeaderName> = headers
             .keys()
-            .filter(|name| claims_identity(name, prefix))
+            .filter(|name| identity.claimed_by(name))
             .cloned()
             .collect();
         for name in spoofed {
@@ -784,22 +770,6 @@ mod tests {
             let config = UpstreamConfig::new(url).expect("url");
             let upstream = Upstream::new(config, &ServerConfig::default()).expect("upstream");
             assert_eq!(upstream.host, host, "{url}");
-        }
-    }
-
-    #[test]
-    fn identity_headers_are_recognised_in_either_spelling() {
-        let prefix = "x-keygate-";
-        for (name, claims) in [
-            ("x-keygate-user", true),
-            ("x_keygate_user", true),
-            ("x-keygate_scopes", true),
-            ("x-keygate", false),
-            ("x-keygates", false),
-            ("x-other", false),
-        ] {
-            let name = HeaderName::from_static(name);
-            assert_eq!(claims_identity(&name, prefix), claims, "{name}");
         }
     }
 

@@ -986,3 +986,85 @@ async fn project_keys_preset() {
         }
     }
 }
+
+/// Identity headers under names an app reads (`[identity_headers]`), through the real
+/// binary: forward auth answers with them, the proxy passes keygate's values on under
+/// them, and a client's own copies of those names (in either spelling) never reach the app.
+#[tokio::test]
+async fn identity_headers_take_the_names_the_app_reads() {
+    let upstream = stub_app().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("keygate.toml");
+    std::fs::write(
+        &config,
+        "[identity_headers]\nuser = \"Remote-User\"\nscopes = \"X-Scopes\"\n",
+    )
+    .expect("config");
+    let data = dir.path().join("data");
+    let running = serve_with(
+        &data,
+        &[
+            "--config",
+            config.to_str().expect("path"),
+            "--upstream",
+            upstream.as_str(),
+        ],
+        &[],
+    );
+    let key = running.first_key.clone().expect("global key");
+    let http = reqwest::Client::new();
+
+    let answer = http
+        .get(format!("{}/api/v1/forward-auth", running.base))
+        .header("X-API-Key", &key)
+        .header("X-Forwarded-Method", "GET")
+        .header("X-Forwarded-Uri", "/files/a.txt")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(answer.status(), 200);
+    let headers = answer.headers();
+    // Every identity header is there, empty when there is nothing to say (this key has
+    // no owner), so a proxy's copy replaces a client's forged one.
+    assert_eq!(headers["remote-user"], "");
+    assert!(!headers["x-scopes"].is_empty(), "{headers:?}");
+    let key_id = headers["x-keygate-key-id"]
+        .to_str()
+        .expect("text")
+        .to_owned();
+    assert!(!key_id.is_empty());
+    assert!(headers.get("x-keygate-user").is_none(), "{headers:?}");
+    assert!(headers.get("x-keygate-scopes").is_none(), "{headers:?}");
+
+    let echoed: Value = http
+        .get(format!("{}/files/a.txt", running.base))
+        .header("X-API-Key", &key)
+        .header("Remote-User", "admin")
+        .header("Remote_User", "admin")
+        .header("X-Scopes", "everything")
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(echoed["app"], "stub", "{echoed}");
+    let headers = &echoed["headers"];
+    assert!(headers.get("remote-user").is_none(), "{headers}");
+    assert!(headers.get("remote_user").is_none(), "{headers}");
+    assert_eq!(headers["x-keygate-key-id"], key_id.as_str(), "{headers}");
+    assert_ne!(headers["x-scopes"], "everything", "{headers}");
+    assert!(headers.get("x-scopes").is_some(), "{headers}");
+    assert!(headers.get("x-api-key").is_none(), "{headers}");
+
+    // A name the server could not use is refused before it starts.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[identity_headers]\nuser = \"Authorization\"\n").expect("config");
+    let output = keygate()
+        .args(["config", "check", "--config", bad.to_str().expect("path")])
+        .output()
+        .expect("run");
+    assert!(!output.status.success());
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(said.contains("identity_headers.user"), "{said}");
+}
