@@ -259,6 +259,7 @@ pub struct Effective {
     #[serde(serialize_with = "ser_duration")]
     pub usage_hour_retention: Duration,
     pub identity_header_prefix: String,
+    #[serde(skip_serializing_if = "IdentityHeaderNames::is_empty")]
     pub identity_headers: IdentityHeaderNames,
     pub routes: Vec<keygate_core::route::RoutePolicy>,
     pub upstream: Option<String>,

@@ -335,6 +335,13 @@ pub struct IdentityHeaderNames {
     pub scopes: Option<String>,
 }
 
+impl IdentityHeaderNames {
+    /// No name configured: every identity header takes the prefix's.
+    pub fn is_empty(&self) -> bool {
+        self == &Self::default()
+    }
+}
+
 /// Headers an identity header may not be named: HTTP's own and the connection's, the
 /// credentials, and the forwarding headers the proxy writes itself.
 const RESERVED_NAMES: [&str; 22] = [
@@ -364,6 +371,7 @@ const RESERVED_NAMES: [&str; 22] = [
 
 /// Do two header names read the same to an upstream? `_` counts as `-` (CGI-style
 /// upstreams read `Remote_User` as `Remote-User`); names are lowercase.
+#[inline]
 pub fn same_header(a: &str, b: &str) -> bool {
     a.len() == b.len()
         && a.bytes()
@@ -372,6 +380,7 @@ pub fn same_header(a: &str, b: &str) -> bool {
 }
 
 /// Is `name` under `prefix`, with `_` read as `-`? (Both lowercase.)
+#[inline]
 fn under_prefix(name: &str, prefix: &str) -> bool {
     name.len() >= prefix.len() && same_header(&name[..prefix.len()], prefix)
 }
@@ -474,6 +483,7 @@ impl IdentityNames {
     /// Would an upstream read `name` as one of the identity headers? Any name under the
     /// prefix counts (the four and whatever a later version adds), and each configured
     /// name, with `_` read as `-`.
+    #[inline]
     pub fn claimed_by(&self, name: &HeaderName) -> bool {
         let name = name.as_str();
         under_prefix(name, &self.prefix)
