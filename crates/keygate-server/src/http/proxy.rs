@@ -497,6 +497,11 @@ async fn send(
     let answered = if upgrade.is_some() || !hyper::body::Body::is_end_stream(outgoing.body()) {
         Box::pin(send_with_body(upstream, *outgoing)).await
     } else {
+        // The other connections with a request ready take their turn first, so their
+        // requests reach the upstream together: an upstream on the same core then wakes
+        // once for several of them, instead of preempting keygate at each write and
+        // answering them one or two at a time (BENCHMARKS.md).
+        tokio::task::yield_now().await;
         tokio::time::timeout(upstream.config.timeout, upstream.pool.send(outgoing))
             .await
             .ok()
