@@ -342,37 +342,28 @@ impl IdentityHeaderNames {
     }
 }
 
-/// Headers an identity header may not be named: HTTP's own and the connection's, the
-/// credentials, and the forwarding headers the proxy writes itself.
-const RESERVED_NAMES: [&str; 22] = [
+/// Headers an identity header may not be named, besides the proxy's hop-by-hop and
+/// untrusted forwarding headers (which it removes): HTTP's own, the credentials, and the
+/// forwarding headers the proxy writes itself.
+const RESERVED_NAMES: [&str; 12] = [
     "host",
     "content-length",
     "content-type",
     "content-encoding",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
     "upgrade",
     "authorization",
     "cookie",
     "set-cookie",
-    "forwarded",
     "x-forwarded-for",
     "x-forwarded-host",
     "x-forwarded-proto",
-    "x-real-ip",
     context::REQUEST_ID_HEADER,
 ];
 
 /// Do two header names read the same to an upstream? `_` counts as `-` (CGI-style
 /// upstreams read `Remote_User` as `Remote-User`); names are lowercase.
 #[inline]
-pub fn same_header(a: &str, b: &str) -> bool {
+fn same_header(a: &str, b: &str) -> bool {
     a.len() == b.len()
         && a.bytes()
             .zip(b.bytes())
@@ -419,9 +410,15 @@ impl IdentityNames {
                 let parsed = HeaderName::try_from(lower.as_str()).map_err(|_| {
                     format!("identity_headers.{field}: {named:?} is not a valid header name")
                 })?;
+                let removed_by_proxy = crate::http::proxy::HOP_BY_HOP
+                    .iter()
+                    .chain(&crate::http::proxy::UNTRUSTED_FORWARDING)
+                    .map(HeaderName::as_str);
                 let clash = RESERVED_NAMES
                     .iter()
-                    .chain(taken)
+                    .copied()
+                    .chain(removed_by_proxy)
+                    .chain(taken.iter().copied())
                     .any(|reserved| same_header(&lower, &reserved.to_ascii_lowercase()));
                 if clash {
                     return Err(format!(
@@ -772,6 +769,9 @@ mod tests {
             "X-Request-Id",
             "x_api_key",
             "Cookie",
+            "Keep-Alive",
+            "X-Real-IP",
+            "X-Forwarded-Port",
         ] {
             let error = refused(user(taken));
             assert!(error.contains("already uses"), "{taken}: {error}");

@@ -111,7 +111,7 @@ fn may_carry_credential(query: &str) -> bool {
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1); never
 /// forwarded, in either direction. A `static`, not a `const`: a const array of names is
 /// made and dropped again wherever it is used, here once per header of every message.
-static HOP_BY_HOP: [HeaderName; 8] = [
+pub(crate) static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -657,7 +657,7 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Forwarding headers only a trusted proxy may send (a `static`: see [`HOP_BY_HOP`]).
-static UNTRUSTED_FORWARDING: [HeaderName; 5] = [
+pub(crate) static UNTRUSTED_FORWARDING: [HeaderName; 5] = [
     FORWARDED,
     X_REAL_IP,
     X_FORWARDED_PORT,
